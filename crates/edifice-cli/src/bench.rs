@@ -1,0 +1,218 @@
+//! `edifice bench`: timings, useful GFLOP/s and measured extra memory.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use edifice_kernels::{Attention, AttnShape, Pattern};
+use serde::Serialize;
+
+use crate::alloc;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// The fused attention kernel over the standard patterns and lengths.
+    Kernel(KernelArgs),
+}
+
+#[derive(Args)]
+pub struct KernelArgs {
+    /// Print one JSON array of results instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Also run N = 65536.
+    #[arg(long)]
+    long: bool,
+    /// Sequence lengths (overrides the default 64,1024,4096,16384).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
+    /// Patterns to run, as `PATTERN[+causal]` (default: the standard six).
+    #[arg(long, value_delimiter = ',')]
+    patterns: Option<Vec<String>>,
+    /// Keep timing each case until this many seconds have passed.
+    #[arg(long, default_value_t = 1.0)]
+    min_time: f64,
+    /// Batch size.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Heads (query and key/value).
+    #[arg(long, default_value_t = 8)]
+    heads: usize,
+    /// Head dimension.
+    #[arg(long, default_value_t = 64)]
+    head_dim: usize,
+}
+
+/// The standard set: dense, causal and four sparse patterns.
+const STANDARD_PATTERNS: &[&str] = &[
+    "full",
+    "full+causal",
+    "window:256+causal",
+    "chunk:64+causal",
+    "strided:8:64+causal",
+    "shifted:1024+causal",
+];
+
+/// One benchmark result.
+#[derive(Serialize)]
+struct Record {
+    impl_name: String,
+    pattern: String,
+    n: usize,
+    batch: usize,
+    heads: usize,
+    head_dim: usize,
+    threads: usize,
+    isa: String,
+    /// Median wall time of one call.
+    ms: f64,
+    /// 4 × allowed pairs × D over the median time.
+    gflops: f64,
+    allowed_pairs: u64,
+    /// Peak bytes allocated during one call beyond inputs and outputs.
+    extra_bytes: usize,
+    iters: usize,
+}
+
+/// Parses `PATTERN[+causal]`.
+pub fn parse_pattern(spec: &str) -> Result<Pattern> {
+    let (kind, causal) = match spec.strip_suffix("+causal") {
+        Some(kind) => (kind, true),
+        None => (spec, false),
+    };
+    Ok(Pattern::new(
+        kind.parse()
+            .with_context(|| format!("bad pattern `{spec}`"))?,
+        causal,
+    ))
+}
+
+/// Calls `f` once to warm up, then until `min_time` has passed (at least
+/// once more); returns (median seconds, timed calls).
+pub fn time_it(min_time: f64, mut f: impl FnMut()) -> (f64, usize) {
+    let start = Instant::now();
+    f();
+    let warm = start.elapsed().as_secs_f64();
+    let iters = ((min_time / warm.max(1e-9)).ceil() as usize).clamp(1, 200);
+    let mut samples: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    samples.sort_by(|a, b| a.total_cmp(b));
+    (samples[samples.len() / 2], iters)
+}
+
+/// Deterministic inputs in [-1, 1).
+pub fn inputs(n: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Kernel(args) => {
+            let threads = args.threads.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .context("cannot start the thread pool")?;
+            pool.install(|| kernel(&args, threads))
+        }
+    }
+}
+
+fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
+    let mut sizes = args
+        .sizes
+        .clone()
+        .unwrap_or_else(|| vec![64, 1024, 4096, 16384]);
+    if args.long {
+        sizes.push(65536);
+    }
+    let patterns: Vec<String> = args
+        .patterns
+        .clone()
+        .unwrap_or_else(|| STANDARD_PATTERNS.iter().map(|s| s.to_string()).collect());
+    let mut records = Vec::new();
+    if !args.json {
+        println!(
+            "{:<22} {:>6} {:>10} {:>9} {:>10} {:>7}",
+            "pattern", "N", "ms", "GFLOP/s", "extra MiB", "isa"
+        );
+    }
+    for spec in &patterns {
+        let pattern = parse_pattern(spec)?;
+        for &n in &sizes {
+            let shape = AttnShape {
+                batch: args.batch,
+                heads_q: args.heads,
+                heads_kv: args.heads,
+                len_q: n,
+                len_k: n,
+                head_dim: args.head_dim,
+            };
+            let att = Attention::new(shape, pattern.clone())?;
+            let q = inputs(shape.q_len(), 1);
+            let k = inputs(shape.kv_len(), 2);
+            let v = inputs(shape.kv_len(), 3);
+            let mut o = vec![0.0; shape.q_len()];
+            let mut lse = vec![0.0; shape.lse_len()];
+            let (result, extra_bytes) =
+                alloc::measure(|| att.forward(&q, &k, &v, &mut o, &mut lse));
+            result?;
+            let (secs, iters) = time_it(args.min_time, || {
+                att.forward(&q, &k, &v, &mut o, &mut lse)
+                    .expect("validated above")
+            });
+            let allowed_pairs = att.allowed_pairs();
+            let record = Record {
+                impl_name: "edifice".into(),
+                pattern: spec.clone(),
+                n,
+                batch: args.batch,
+                heads: args.heads,
+                head_dim: args.head_dim,
+                threads,
+                isa: format!("{:?}", att.isa()),
+                ms: secs * 1e3,
+                gflops: 4.0 * allowed_pairs as f64 * args.head_dim as f64 / secs / 1e9,
+                allowed_pairs,
+                extra_bytes,
+                iters,
+            };
+            if !args.json {
+                println!(
+                    "{:<22} {:>6} {:>10.3} {:>9.1} {:>10.2} {:>7}",
+                    record.pattern,
+                    n,
+                    record.ms,
+                    record.gflops,
+                    extra_bytes as f64 / (1 << 20) as f64,
+                    record.isa
+                );
+            }
+            records.push(record);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! Framework-free fused attention on the CPU.
+//!
+//! One block-sparse, online-softmax ("flash") kernel serves every attention
+//! pattern. A [`Pattern`] is a mask predicate plus the geometry to derive a
+//! [`TileMap`] from it; the kernel visits only the tiles the map lists,
+//! evaluates the predicate only on partial tiles, and never materialises an
+//! `Nq × Nk` matrix. Work is spread over (batch, head, query tile) with rayon;
+//! the inner loops run on AVX-512 or AVX2 + FMA when the CPU has them
+//! (detected at run time), else on portable scalar code.
+//!
+//! # Shapes
+//! | tensor | shape | notes |
+//! |---|---|---|
+//! | `q` | `[B, Hq, Nq, D]` | f32, row-major |
+//! | `k`, `v` | `[B, Hkv, Nk, D]` | `Hq` a multiple of `Hkv`: query head `h` reads kv head `h / (Hq / Hkv)` |
+//! | `o` | `[B, Hq, Nq, D]` | |
+//! | `lse` | `[B, Hq, Nq]` | natural-log Σ exp of the scaled, allowed scores |
+//!
+//! A row with no allowed key gets `o = 0` and `lse = -inf`, never NaN. Queries
+//! are the last `Nq` positions of the key sequence (see [`pattern`]).
+//!
+//! # Example
+//! ```
+//! use edifice_kernels::{Attention, AttnShape, Pattern, PatternKind};
+//!
+//! let shape = AttnShape { batch: 1, heads_q: 2, heads_kv: 1, len_q: 5, len_k: 5, head_dim: 8 };
+//! let att = Attention::new(shape, Pattern::new(PatternKind::Window { window: 2 }, true))?;
+//! let q = vec![0.1; shape.q_len()];
+//! let kv = vec![0.2; shape.kv_len()];
+//! let (o, lse) = att.forward_vec(&q, &kv, &kv)?;
+//! // Every allowed score is equal, so o is the mean of v rows, i.e. 0.2.
+//! assert!((o[0] - 0.2).abs() < 1e-6);
+//! // Row 0 reads one key (itself), later rows two: lse = ln(count) + score.
+//! assert!((lse[0] - 0.1 * 0.2 * 8.0 / 8f32.sqrt()).abs() < 1e-5);
+//! # Ok::<(), edifice_kernels::KernelError>(())
+//! ```
+#![warn(missing_docs)]
+
+mod fwd;
+pub mod pattern;
+pub mod reference;
+mod simd;
+pub mod tile_map;
+
+pub use fwd::{TILE_K, TILE_Q};
+pub use pattern::{BoolMask, KeySpan, Pattern, PatternKind, TileKind};
+pub use simd::Isa;
+pub use tile_map::{KeyBlock, TileMap};
+
+/// Errors from validating an attention call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KernelError {
+    /// Inconsistent sizes or buffer lengths.
+    #[error("shape error: {0}")]
+    Shape(String),
+    /// A bad pattern parameter or string.
+    #[error("pattern error: {0}")]
+    Pattern(String),
+    /// A mask of the wrong size.
+    #[error("mask error: {0}")]
+    Mask(String),
+    /// A scale that is not finite.
+    #[error("scale must be finite, got {0}")]
+    Scale(f32),
+}
+
+/// Sizes of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Batch size `B`.
+    pub batch: usize,
+    /// Query heads `Hq`.
+    pub heads_q: usize,
+    /// Key/value heads `Hkv` (divides `Hq`).
+    pub heads_kv: usize,
+    /// Query positions `Nq`.
+    pub len_q: usize,
+    /// Key positions `Nk`.
+    pub len_k: usize,
+    /// Head dimension `D`.
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    /// Elements of `q` and `o`: `B·Hq·Nq·D`.
+    pub fn q_len(&self) -> usize {
+        self.batch * self.heads_q * self.len_q * self.head_dim
+    }
+
+    /// Elements of `k` and of `v`: `B·Hkv·Nk·D`.
+    pub fn kv_len(&self) -> usize {
+        self.batch * self.heads_kv * self.len_k * self.head_dim
+    }
+
+    /// Elements of `lse`: `B·Hq·Nq`.
+    pub fn lse_len(&self) -> usize {
+        self.batch * self.heads_q * self.len_q
+    }
+
+    /// Aligned position of query row 0: `Nk - Nq`.
+    pub fn offset(&self) -> i64 {
+        self.len_k as i64 - self.len_q as i64
+    }
+
+    /// Checks the sizes are consistent.
+    pub fn validate(&self) -> Result<(), KernelError> {
+        if self.head_dim == 0 {
+            return Err(KernelError::Shape(
+                "head dimension D must be at least 1".into(),
+            ));
+        }
+        if self.heads_kv == 0 || self.heads_q % self.heads_kv != 0 {
+            return Err(KernelError::Shape(format!(
+                "query heads ({}) must be a positive multiple of key/value heads ({})",
+                self.heads_q, self.heads_kv
+            )));
+        }
+        if self.len_k >= u32::MAX as usize || self.len_q >= u32::MAX as usize {
+            return Err(KernelError::Shape(format!(
+                "sequence lengths must be below 2^32, got Nq = {}, Nk = {}",
+                self.len_q, self.len_k
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A validated attention: shape, pattern, scale and instruction set.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    shape: AttnShape,
+    pattern: Pattern,
+    scale: f32,
+    isa: Isa,
+}
+
+impl Attention {
+    /// Validates `shape` and `pattern`; the scale defaults to `1/sqrt(D)`
+    /// and the instruction set to the widest the CPU has for `D`.
+    pub fn new(shape: AttnShape, pattern: Pattern) -> Result<Self, KernelError> {
+        shape.validate()?;
+        pattern.validate(&shape)?;
+        Ok(Attention {
+            shape,
+            pattern,
+            scale: 1.0 / (shape.head_dim as f32).sqrt(),
+            isa: Isa::best_for(shape.head_dim),
+        })
+    }
+
+    /// Uses `scale` instead of `1/sqrt(D)` for the scores.
+    pub fn with_scale(mut self, scale: f32) -> Result<Self, KernelError> {
+        if !scale.is_finite() {
+            return Err(KernelError::Scale(scale));
+        }
+        self.scale = scale;
+        Ok(self)
+    }
+
+    /// Forces an instruction set (for tests and benchmarks). One the CPU
+    /// lacks, or whose vectors do not divide `D`, falls back to scalar code.
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.isa = if self.shape.head_dim % isa.lanes() == 0 {
+            isa
+        } else {
+            Isa::Scalar
+        };
+        self
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &AttnShape {
+        &self.shape
+    }
+
+    /// The pattern.
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+
+    /// The score scale.
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// The instruction set the kernel runs on.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The tile map the kernel uses.
+    pub fn tile_map(&self) -> TileMap {
+        TileMap::build(&self.shape, &self.pattern, TILE_Q, TILE_K)
+    }
+
+    /// Bytes of working memory a call holds beyond its inputs and outputs,
+    /// with `threads` worker threads: the tile map plus per-thread scratch.
+    pub fn extra_bytes(&self, threads: usize) -> usize {
+        self.tile_map().bytes() + threads * fwd::Scratch::bytes(self.shape.head_dim)
+    }
+
+    /// Number of allowed (query, key) pairs summed over batches and heads.
+    pub fn allowed_pairs(&self) -> u64 {
+        let map = self.tile_map();
+        let s = &self.shape;
+        let mut total = 0u64;
+        for batch in 0..s.batch {
+            for head in 0..s.heads_q {
+                let class = self.pattern.class_of(s, batch, head);
+                for t in 0..map.q_tiles() {
+                    let first = t * TILE_Q;
+                    let last = (first + TILE_Q).min(s.len_q) - 1;
+                    for block in map.row(class, t) {
+                        if block.full {
+                            total += ((last - first + 1) * block.len as usize) as u64;
+                            continue;
+                        }
+                        let span = block.span();
+                        for tk in 0..span.len {
+                            let j = span.key(tk);
+                            total += (first..=last)
+                                .filter(|&i| self.pattern.allowed(s, batch, head, i, j))
+                                .count() as u64;
+                        }
+                    }
+                }
+            }
+        }
+        total
+    }
+
+    fn check_len(what: &str, got: usize, want: usize, dims: String) -> Result<(), KernelError> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(KernelError::Shape(format!(
+                "{what} has {got} elements but shape {dims} needs {want}"
+            )))
+        }
+    }
+
+    /// Computes `o` and `lse` (see the crate docs for shapes).
+    pub fn forward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        o: &mut [f32],
+        lse: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let s = &self.shape;
+        let qd = format!("[{}, {}, {}, {}]", s.batch, s.heads_q, s.len_q, s.head_dim);
+        let kd = format!("[{}, {}, {}, {}]", s.batch, s.heads_kv, s.len_k, s.head_dim);
+        Self::check_len("q", q.len(), s.q_len(), qd.clone())?;
+        Self::check_len("k", k.len(), s.kv_len(), kd.clone())?;
+        Self::check_len("v", v.len(), s.kv_len(), kd)?;
+        Self::check_len("o", o.len(), s.q_len(), qd)?;
+        Self::check_len(
+            "lse",
+            lse.len(),
+            s.lse_len(),
+            format!("[{}, {}, {}]", s.batch, s.heads_q, s.len_q),
+        )?;
+        let map = self.tile_map();
+        fwd::forward(self, &map, q, k, v, o, lse);
+        Ok(())
+    }
+
+    /// [`Attention::forward`] into new buffers: returns `(o, lse)`.
+    pub fn forward_vec(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>), KernelError> {
+        let mut o = vec![0.0; self.shape.q_len()];
+        let mut lse = vec![0.0; self.shape.lse_len()];
+        self.forward(q, k, v, &mut o, &mut lse)?;
+        Ok((o, lse))
+    }
+}

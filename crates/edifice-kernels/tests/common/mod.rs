@@ -1,0 +1,81 @@
+//! Shared generators for the kernel tests: random shapes, patterns and data.
+#![allow(dead_code)]
+
+use edifice_kernels::{AttnShape, BoolMask, Pattern, PatternKind};
+use proptest::prelude::*;
+
+/// Sequence lengths that stress tiling: 1, primes, around the tile size.
+pub const LENGTHS: &[usize] = &[1, 2, 3, 5, 7, 13, 31, 63, 64, 65, 97, 128, 131, 200];
+/// Head dims named by the issue.
+pub const HEAD_DIMS: &[usize] = &[8, 16, 24, 32, 64, 96, 128];
+
+/// Deterministic pseudo-random f32 in [-1, 1) (splitmix64).
+pub fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+pub fn shape_strategy() -> impl Strategy<Value = AttnShape> {
+    (
+        1usize..=2,
+        1usize..=2,
+        1usize..=3,
+        prop::sample::select(LENGTHS),
+        prop::sample::select(LENGTHS),
+        prop::sample::select(HEAD_DIMS),
+    )
+        .prop_map(
+            |(batch, heads_kv, group, len_q, len_k, head_dim)| AttnShape {
+                batch,
+                heads_q: heads_kv * group,
+                heads_kv,
+                len_q,
+                len_k,
+                head_dim,
+            },
+        )
+}
+
+/// A pattern for `shape`: every kind, parameters from degenerate to larger
+/// than the sequence, with and without causal. Masks have random density,
+/// fully masked rows included.
+pub fn pattern_strategy(shape: AttnShape) -> impl Strategy<Value = Pattern> {
+    let n = shape.len_q.max(shape.len_k);
+    let size = 1usize..=(n + 3);
+    let kind = prop_oneof![
+        Just(PatternKind::Full),
+        size.clone()
+            .prop_map(|window| PatternKind::Window { window }),
+        size.clone().prop_map(|chunk| PatternKind::Chunk { chunk }),
+        (1usize..=9, 0usize..=(n + 1))
+            .prop_map(|(stride, local)| PatternKind::Strided { stride, local }),
+        size.prop_map(|group| PatternKind::Shifted { group }),
+        (any::<bool>(), 0u32..=4, any::<u64>()).prop_map(move |(per_head, density, seed)| {
+            let dims = if per_head {
+                vec![shape.batch, shape.heads_q, shape.len_q, shape.len_k]
+            } else {
+                vec![shape.len_q, shape.len_k]
+            };
+            let count: usize = dims.iter().product();
+            // `density` quarters of the pairs allowed, except row 0 of every
+            // plane, which is always fully masked.
+            let plane = shape.len_q * shape.len_k;
+            let bits: Vec<bool> = data(count, seed)
+                .iter()
+                .enumerate()
+                .map(|(idx, &x)| idx % plane >= shape.len_k && (x + 1.0) * 2.0 < density as f32)
+                .collect();
+            PatternKind::Mask(BoolMask::new(bits, &dims).unwrap())
+        }),
+    ];
+    (kind, any::<bool>()).prop_map(|(kind, causal)| Pattern::new(kind, causal))
+}
