@@ -345,6 +345,56 @@ impl Pattern {
         }
     }
 
+    /// For every row `i` of `rows`, a range `lo[i]..=hi[i]` of tile-local key
+    /// indices (`keys.key(lo)..=keys.key(hi)`) outside which no pair of that
+    /// row is allowed; `lo > hi` when the row reads none of the tile.
+    ///
+    /// Returns `true` when the ranges are exact (every pair inside is
+    /// allowed): then they *are* the mask of the tile. They are exact for the
+    /// contiguous rules, and conservative (whole tile, cut by causal) for
+    /// masks, strided keys and stepped spans. Lets the kernel skip the dead
+    /// parts of partial tiles and mask them without the predicate.
+    pub(crate) fn row_bounds(
+        &self,
+        shape: &AttnShape,
+        head: usize,
+        rows: &Rows,
+        keys: &KeySpan,
+        lo: &mut [i32],
+        hi: &mut [i32],
+    ) -> bool {
+        let n_rows = rows.last - rows.first + 1;
+        let start = keys.start as i64;
+        let last = keys.len as i64 - 1;
+        let exact = keys.step == 1
+            && match &self.kind {
+                PatternKind::Mask(_) => false,
+                PatternKind::Strided { stride, .. } => {
+                    !span_hits_residue(keys, *stride, head % stride)
+                }
+                _ => true,
+            };
+        for i in 0..n_rows {
+            let ip = rows.a + i as i64;
+            let (l, h) = if exact {
+                let (l, h) = self.interval(shape, head, ip);
+                (
+                    l.saturating_sub(start).max(0),
+                    h.saturating_sub(start).min(last),
+                )
+            } else {
+                let h = if self.causal {
+                    (ip - start).div_euclid(keys.step as i64)
+                } else {
+                    last
+                };
+                (0, h.min(last))
+            };
+            (lo[i], hi[i]) = if l > h { (1, 0) } else { (l as i32, h as i32) };
+        }
+        exact
+    }
+
     /// Sets to `-inf` every score of a partial tile whose pair is not allowed.
     ///
     /// `scores` is key-major: the score of row `rows.first + i` and key
