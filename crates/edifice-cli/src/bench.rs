@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use edifice_kernels::{Attention, AttnShape, Pattern};
+use edifice_kernels::{Attention, AttnShape, Pattern, PatternKind};
 use serde::Serialize;
 
 use crate::alloc;
@@ -44,6 +44,13 @@ pub struct KernelArgs {
     /// Head dimension.
     #[arg(long, default_value_t = 64)]
     head_dim: usize,
+    /// Also time the Rust peers (burn Flex attention, candle CPU flash
+    /// attention) on the dense patterns. Needs a build with `--features peers`.
+    #[arg(long)]
+    peers: bool,
+    /// Largest N for the peers (burn materialises N × N scores per head).
+    #[arg(long, default_value_t = 4096)]
+    peers_max_n: usize,
 }
 
 /// The standard set: dense, causal and four sparse patterns.
@@ -139,6 +146,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 }
 
 fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
+    if args.peers && !cfg!(feature = "peers") {
+        anyhow::bail!("--peers needs a build with `--features peers` (cargo build --release -p edifice-cli --features peers)");
+    }
     let mut sizes = args
         .sizes
         .clone()
@@ -153,8 +163,8 @@ fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
     let mut records = Vec::new();
     if !args.json {
         println!(
-            "{:<22} {:>6} {:>10} {:>9} {:>10} {:>7}",
-            "pattern", "N", "ms", "GFLOP/s", "extra MiB", "isa"
+            "{:<22} {:>6} {:>10} {:>9} {:>10} {:>13}",
+            "pattern", "N", "ms", "GFLOP/s", "extra MiB", "impl"
         );
     }
     for spec in &patterns {
@@ -197,22 +207,70 @@ fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
                 extra_bytes,
                 iters,
             };
-            if !args.json {
-                println!(
-                    "{:<22} {:>6} {:>10.3} {:>9.1} {:>10.2} {:>7}",
-                    record.pattern,
-                    n,
-                    record.ms,
-                    record.gflops,
-                    extra_bytes as f64 / (1 << 20) as f64,
-                    record.isa
-                );
+            let mut found = vec![record];
+            if args.peers && n <= args.peers_max_n && matches!(pattern.kind, PatternKind::Full) {
+                found.extend(peers(args, &found[0], pattern.causal, [&q, &k, &v])?);
             }
-            records.push(record);
+            for record in found {
+                if !args.json {
+                    println!(
+                        "{:<22} {:>6} {:>10.3} {:>9.1} {:>10.2} {:>13}",
+                        record.pattern,
+                        n,
+                        record.ms,
+                        record.gflops,
+                        record.extra_bytes as f64 / (1 << 20) as f64,
+                        record.impl_name
+                    );
+                }
+                records.push(record);
+            }
         }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&records)?);
     }
     Ok(())
+}
+
+/// Times the Rust peers on the dense case `ours` was measured on.
+#[cfg(feature = "peers")]
+fn peers(
+    args: &KernelArgs,
+    ours: &Record,
+    causal: bool,
+    [q, k, v]: [&Vec<f32>; 3],
+) -> Result<Vec<Record>> {
+    let case = edifice_bench_peers::Case {
+        batch: ours.batch,
+        heads: ours.heads,
+        n: ours.n,
+        head_dim: ours.head_dim,
+        causal,
+        q,
+        k,
+        v,
+    };
+    let mut out = Vec::new();
+    for name in edifice_bench_peers::PEERS {
+        let mut call = edifice_bench_peers::prepare(name, &case).map_err(anyhow::Error::msg)?;
+        let (_, extra_bytes) = alloc::measure(&mut call);
+        let (secs, iters) = time_it(args.min_time, &mut call);
+        out.push(Record {
+            impl_name: name.to_string(),
+            isa: String::new(),
+            ms: secs * 1e3,
+            gflops: 4.0 * ours.allowed_pairs as f64 * ours.head_dim as f64 / secs / 1e9,
+            extra_bytes,
+            iters,
+            pattern: ours.pattern.clone(),
+            ..*ours
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "peers"))]
+fn peers(_: &KernelArgs, _: &Record, _: bool, _: [&Vec<f32>; 3]) -> Result<Vec<Record>> {
+    Ok(Vec::new())
 }

@@ -31,13 +31,6 @@ impl TensorFile {
             .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", self.path))
     }
 
-    /// Whether the file holds a tensor called `name`.
-    pub fn contains(&self, name: &str) -> bool {
-        self.tensors()
-            .map(|t| t.names().iter().any(|n| *n == name))
-            .unwrap_or(false)
-    }
-
     fn view(&self, name: &str) -> Result<TensorView<'_>> {
         let tensors = self.tensors()?;
         let mut names: Vec<String> = tensors.names().into_iter().cloned().collect();

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Side-by-side attention benchmark: edifice vs PyTorch, in one run.
+
+Runs `edifice bench kernel --json` (optionally with the Rust peers: burn's
+Flex attention and candle's CPU flash attention), then times on the same
+shapes, inputs and thread count:
+
+* PyTorch `scaled_dot_product_attention`, dense (a boolean mask for the
+  sparse patterns, `is_causal` for plain causal);
+* compiled FlexAttention on the CPU, with a block mask built from the same
+  rule.
+
+Useful GFLOP/s = 4 x allowed pairs x D / time for everyone (edifice reports
+the allowed pairs), so a dense implementation does not get credit for
+computing masked pairs. Prints a ratio table and writes every record to
+--out (JSON).
+
+Needs a venv with torch and numpy (`python3 -m venv .venv-bench &&
+.venv-bench/bin/pip install torch numpy`). Usage:
+
+    .venv-bench/bin/python scripts/bench_vs_torch.py --threads 2 [--peers] \
+        [--sizes 1024,4096,16384] [--patterns full,full+causal] [--no-flex]
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PATTERNS = [
+    "full",
+    "full+causal",
+    "window:256+causal",
+    "chunk:64+causal",
+    "strided:8:64+causal",
+    "shifted:1024+causal",
+]
+
+
+def parse_pattern(spec):
+    """`KIND[:ARGS][+causal]` -> (kind, [ints], causal)."""
+    causal = spec.endswith("+causal")
+    body = spec[: -len("+causal")] if causal else spec
+    kind, *args = body.split(":")
+    return kind, [int(a) for a in args], causal
+
+
+def allowed(spec, heads, n, torch):
+    """Boolean mask [H, N, N] (True = allowed) from the same rules as
+    edifice_kernels::Pattern (queries aligned with keys: Nq == Nk)."""
+    kind, args, causal = parse_pattern(spec)
+    i = torch.arange(n).view(1, n, 1)
+    j = torch.arange(n).view(1, 1, n)
+    h = torch.arange(heads).view(heads, 1, 1)
+    if kind == "full":
+        m = torch.ones(1, n, n, dtype=torch.bool)
+    elif kind == "window":
+        (w,) = args
+        m = (i - j).abs() <= w - 1
+    elif kind == "chunk":
+        (c,) = args
+        m = (i // c) == (j // c)
+    elif kind == "strided":
+        s, l = args
+        m = ((i - j).abs() < l) | ((j % s) == (h % s))
+    elif kind == "shifted":
+        (g,) = args
+        shift = (h >= heads // 2).long() * (g // 2)
+        m = ((i + shift) // g) == ((j + shift) // g)
+    else:
+        raise SystemExit(f"unknown pattern {spec}")
+    if causal:
+        m = m & (j <= i)
+    return m.expand(heads, n, n) if m.shape[0] == 1 else m
+
+
+def mask_mod(spec, heads):
+    """The same rule as a FlexAttention mask_mod."""
+    kind, args, causal = parse_pattern(spec)
+
+    def rule(b, h, q, kv):
+        if kind == "full":
+            ok = q >= 0
+        elif kind == "window":
+            ok = (q - kv).abs() <= args[0] - 1
+        elif kind == "chunk":
+            ok = (q // args[0]) == (kv // args[0])
+        elif kind == "strided":
+            ok = ((q - kv).abs() < args[1]) | ((kv % args[0]) == (h % args[0]))
+        elif kind == "shifted":
+            g = args[0]
+            shift = (h >= heads // 2).to(q.dtype) * (g // 2)
+            ok = ((q + shift) // g) == ((kv + shift) // g)
+        if causal:
+            ok = ok & (kv <= q)
+        return ok
+
+    return rule
+
+
+def time_it(fn, min_time):
+    fn()
+    start = time.perf_counter()
+    fn()
+    warm = time.perf_counter() - start
+    iters = max(1, min(200, math.ceil(min_time / max(warm, 1e-9))))
+    samples = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def inputs(n_elems, seed):
+    """Uniform [-1, 1) f32 inputs (the same distribution edifice uses;
+    timings do not depend on the values)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).random(n_elems, dtype=np.float32) * 2.0 - 1.0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sizes", default="1024,4096,16384")
+    ap.add_argument("--patterns", default=",".join(DEFAULT_PATTERNS))
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--min-time", type=float, default=1.0)
+    ap.add_argument("--peers", action="store_true", help="also time burn and candle (builds with --features peers)")
+    ap.add_argument("--no-flex", action="store_true", help="skip compiled FlexAttention")
+    ap.add_argument("--no-sdpa-above", type=int, default=16384, help="skip dense SDPA above this N")
+    ap.add_argument("--out", default=str(ROOT / "bench-out" / "bench_vs_torch.json"))
+    args = ap.parse_args()
+
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    patterns = args.patterns.split(",")
+
+    features = ["--features", "peers"] if args.peers else []
+    subprocess.run(["cargo", "build", "--release", "-p", "edifice-cli", *features], cwd=ROOT, check=True)
+    cmd = [
+        str(ROOT / "target" / "release" / "edifice"), "bench", "kernel", "--json",
+        "--threads", str(args.threads), "--sizes", args.sizes, "--patterns", args.patterns,
+        "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--min-time", str(args.min_time),
+    ]
+    if args.peers:
+        cmd.append("--peers")
+    print("+", " ".join(cmd), file=sys.stderr)
+    rust = json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+    records = list(rust)
+    pairs = {(r["pattern"], r["n"]): r["allowed_pairs"] for r in rust if r["impl_name"] == "edifice"}
+
+    flex_attention = create_block_mask = None
+    if not args.no_flex:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        torch._dynamo.config.cache_size_limit = 64
+        flex_attention = torch.compile(flex_attention, dynamic=False)
+
+    h, d = args.heads, args.head_dim
+    for spec in patterns:
+        kind, _, causal = parse_pattern(spec)
+        for n in sizes:
+            p = pairs[(spec, n)]
+            q = torch.from_numpy(inputs(h * n * d, 1)).view(1, h, n, d)
+            k = torch.from_numpy(inputs(h * n * d, 2)).view(1, h, n, d)
+            v = torch.from_numpy(inputs(h * n * d, 3)).view(1, h, n, d)
+
+            def record(name, secs, **extra):
+                records.append(dict(impl_name=name, pattern=spec, n=n, batch=1, heads=h, head_dim=d,
+                                    threads=args.threads, ms=secs * 1e3, gflops=4 * p * d / secs / 1e9,
+                                    allowed_pairs=p, **extra))
+                print(f"{name:>14} {spec:<22} {n:>6} {secs * 1e3:>10.2f} ms {4 * p * d / secs / 1e9:>8.1f} GFLOP/s",
+                      file=sys.stderr)
+
+            if n <= args.no_sdpa_above:
+                sdpa = torch.nn.functional.scaled_dot_product_attention
+                with torch.inference_mode():
+                    if kind == "full":
+                        fn = lambda: sdpa(q, k, v, is_causal=causal)
+                    else:
+                        mask = allowed(spec, h, n, torch).unsqueeze(0)
+                        fn = lambda: sdpa(q, k, v, attn_mask=mask)
+                    record("torch-sdpa", time_it(fn, args.min_time))
+                    fn = mask = None
+
+            if flex_attention is not None:
+                block_mask = None
+                if spec != "full":
+                    block_mask = create_block_mask(mask_mod(spec, h), 1, h, n, n, device="cpu")
+                with torch.inference_mode():
+                    t0 = time.perf_counter()
+                    flex_attention(q, k, v, block_mask=block_mask)
+                    compile_s = time.perf_counter() - t0
+                    fn = lambda: flex_attention(q, k, v, block_mask=block_mask)
+                    record("torch-flex", time_it(fn, args.min_time), compile_s=compile_s)
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(records, indent=1))
+
+    by = {(r["impl_name"], r["pattern"], r["n"]): r for r in records}
+    others = [name for name in ["torch-sdpa", "torch-flex", "burn-flex", "candle-flash"]
+              if any(r["impl_name"] == name for r in records)]
+    print(f"\nthreads={args.threads} B=1 H={h} D={d} f32; useful GFLOP/s (4 x allowed pairs x D / time); "
+          f"ratio = edifice throughput / other's")
+    header = f"| pattern | N | edifice GFLOP/s | " + " | ".join(f"{o} GFLOP/s | edifice / {o}" for o in others) + " |"
+    print(header)
+    print("|" + "---|" * (3 + 2 * len(others)))
+    for spec in patterns:
+        for n in sizes:
+            e = by.get(("edifice", spec, n))
+            if e is None:
+                continue
+            cells = [spec, str(n), f"{e['gflops']:.1f}"]
+            for o in others:
+                r = by.get((o, spec, n))
+                cells += [f"{r['gflops']:.1f}", f"{e['gflops'] / r['gflops']:.2f}x"] if r else ["-", "-"]
+            print("| " + " | ".join(cells) + " |")
+    print(f"\nrecords written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
