@@ -134,6 +134,9 @@ def main():
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--min-time", type=float, default=1.0)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="repeat every case this many times, alternating implementations, and keep each one's "
+                         "best (this machine is shared and noisy)")
     ap.add_argument("--peers", action="store_true", help="also time burn and candle (builds with --features peers)")
     ap.add_argument("--no-flex", action="store_true", help="skip compiled FlexAttention")
     ap.add_argument("--no-sdpa-above", type=int, default=16384, help="skip dense SDPA above this N")
@@ -149,18 +152,23 @@ def main():
 
     features = ["--features", "peers"] if args.peers else []
     subprocess.run(["cargo", "build", "--release", "-p", "edifice-cli", *features], cwd=ROOT, check=True)
-    cmd = [
-        str(ROOT / "target" / "release" / "edifice"), "bench", "kernel", "--json",
-        "--threads", str(args.threads), "--sizes", args.sizes, "--patterns", args.patterns,
-        "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--min-time", str(args.min_time),
-    ]
-    if args.peers:
-        cmd.append("--peers")
-    print("+", " ".join(cmd), file=sys.stderr)
-    rust = json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
-    records = list(rust)
-    pairs = {(r["pattern"], r["n"]): r["allowed_pairs"] for r in rust if r["impl_name"] == "edifice"}
+    def edifice(spec, n):
+        """Our kernel (and the peers), run right before torch on the same case
+        so that both see the same machine state."""
+        cmd = [
+            str(ROOT / "target" / "release" / "edifice"), "bench", "kernel", "--json",
+            "--threads", str(args.threads), "--sizes", str(n), "--patterns", spec,
+            "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--min-time", str(args.min_time),
+        ]
+        if args.peers:
+            cmd.append("--peers")
+        out = json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+        for r in out:
+            print(f"{r['impl_name']:>14} {spec:<22} {n:>6} {r['ms']:>10.2f} ms {r['gflops']:>8.1f} GFLOP/s",
+                  file=sys.stderr)
+        return out
 
+    records = []
     flex_attention = create_block_mask = None
     if not args.no_flex:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -172,39 +180,49 @@ def main():
     for spec in patterns:
         kind, _, causal = parse_pattern(spec)
         for n in sizes:
-            p = pairs[(spec, n)]
-            q = torch.from_numpy(inputs(h * n * d, 1)).view(1, h, n, d)
-            k = torch.from_numpy(inputs(h * n * d, 2)).view(1, h, n, d)
-            v = torch.from_numpy(inputs(h * n * d, 3)).view(1, h, n, d)
+            best = {}
 
-            def record(name, secs, **extra):
-                records.append(dict(impl_name=name, pattern=spec, n=n, batch=1, heads=h, head_dim=d,
-                                    threads=args.threads, ms=secs * 1e3, gflops=4 * p * d / secs / 1e9,
-                                    allowed_pairs=p, **extra))
-                print(f"{name:>14} {spec:<22} {n:>6} {secs * 1e3:>10.2f} ms {4 * p * d / secs / 1e9:>8.1f} GFLOP/s",
-                      file=sys.stderr)
+            def keep(rec):
+                key = rec["impl_name"]
+                if key not in best or rec["gflops"] > best[key]["gflops"]:
+                    best[key] = rec
 
-            if n <= args.no_sdpa_above:
-                sdpa = torch.nn.functional.scaled_dot_product_attention
+            block_mask = None
+            if flex_attention is not None and spec != "full":
+                block_mask = create_block_mask(mask_mod(spec, h), 1, h, n, n, device="cpu")
+            mask = None if kind == "full" or n > args.no_sdpa_above else allowed(spec, h, n, torch).unsqueeze(0)
+            for _ in range(args.rounds):
+                ours = edifice(spec, n)
+                for rec in ours:
+                    keep(rec)
+                p = ours[0]["allowed_pairs"]
+                q = torch.from_numpy(inputs(h * n * d, 1)).view(1, h, n, d)
+                k = torch.from_numpy(inputs(h * n * d, 2)).view(1, h, n, d)
+                v = torch.from_numpy(inputs(h * n * d, 3)).view(1, h, n, d)
+
+                def record(name, secs, **extra):
+                    rec = dict(impl_name=name, pattern=spec, n=n, batch=1, heads=h, head_dim=d,
+                               threads=args.threads, ms=secs * 1e3, gflops=4 * p * d / secs / 1e9,
+                               allowed_pairs=p, **extra)
+                    keep(rec)
+                    print(f"{name:>14} {spec:<22} {n:>6} {secs * 1e3:>10.2f} ms {rec['gflops']:>8.1f} GFLOP/s",
+                          file=sys.stderr)
+
                 with torch.inference_mode():
-                    if kind == "full":
-                        fn = lambda: sdpa(q, k, v, is_causal=causal)
-                    else:
-                        mask = allowed(spec, h, n, torch).unsqueeze(0)
-                        fn = lambda: sdpa(q, k, v, attn_mask=mask)
-                    record("torch-sdpa", time_it(fn, args.min_time))
-                    fn = mask = None
-
-            if flex_attention is not None:
-                block_mask = None
-                if spec != "full":
-                    block_mask = create_block_mask(mask_mod(spec, h), 1, h, n, n, device="cpu")
-                with torch.inference_mode():
-                    t0 = time.perf_counter()
-                    flex_attention(q, k, v, block_mask=block_mask)
-                    compile_s = time.perf_counter() - t0
-                    fn = lambda: flex_attention(q, k, v, block_mask=block_mask)
-                    record("torch-flex", time_it(fn, args.min_time), compile_s=compile_s)
+                    if n <= args.no_sdpa_above:
+                        sdpa = torch.nn.functional.scaled_dot_product_attention
+                        if kind == "full":
+                            fn = lambda: sdpa(q, k, v, is_causal=causal)
+                        else:
+                            fn = lambda: sdpa(q, k, v, attn_mask=mask)
+                        record("torch-sdpa", time_it(fn, args.min_time))
+                    if flex_attention is not None:
+                        t0 = time.perf_counter()
+                        flex_attention(q, k, v, block_mask=block_mask)
+                        compile_s = time.perf_counter() - t0
+                        fn = lambda: flex_attention(q, k, v, block_mask=block_mask)
+                        record("torch-flex", time_it(fn, args.min_time), first_call_s=compile_s)
+            records += best.values()
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(records, indent=1))

@@ -1,0 +1,311 @@
+//! The `edifice` binary end to end: `attn` against the naive reference, its
+//! error messages, and `bench kernel --json`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use edifice_kernels::{reference, Attention, AttnShape, BoolMask, Pattern, PatternKind};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+fn edifice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edifice"))
+}
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Writes raw tensors `(name, dtype, dims, bytes)`.
+fn write(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, dt, dims, b)| {
+            (
+                n.to_string(),
+                TensorView::new(*dt, dims.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, &None, path).unwrap();
+}
+
+fn f32_tensor(
+    name: &'static str,
+    dims: Vec<usize>,
+    x: &[f32],
+) -> (&'static str, Dtype, Vec<usize>, Vec<u8>) {
+    (
+        name,
+        Dtype::F32,
+        dims,
+        x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
+}
+
+fn read_f32(path: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (v, t.shape().to_vec())
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("edifice-cli-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const SHAPE: AttnShape = AttnShape {
+    batch: 2,
+    heads_q: 4,
+    heads_kv: 2,
+    len_q: 37,
+    len_k: 50,
+    head_dim: 16,
+};
+
+fn qkv_tensors() -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> {
+    let s = SHAPE;
+    vec![
+        f32_tensor(
+            "q",
+            vec![s.batch, s.heads_q, s.len_q, s.head_dim],
+            &data(s.q_len(), 1),
+        ),
+        f32_tensor(
+            "k",
+            vec![s.batch, s.heads_kv, s.len_k, s.head_dim],
+            &data(s.kv_len(), 2),
+        ),
+        f32_tensor(
+            "v",
+            vec![s.batch, s.heads_kv, s.len_k, s.head_dim],
+            &data(s.kv_len(), 3),
+        ),
+    ]
+}
+
+fn check_against_reference(dir: &Dir, args: &[&str], pattern: Pattern, scale: Option<f32>) {
+    let out = dir.path("out.safetensors");
+    let status = edifice()
+        .args([
+            "attn",
+            "--input",
+            dir.path("in.safetensors").to_str().unwrap(),
+        ])
+        .args(["--output", out.to_str().unwrap()])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (o, o_dims) = read_f32(&out, "o");
+    let (lse, lse_dims) = read_f32(&out, "lse");
+    assert_eq!(o_dims, vec![2, 4, 37, 16]);
+    assert_eq!(lse_dims, vec![2, 4, 37]);
+    let mut att = Attention::new(SHAPE, pattern).unwrap();
+    if let Some(scale) = scale {
+        att = att.with_scale(scale).unwrap();
+    }
+    let (o_ref, lse_ref) = reference::forward(
+        &att,
+        &data(SHAPE.q_len(), 1),
+        &data(SHAPE.kv_len(), 2),
+        &data(SHAPE.kv_len(), 3),
+    );
+    for (a, b) in o.iter().zip(&o_ref) {
+        assert!((a - b).abs() <= 1e-4, "o {a} vs {b}");
+    }
+    for (a, b) in lse.iter().zip(&lse_ref) {
+        assert!(a == b || (a - b).abs() <= 1e-4, "lse {a} vs {b}");
+    }
+}
+
+#[test]
+fn attn_matches_the_reference() {
+    let dir = Dir::new("ok");
+    write(&dir.path("in.safetensors"), &qkv_tensors());
+    check_against_reference(
+        &dir,
+        &["--pattern", "window:7", "--causal"],
+        Pattern::new(PatternKind::Window { window: 7 }, true),
+        None,
+    );
+    check_against_reference(
+        &dir,
+        &["--pattern", "strided:3:4", "--scale", "0.3"],
+        Pattern::new(
+            PatternKind::Strided {
+                stride: 3,
+                local: 4,
+            },
+            false,
+        ),
+        Some(0.3),
+    );
+
+    let bits: Vec<bool> = data(37 * 50, 9).iter().map(|&x| x > 0.2).collect();
+    let mut tensors = qkv_tensors();
+    tensors.push((
+        "mask",
+        Dtype::BOOL,
+        vec![37, 50],
+        bits.iter().map(|&b| b as u8).collect(),
+    ));
+    write(&dir.path("in.safetensors"), &tensors);
+    let mask = BoolMask::new(bits, &[37, 50]).unwrap();
+    check_against_reference(
+        &dir,
+        &["--pattern", "mask", "--causal"],
+        Pattern::new(PatternKind::Mask(mask), true),
+        None,
+    );
+}
+
+/// Runs `attn` on `tensors` and returns stderr, asserting a clean failure.
+fn attn_error(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)], extra: &[&str]) -> String {
+    let dir = Dir::new("err");
+    write(&dir.path("in.safetensors"), tensors);
+    let out = edifice()
+        .args([
+            "attn",
+            "--input",
+            dir.path("in.safetensors").to_str().unwrap(),
+        ])
+        .args(["--output", dir.path("out.safetensors").to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "expected failure, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    stderr
+}
+
+#[test]
+fn attn_errors_are_one_clear_line() {
+    let good = qkv_tensors();
+    let err = attn_error(&good[..2], &[]);
+    assert!(err.contains("no tensor `v`"), "{err}");
+
+    let mut t = qkv_tensors();
+    t[0] = (
+        "q",
+        Dtype::F64,
+        vec![2, 4, 37, 8],
+        vec![0; 2 * 4 * 37 * 8 * 8],
+    );
+    assert!(attn_error(&t, &[]).contains("dtype F64"));
+
+    let mut t = qkv_tensors();
+    t[0] = f32_tensor("q", vec![8, 37, 16], &data(8 * 37 * 16, 1));
+    assert!(attn_error(&t, &[]).contains("rank 3"));
+
+    let mut t = qkv_tensors();
+    t[2] = f32_tensor("v", vec![2, 2, 49, 16], &data(2 * 2 * 49 * 16, 1));
+    assert!(attn_error(&t, &[]).contains("must match"));
+
+    let mut t = qkv_tensors();
+    t[1] = f32_tensor("k", vec![2, 3, 50, 16], &data(2 * 3 * 50 * 16, 1));
+    t[2] = f32_tensor("v", vec![2, 3, 50, 16], &data(2 * 3 * 50 * 16, 1));
+    assert!(attn_error(&t, &[]).contains("multiple of key/value heads"));
+
+    assert!(attn_error(&good, &["--pattern", "diagonal:3"]).contains("unknown pattern"));
+    assert!(attn_error(&good, &["--pattern", "window:0"]).contains("at least 1"));
+    assert!(attn_error(&good, &["--pattern", "mask"]).contains("no tensor `mask`"));
+
+    let mut t = qkv_tensors();
+    t.push(("mask", Dtype::BOOL, vec![36, 50], vec![1; 36 * 50]));
+    assert!(attn_error(&t, &["--pattern", "mask"]).contains("mask has dims [36, 50]"));
+
+    let dir = Dir::new("corrupt");
+    std::fs::write(dir.path("bad.safetensors"), b"definitely not safetensors").unwrap();
+    let out = edifice()
+        .args([
+            "attn",
+            "--input",
+            dir.path("bad.safetensors").to_str().unwrap(),
+            "--output",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success() && stderr.contains("not a valid safetensors file"),
+        "{stderr}"
+    );
+
+    let out = edifice()
+        .args(["attn", "--input", "/nonexistent/x", "--output", "/dev/null"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success() && stderr.contains("cannot read /nonexistent/x"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bench_kernel_json() {
+    let out = edifice()
+        .args([
+            "bench",
+            "kernel",
+            "--json",
+            "--sizes",
+            "64,100",
+            "--patterns",
+            "full,chunk:16+causal",
+            "--min-time",
+            "0.01",
+        ])
+        .args(["--threads", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 4);
+    // 8 heads × 64² pairs for full at N = 64.
+    assert_eq!(records[0]["allowed_pairs"], 8 * 64 * 64);
+    // chunk 16 + causal at N = 100: six full chunks and one of 4.
+    assert_eq!(
+        records[3]["allowed_pairs"],
+        8 * (6 * 16 * 17 / 2 + 4 * 5 / 2)
+    );
+    assert!(records.iter().all(|r| r["gflops"].as_f64().unwrap() > 0.0));
+}
