@@ -32,14 +32,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PATTERNS = [
-    "full",
-    "full+causal",
-    "window:256+causal",
-    "chunk:64+causal",
-    "strided:8:64+causal",
-    "shifted:1024+causal",
-]
 
 
 def parse_pattern(spec):
@@ -130,7 +122,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", default="1024,4096,16384")
-    ap.add_argument("--patterns", default=",".join(DEFAULT_PATTERNS))
+    ap.add_argument("--patterns", default=None, help="default: edifice's standard set")
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--min-time", type=float, default=1.0)
@@ -148,15 +140,18 @@ def main():
 
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
-    patterns = args.patterns.split(",")
-
     features = ["--features", "peers"] if args.peers else []
     subprocess.run(["cargo", "build", "--release", "-p", "edifice-cli", *features], cwd=ROOT, check=True)
+    binary = str(ROOT / "target" / "release" / "edifice")
+    if args.patterns is None:
+        listed = subprocess.run([binary, "bench", "kernel", "--list-patterns"], check=True, capture_output=True, text=True)
+        args.patterns = ",".join(listed.stdout.split())
+    patterns = args.patterns.split(",")
     def edifice(spec, n):
         """Our kernel (and the peers), run right before torch on the same case
         so that both see the same machine state."""
         cmd = [
-            str(ROOT / "target" / "release" / "edifice"), "bench", "kernel", "--json",
+            binary, "bench", "kernel", "--json",
             "--threads", str(args.threads), "--sizes", str(n), "--patterns", spec,
             "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--min-time", str(args.min_time),
         ]

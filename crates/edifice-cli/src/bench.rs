@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use edifice_kernels::reference::uniform;
 use edifice_kernels::{Attention, AttnShape, Pattern, PatternKind};
 use serde::Serialize;
 
@@ -48,6 +49,9 @@ pub struct KernelArgs {
     /// attention) on the dense patterns. Needs a build with `--features peers`.
     #[arg(long)]
     peers: bool,
+    /// Print the standard pattern set, one per line, and exit.
+    #[arg(long)]
+    list_patterns: bool,
     /// Largest N for the peers (burn materialises N × N scores per head).
     #[arg(long, default_value_t = 4096)]
     peers_max_n: usize,
@@ -115,19 +119,6 @@ pub fn time_it(min_time: f64, mut f: impl FnMut()) -> (f64, usize) {
     (samples[samples.len() / 2], iters)
 }
 
-/// Deterministic inputs in [-1, 1).
-pub fn inputs(n: usize, seed: u32) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Kernel(args) => {
@@ -146,6 +137,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 }
 
 fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
+    if args.list_patterns {
+        STANDARD_PATTERNS.iter().for_each(|p| println!("{p}"));
+        return Ok(());
+    }
     if args.peers && !cfg!(feature = "peers") {
         anyhow::bail!("--peers needs a build with `--features peers` (cargo build --release -p edifice-cli --features peers)");
     }
@@ -179,9 +174,9 @@ fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
                 head_dim: args.head_dim,
             };
             let att = Attention::new(shape, pattern.clone())?;
-            let q = inputs(shape.q_len(), 1);
-            let k = inputs(shape.kv_len(), 2);
-            let v = inputs(shape.kv_len(), 3);
+            let q = uniform(shape.q_len(), 1);
+            let k = uniform(shape.kv_len(), 2);
+            let v = uniform(shape.kv_len(), 3);
             let mut o = vec![0.0; shape.q_len()];
             let mut lse = vec![0.0; shape.lse_len()];
             let (result, extra_bytes) =

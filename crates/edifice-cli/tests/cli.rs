@@ -13,15 +13,7 @@ fn edifice() -> Command {
 }
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
+    edifice_kernels::reference::uniform(n, seed)
 }
 
 /// Writes raw tensors `(name, dtype, dims, bytes)`.
@@ -191,17 +183,22 @@ fn attn_matches_the_reference() {
 /// Runs `attn` on `tensors` and returns stderr, asserting a clean failure.
 fn attn_error(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)], extra: &[&str]) -> String {
     let dir = Dir::new("err");
-    write(&dir.path("in.safetensors"), tensors);
-    let out = edifice()
-        .args([
-            "attn",
-            "--input",
-            dir.path("in.safetensors").to_str().unwrap(),
-        ])
-        .args(["--output", dir.path("out.safetensors").to_str().unwrap()])
-        .args(extra)
-        .output()
-        .unwrap();
+    let (input, output) = (dir.path("in.safetensors"), dir.path("out.safetensors"));
+    write(&input, tensors);
+    let mut args = vec![
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    attn_fails(&args)
+}
+
+/// Runs `edifice attn ARGS`; asserts it fails with one `error: ` line and no
+/// panic, and returns that line.
+fn attn_fails(args: &[&str]) -> String {
+    let out = edifice().arg("attn").args(args).output().unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(!out.status.success(), "expected failure, stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -247,32 +244,12 @@ fn attn_errors_are_one_clear_line() {
     assert!(attn_error(&t, &["--pattern", "mask"]).contains("mask has dims [36, 50]"));
 
     let dir = Dir::new("corrupt");
-    std::fs::write(dir.path("bad.safetensors"), b"definitely not safetensors").unwrap();
-    let out = edifice()
-        .args([
-            "attn",
-            "--input",
-            dir.path("bad.safetensors").to_str().unwrap(),
-            "--output",
-            "/dev/null",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        !out.status.success() && stderr.contains("not a valid safetensors file"),
-        "{stderr}"
-    );
-
-    let out = edifice()
-        .args(["attn", "--input", "/nonexistent/x", "--output", "/dev/null"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        !out.status.success() && stderr.contains("cannot read /nonexistent/x"),
-        "{stderr}"
-    );
+    let bad = dir.path("bad.safetensors");
+    std::fs::write(&bad, b"definitely not safetensors").unwrap();
+    let err = attn_fails(&["--input", bad.to_str().unwrap(), "--output", "/dev/null"]);
+    assert!(err.contains("not a valid safetensors file"), "{err}");
+    let err = attn_fails(&["--input", "/nonexistent/x", "--output", "/dev/null"]);
+    assert!(err.contains("cannot read /nonexistent/x"), "{err}");
 }
 
 #[test]

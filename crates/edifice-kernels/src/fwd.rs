@@ -179,7 +179,14 @@ impl WithSimd for QueryTile<'_> {
                     pattern.row_bounds(shape, self.head, &rows, &keys, lo, hi)
                 };
                 let live = (!block.full).then_some(&bounds);
-                scores(simd, k, &keys, &sc.qt, d, live, &mut sc.s);
+                // Register block (key rows, query vectors). (8, 2) on AVX-512
+                // measured 30% slower than (4, 4): eight K row pointers spill
+                // general-purpose registers.
+                if S::LANES == 8 {
+                    scores_blocked::<S, 4, 2>(simd, k, &keys, &sc.qt, d, live, &mut sc.s);
+                } else {
+                    scores_blocked::<S, 4, 4>(simd, k, &keys, &sc.qt, d, live, &mut sc.s);
+                }
                 if exact {
                     mask_outside(&mut sc.s, keys.len, &bounds);
                 } else if !block.full {
@@ -232,17 +239,6 @@ fn load_transposed(q: &[f32], d: usize, factor: f32, qt: &mut [f32]) {
     }
 }
 
-/// Register block of the Q·Kᵀ micro-kernel: (key rows, query vectors).
-/// (8, 2) on AVX-512 measured 30% slower than (4, 4) here: eight K row
-/// pointers spill general-purpose registers.
-const fn qk_block(lanes: usize) -> (usize, usize) {
-    match lanes {
-        16 => (4, 4),
-        8 => (4, 2),
-        _ => (4, 4),
-    }
-}
-
 /// Per query row of a partial tile, the tile-local keys `lo..=hi` it may
 /// read (`lo > hi`: none), from [`Pattern::row_bounds`](crate::Pattern).
 struct Bounds {
@@ -286,23 +282,6 @@ fn mask_outside(s: &mut [f32], n_keys: usize, bounds: &Bounds) {
 /// `s[j * TILE_Q + i] = Σ_d k[key j][d] · qt[d * TILE_Q + i]` for the keys of
 /// one tile (rows `keys.step` apart in `k`). With `bounds`, blocks that no
 /// row reads are set to `-inf` instead of computed.
-#[inline(always)]
-fn scores<S: Simd>(
-    simd: S,
-    k: &[f32],
-    keys: &KeySpan,
-    qt: &[f32],
-    d: usize,
-    bounds: Option<&Bounds>,
-    s: &mut [f32],
-) {
-    match qk_block(S::LANES) {
-        (4, 2) => scores_blocked::<S, 4, 2>(simd, k, keys, qt, d, bounds, s),
-        (4, 4) => scores_blocked::<S, 4, 4>(simd, k, keys, qt, d, bounds, s),
-        _ => unreachable!(),
-    }
-}
-
 #[inline(always)]
 fn scores_blocked<S: Simd, const MR: usize, const NV: usize>(
     simd: S,

@@ -63,3 +63,17 @@ pub fn forward(att: &Attention, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, V
     }
     (o, lse)
 }
+
+/// Deterministic inputs uniform in `[-1, 1)` (xorshift32), for tests and
+/// benchmarks that must be reproducible without a random-number crate.
+pub fn uniform(n: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}

@@ -9,19 +9,9 @@ pub const LENGTHS: &[usize] = &[1, 2, 3, 5, 7, 13, 31, 63, 64, 65, 97, 128, 131,
 /// Head dims named by the issue.
 pub const HEAD_DIMS: &[usize] = &[8, 16, 24, 32, 64, 96, 128];
 
-/// Deterministic pseudo-random f32 in [-1, 1) (splitmix64).
+/// Deterministic inputs in [-1, 1).
 pub fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    edifice_kernels::reference::uniform(n, (seed ^ (seed >> 32)) as u32)
 }
 
 pub fn shape_strategy() -> impl Strategy<Value = AttnShape> {
