@@ -11,10 +11,12 @@ use crate::tensors::{write_f32, TensorFile};
 #[derive(Args)]
 pub struct AttnArgs {
     /// safetensors file with f32 tensors q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D]
-    /// (and `mask` [Nq, Nk] or [B, Hq, Nq, Nk], BOOL or U8, for `--pattern mask`).
+    /// (and `mask` [Nq, Nk] or [B, Hq, Nq, Nk], BOOL or U8, for `--pattern mask`;
+    /// and optionally `do` [B, Hq, Nq, D], the gradient of a loss with respect to o).
     #[arg(long)]
     input: PathBuf,
-    /// Where to write o [B, Hq, Nq, D] and lse [B, Hq, Nq] (f32).
+    /// Where to write o [B, Hq, Nq, D] and lse [B, Hq, Nq] (f32), and, when the
+    /// input has `do`, dq, dk and dv (shaped like q, k and v).
     #[arg(long)]
     output: PathBuf,
     /// full, window:W, chunk:C, strided:S:L, shifted:G or mask.
@@ -58,10 +60,19 @@ pub fn run(args: AttnArgs) -> Result<()> {
         att = att.with_scale(scale)?;
     }
     let (o, lse) = att.forward_vec(&q, &k, &v)?;
-    write_f32(
-        &args.output,
-        &[("o", qd.clone(), &o), ("lse", qd[..3].to_vec(), &lse)],
-    )
-    .context("writing the output")?;
+    let mut out: Vec<(&str, Vec<usize>, &[f32])> =
+        vec![("o", qd.clone(), &o), ("lse", qd[..3].to_vec(), &lse)];
+    let grads;
+    if file.has("do") {
+        let (d_o, dod) = file.f32("do", 4)?;
+        if dod != qd {
+            bail!("do has dims {dod:?} but q has dims {qd:?}; they must match");
+        }
+        grads = att.backward_vec(&q, &k, &v, &o, &lse, &d_o)?;
+        out.push(("dq", qd.clone(), &grads.0));
+        out.push(("dk", kd.clone(), &grads.1));
+        out.push(("dv", kd.clone(), &grads.2));
+    }
+    write_f32(&args.output, &out).context("writing the output")?;
     Ok(())
 }

@@ -49,6 +49,9 @@ pub struct KernelArgs {
     /// attention) on the dense patterns. Needs a build with `--features peers`.
     #[arg(long)]
     peers: bool,
+    /// Also time forward + backward (gradients of q, k and v).
+    #[arg(long)]
+    backward: bool,
     /// Print the standard pattern set, one per line, and exit.
     #[arg(long)]
     list_patterns: bool,
@@ -71,6 +74,8 @@ const STANDARD_PATTERNS: &[&str] = &[
 #[derive(Serialize)]
 struct Record {
     impl_name: String,
+    /// `forward`, or `forward+backward`.
+    pass: String,
     pattern: String,
     n: usize,
     batch: usize,
@@ -80,7 +85,9 @@ struct Record {
     isa: String,
     /// Median wall time of one call.
     ms: f64,
-    /// 4 × allowed pairs × D over the median time.
+    /// Useful FLOPs over the median time: 4 × allowed pairs × D for the
+    /// forward pass, 3.5 times that for forward + backward (FlashAttention's
+    /// convention: 2 matmuls forward, 5 backward).
     gflops: f64,
     allowed_pairs: u64,
     /// Peak bytes allocated during one call beyond inputs and outputs.
@@ -189,6 +196,7 @@ fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
             let allowed_pairs = att.allowed_pairs();
             let record = Record {
                 impl_name: "edifice".into(),
+                pass: "forward".into(),
                 pattern: spec.clone(),
                 n,
                 batch: args.batch,
@@ -203,19 +211,50 @@ fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
                 iters,
             };
             let mut found = vec![record];
+            if args.backward {
+                let d_o = uniform(shape.q_len(), 4);
+                let (mut dq, mut dk, mut dv) = (
+                    vec![0.0; shape.q_len()],
+                    vec![0.0; shape.kv_len()],
+                    vec![0.0; shape.kv_len()],
+                );
+                let mut step = || -> Result<(), edifice_kernels::KernelError> {
+                    att.forward(&q, &k, &v, &mut o, &mut lse)?;
+                    att.backward(&q, &k, &v, &o, &lse, &d_o, &mut dq, &mut dk, &mut dv)
+                };
+                let (result, extra_bytes) = alloc::measure(&mut step);
+                result?;
+                let (secs, iters) = time_it(args.min_time, || step().expect("validated above"));
+                found.push(Record {
+                    pass: "forward+backward".into(),
+                    ms: secs * 1e3,
+                    gflops: 3.5 * found[0].gflops * found[0].ms / (secs * 1e3),
+                    extra_bytes,
+                    iters,
+                    impl_name: found[0].impl_name.clone(),
+                    pattern: found[0].pattern.clone(),
+                    isa: found[0].isa.clone(),
+                    ..found[0]
+                });
+            }
             if args.peers && n <= args.peers_max_n && matches!(pattern.kind, PatternKind::Full) {
                 found.extend(peers(args, &found[0], pattern.causal, [&q, &k, &v])?);
             }
             for record in found {
                 if !args.json {
                     println!(
-                        "{:<22} {:>6} {:>10.3} {:>9.1} {:>10.2} {:>13}",
+                        "{:<22} {:>6} {:>10.3} {:>9.1} {:>10.2} {:>13} {}",
                         record.pattern,
                         n,
                         record.ms,
                         record.gflops,
                         record.extra_bytes as f64 / (1 << 20) as f64,
-                        record.impl_name
+                        record.impl_name,
+                        if record.pass == "forward" {
+                            ""
+                        } else {
+                            "fwd+bwd"
+                        }
                     );
                 }
                 records.push(record);
@@ -253,6 +292,7 @@ fn peers(
         let (secs, iters) = time_it(args.min_time, &mut call);
         out.push(Record {
             impl_name: name.to_string(),
+            pass: "forward".into(),
             isa: String::new(),
             ms: secs * 1e3,
             gflops: 4.0 * ours.allowed_pairs as f64 * ours.head_dim as f64 / secs / 1e9,

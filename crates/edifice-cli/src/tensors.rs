@@ -31,6 +31,12 @@ impl TensorFile {
             .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", self.path))
     }
 
+    /// Whether the file holds a tensor called `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors()
+            .is_ok_and(|t| t.names().iter().any(|n| *n == name))
+    }
+
     fn view(&self, name: &str) -> Result<TensorView<'_>> {
         let tensors = self.tensors()?;
         let mut names: Vec<String> = tensors.names().into_iter().cloned().collect();

@@ -58,8 +58,11 @@ fn read_f32(path: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
 struct Dir(PathBuf);
 
 impl Dir {
+    /// A fresh directory, unique across the tests running in parallel.
     fn new(tag: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("edifice-cli-{tag}-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("edifice-cli-{tag}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         Dir(p)
     }
@@ -104,7 +107,9 @@ fn qkv_tensors() -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> {
     ]
 }
 
-fn check_against_reference(dir: &Dir, args: &[&str], pattern: Pattern, scale: Option<f32>) {
+/// Runs `edifice attn` from `dir/in.safetensors` to `dir/out.safetensors`
+/// and asserts success.
+fn run_attn(dir: &Dir, args: &[&str]) -> PathBuf {
     let out = dir.path("out.safetensors");
     let status = edifice()
         .args([
@@ -117,6 +122,11 @@ fn check_against_reference(dir: &Dir, args: &[&str], pattern: Pattern, scale: Op
         .status()
         .unwrap();
     assert!(status.success());
+    out
+}
+
+fn check_against_reference(dir: &Dir, args: &[&str], pattern: Pattern, scale: Option<f32>) {
+    let out = run_attn(dir, args);
     let (o, o_dims) = read_f32(&out, "o");
     let (lse, lse_dims) = read_f32(&out, "lse");
     assert_eq!(o_dims, vec![2, 4, 37, 16]);
@@ -285,4 +295,42 @@ fn bench_kernel_json() {
         8 * (6 * 16 * 17 / 2 + 4 * 5 / 2)
     );
     assert!(records.iter().all(|r| r["gflops"].as_f64().unwrap() > 0.0));
+}
+
+#[test]
+fn attn_with_do_writes_gradients() {
+    let dir = Dir::new("grad");
+    let s = SHAPE;
+    let d_o = data(s.q_len(), 4);
+    let mut tensors = qkv_tensors();
+    tensors.push(f32_tensor(
+        "do",
+        vec![s.batch, s.heads_q, s.len_q, s.head_dim],
+        &d_o,
+    ));
+    write(&dir.path("in.safetensors"), &tensors);
+    let out = run_attn(&dir, &["--pattern", "chunk:9", "--causal"]);
+    let att = Attention::new(SHAPE, Pattern::new(PatternKind::Chunk { chunk: 9 }, true)).unwrap();
+    let (q, k, v) = (data(s.q_len(), 1), data(s.kv_len(), 2), data(s.kv_len(), 3));
+    let want = reference::backward(&att, &q, &k, &v, &d_o);
+    for (name, w, dims) in [
+        ("dq", &want.0, vec![2, 4, 37, 16]),
+        ("dk", &want.1, vec![2, 2, 50, 16]),
+        ("dv", &want.2, vec![2, 2, 50, 16]),
+    ] {
+        let (g, g_dims) = read_f32(&out, name);
+        assert_eq!(g_dims, dims, "{name}");
+        let tol = 1e-4 * w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        for (a, b) in g.iter().zip(w) {
+            assert!((a - b).abs() <= tol, "{name}: {a} vs {b}");
+        }
+    }
+
+    let mut bad = qkv_tensors();
+    bad.push(f32_tensor(
+        "do",
+        vec![2, 4, 36, 16],
+        &data(2 * 4 * 36 * 16, 4),
+    ));
+    assert!(attn_error(&bad, &[]).contains("do has dims [2, 4, 36, 16]"));
 }

@@ -36,15 +36,18 @@
 //! ```
 #![warn(missing_docs)]
 
+mod bwd;
 mod fwd;
 pub mod pattern;
 pub mod reference;
 mod simd;
+mod tile;
 pub mod tile_map;
 
-pub use fwd::{TILE_K, TILE_Q};
+pub use bwd::CHUNK_K;
 pub use pattern::{BoolMask, KeySpan, Pattern, PatternKind, TileKind};
 pub use simd::Isa;
+pub use tile::{TILE_K, TILE_Q};
 pub use tile_map::{KeyBlock, TileMap};
 
 /// Errors from validating an attention call.
@@ -199,6 +202,12 @@ impl Attention {
         self.tile_map().bytes() + threads * fwd::Scratch::bytes(self.shape.head_dim)
     }
 
+    /// Bytes of working memory a backward call holds beyond its inputs and
+    /// outputs, with `threads` worker threads.
+    pub fn backward_extra_bytes(&self, threads: usize) -> usize {
+        self.tile_map().bytes() + threads * bwd::Scratch::bytes(self.shape.head_dim)
+    }
+
     /// Number of allowed (query, key) pairs summed over batches and heads.
     pub fn allowed_pairs(&self) -> u64 {
         let map = self.tile_map();
@@ -229,14 +238,42 @@ impl Attention {
         total
     }
 
-    fn check_len(what: &str, got: usize, want: usize, dims: String) -> Result<(), KernelError> {
-        if got == want {
-            Ok(())
-        } else {
-            Err(KernelError::Shape(format!(
-                "{what} has {got} elements but shape {dims} needs {want}"
-            )))
+    /// Checks buffer lengths: `q_like` against `[B, Hq, Nq, D]`, `kv_like`
+    /// against `[B, Hkv, Nk, D]` and `lse` against `[B, Hq, Nq]`.
+    fn check_buffers(
+        &self,
+        q_like: &[(&str, usize)],
+        kv_like: &[(&str, usize)],
+        lse: usize,
+    ) -> Result<(), KernelError> {
+        let s = &self.shape;
+        let groups = [
+            (
+                q_like,
+                s.q_len(),
+                vec![s.batch, s.heads_q, s.len_q, s.head_dim],
+            ),
+            (
+                kv_like,
+                s.kv_len(),
+                vec![s.batch, s.heads_kv, s.len_k, s.head_dim],
+            ),
+            (
+                &[("lse", lse)][..],
+                s.lse_len(),
+                vec![s.batch, s.heads_q, s.len_q],
+            ),
+        ];
+        for (buffers, want, dims) in groups {
+            for &(what, got) in buffers {
+                if got != want {
+                    return Err(KernelError::Shape(format!(
+                        "{what} has {got} elements but shape {dims:?} needs {want}"
+                    )));
+                }
+            }
         }
+        Ok(())
     }
 
     /// Computes `o` and `lse` (see the crate docs for shapes).
@@ -248,18 +285,10 @@ impl Attention {
         o: &mut [f32],
         lse: &mut [f32],
     ) -> Result<(), KernelError> {
-        let s = &self.shape;
-        let qd = format!("[{}, {}, {}, {}]", s.batch, s.heads_q, s.len_q, s.head_dim);
-        let kd = format!("[{}, {}, {}, {}]", s.batch, s.heads_kv, s.len_k, s.head_dim);
-        Self::check_len("q", q.len(), s.q_len(), qd.clone())?;
-        Self::check_len("k", k.len(), s.kv_len(), kd.clone())?;
-        Self::check_len("v", v.len(), s.kv_len(), kd)?;
-        Self::check_len("o", o.len(), s.q_len(), qd)?;
-        Self::check_len(
-            "lse",
+        self.check_buffers(
+            &[("q", q.len()), ("o", o.len())],
+            &[("k", k.len()), ("v", v.len())],
             lse.len(),
-            s.lse_len(),
-            format!("[{}, {}, {}]", s.batch, s.heads_q, s.len_q),
         )?;
         let map = self.tile_map();
         fwd::forward(self, &map, q, k, v, o, lse);
@@ -277,5 +306,68 @@ impl Attention {
         let mut lse = vec![0.0; self.shape.lse_len()];
         self.forward(q, k, v, &mut o, &mut lse)?;
         Ok((o, lse))
+    }
+
+    /// Gradients of a scalar loss through the attention, given the forward
+    /// pass's `o` and `lse` and `d_o = ∂loss/∂o`: writes `dq [B, Hq, Nq, D]`
+    /// and `dk`, `dv [B, Hkv, Nk, D]` (summed over the query heads that
+    /// share a kv head). Rows that read no key get zero gradients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        o: &[f32],
+        lse: &[f32],
+        d_o: &[f32],
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+    ) -> Result<(), KernelError> {
+        self.check_buffers(
+            &[
+                ("q", q.len()),
+                ("o", o.len()),
+                ("do", d_o.len()),
+                ("dq", dq.len()),
+            ],
+            &[
+                ("k", k.len()),
+                ("v", v.len()),
+                ("dk", dk.len()),
+                ("dv", dv.len()),
+            ],
+            lse.len(),
+        )?;
+        let map = self.tile_map();
+        let inputs = bwd::Inputs {
+            q,
+            k,
+            v,
+            o,
+            lse,
+            d_o,
+        };
+        bwd::backward(self, &map, &inputs, dq, dk, dv);
+        Ok(())
+    }
+
+    /// [`Attention::backward`] into new buffers: returns `(dq, dk, dv)`.
+    #[allow(clippy::type_complexity)]
+    pub fn backward_vec(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        o: &[f32],
+        lse: &[f32],
+        d_o: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), KernelError> {
+        let mut dq = vec![0.0; self.shape.q_len()];
+        let mut dk = vec![0.0; self.shape.kv_len()];
+        let mut dv = vec![0.0; self.shape.kv_len()];
+        self.backward(q, k, v, o, lse, d_o, &mut dq, &mut dk, &mut dv)?;
+        Ok((dq, dk, dv))
     }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{data, pattern_strategy, shape_strategy};
+use common::{data, long_kinds, pattern_strategy, shape_strategy};
 use edifice_kernels::{reference, Attention, AttnShape, Isa, Pattern, PatternKind};
 use proptest::prelude::*;
 
@@ -81,20 +81,10 @@ fn long_sequences_every_pattern() {
         len_k: 1000,
         head_dim: 64,
     };
-    let kinds = [
-        PatternKind::Full,
-        PatternKind::Window { window: 100 },
-        PatternKind::Chunk { chunk: 96 },
-        PatternKind::Strided {
-            stride: 3,
-            local: 40,
-        },
-        PatternKind::Shifted { group: 250 },
-    ];
     let q = data(shape.q_len(), 7);
     let k = data(shape.kv_len(), 8);
     let v = data(shape.kv_len(), 9);
-    for kind in kinds {
+    for kind in long_kinds() {
         for causal in [false, true] {
             for isa in Isa::available() {
                 let att = Attention::new(shape, Pattern::new(kind.clone(), causal))

@@ -14,6 +14,20 @@ pub fn data(n: usize, seed: u64) -> Vec<f32> {
     edifice_kernels::reference::uniform(n, (seed ^ (seed >> 32)) as u32)
 }
 
+/// One of each pattern kind, sized for sequences of a few hundred.
+pub fn long_kinds() -> Vec<PatternKind> {
+    vec![
+        PatternKind::Full,
+        PatternKind::Window { window: 100 },
+        PatternKind::Chunk { chunk: 96 },
+        PatternKind::Strided {
+            stride: 3,
+            local: 40,
+        },
+        PatternKind::Shifted { group: 250 },
+    ]
+}
+
 pub fn shape_strategy() -> impl Strategy<Value = AttnShape> {
     (
         1usize..=2,

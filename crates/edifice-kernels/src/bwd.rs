@@ -1,0 +1,428 @@
+//! The backward kernel: FlashAttention-2's recomputation scheme on the same
+//! tile map as the forward pass.
+//!
+//! With `P = exp(scale·QKᵀ - lse)` recomputed tile by tile from the saved
+//! `lse`, and `δ_i = Σ_d dO[i,d]·O[i,d]`:
+//!
+//! ```text
+//! dV = Pᵀ·dO      dP = dO·Vᵀ      dS = P ∘ (dP - δ)
+//! dQ = scale · dS·K                dK = scale · dSᵀ·Q
+//! ```
+//!
+//! Two passes, each writing only what it owns, so there are no locks, no
+//! atomics and the result is deterministic:
+//! * dQ: one task per (batch, query head, query tile), walking that tile's
+//!   row of the tile map like the forward pass;
+//! * dK, dV: one task per (batch, kv head, chunk of [`CHUNK_K`] keys),
+//!   walking every query tile of the heads that share the kv head and
+//!   keeping the part of each key block that falls in the chunk. dK and dV
+//!   of grouped heads are summed in the same task.
+//!
+//! Empty tiles are never visited and the predicate runs only on partial
+//! ones, as in the forward pass. Extra memory: one scratch per thread
+//! (`(3·D + 2·TILE_K + 2) · TILE_Q` f32), independent of `Nq × Nk`.
+
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use crate::pattern::{KeySpan, Rows};
+use crate::simd::{Simd, WithSimd};
+use crate::tile::{
+    load_transposed, masked_scores, scores, Bounds, RankUpdate, RowsAre, TilePos, S_ROWS, TILE_K,
+    TILE_Q,
+};
+use crate::tile_map::TileMap;
+use crate::Attention;
+
+/// Keys per dK/dV task (a multiple of [`TILE_K`], so contiguous spans split
+/// into whole tiles).
+pub const CHUNK_K: usize = 4 * TILE_K;
+
+/// The tensors of one backward call (shapes as in [`Attention::backward`]).
+pub(crate) struct Inputs<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub o: &'a [f32],
+    pub lse: &'a [f32],
+    pub d_o: &'a [f32],
+}
+
+/// Per-thread working memory of the backward kernel.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    /// `Qᵀ · scale · log2 e` and `dOᵀ`, `[D, TILE_Q]`.
+    qt: Vec<f32>,
+    dot: Vec<f32>,
+    /// `Pᵀ`, then kept; `dPᵀ`, turned into `dSᵀ`; both `[S_ROWS, TILE_Q]`.
+    p: Vec<f32>,
+    ds: Vec<f32>,
+    /// dQ accumulator, `[TILE_Q, D]`.
+    acc: Vec<f32>,
+    /// Per row: `lse · log2 e` (`+inf` for rows that read nothing) and δ.
+    lse2: Vec<f32>,
+    delta: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(d: usize) -> Self {
+        Scratch {
+            qt: vec![0.0; d * TILE_Q],
+            dot: vec![0.0; d * TILE_Q],
+            p: vec![0.0; S_ROWS * TILE_Q],
+            ds: vec![0.0; S_ROWS * TILE_Q],
+            acc: vec![0.0; TILE_Q * d],
+            lse2: vec![0.0; TILE_Q],
+            delta: vec![0.0; TILE_Q],
+        }
+    }
+
+    /// Bytes a thread holds for head dimension `d`.
+    pub(crate) fn bytes(d: usize) -> usize {
+        (3 * d * TILE_Q + 2 * S_ROWS * TILE_Q + 2 * TILE_Q) * std::mem::size_of::<f32>()
+    }
+
+    /// Loads the query-side operands of query tile `t` of (batch, head).
+    fn prepare(
+        &mut self,
+        att: &Attention,
+        x: &Inputs,
+        batch: usize,
+        head: usize,
+        t: usize,
+    ) -> Rows {
+        let s = att.shape();
+        let d = s.head_dim;
+        let first = t * TILE_Q;
+        let n_rows = TILE_Q.min(s.len_q - first);
+        let row0 = (batch * s.heads_q + head) * s.len_q + first;
+        let (q, o, d_o) = (
+            &x.q[row0 * d..][..n_rows * d],
+            &x.o[row0 * d..][..n_rows * d],
+            &x.d_o[row0 * d..][..n_rows * d],
+        );
+        load_transposed(q, d, att.scale() * std::f32::consts::LOG2_E, &mut self.qt);
+        load_transposed(d_o, d, 1.0, &mut self.dot);
+        for i in 0..TILE_Q {
+            let lse = if i < n_rows {
+                x.lse[row0 + i]
+            } else {
+                f32::NEG_INFINITY
+            };
+            // A row that reads nothing must get P = 0 everywhere: exp2(s - inf).
+            self.lse2[i] = if lse == f32::NEG_INFINITY {
+                f32::INFINITY
+            } else {
+                lse * std::f32::consts::LOG2_E
+            };
+            self.delta[i] = if i < n_rows {
+                d_o[i * d..(i + 1) * d]
+                    .iter()
+                    .zip(&o[i * d..(i + 1) * d])
+                    .map(|(a, b)| a * b)
+                    .sum()
+            } else {
+                0.0
+            };
+        }
+        Rows::new(s, first, first + n_rows - 1)
+    }
+
+    /// Recomputes `Pᵀ` (into `p`) and `dSᵀ` (into `ds`) for one key tile.
+    /// `k` and `v` start at the tile's first key. Returns the row bounds of
+    /// a partial tile.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn grad_tile<'b, S: Simd>(
+        &mut self,
+        simd: S,
+        pos: &TilePos,
+        keys: &KeySpan,
+        full: bool,
+        k: &[f32],
+        v: &[f32],
+        bounds: &'b mut Bounds,
+    ) -> Option<&'b Bounds> {
+        let d = pos.att.shape().head_dim;
+        let live = masked_scores(simd, pos, keys, full, k, &self.qt, bounds, &mut self.p);
+        // dPᵀ over the whole tile: skipped blocks must be finite, since
+        // they are multiplied by P = 0 below.
+        scores(simd, v, keys, &self.dot, d, None, &mut self.ds);
+        for i0 in (0..TILE_Q).step_by(S::LANES) {
+            // SAFETY: i0 + LANES ≤ TILE_Q, the length of lse2 and delta and
+            // the row length of p and ds, which hold keys.len ≤ S_ROWS rows.
+            unsafe {
+                let lse2 = simd.load(self.lse2.as_ptr().add(i0));
+                let delta = simd.load(self.delta.as_ptr().add(i0));
+                for j in 0..keys.len {
+                    let at = j * TILE_Q + i0;
+                    let p = simd.exp2(simd.sub(simd.load(self.p.as_ptr().add(at)), lse2));
+                    simd.store(self.p.as_mut_ptr().add(at), p);
+                    let dp = simd.load(self.ds.as_ptr().add(at));
+                    simd.store(
+                        self.ds.as_mut_ptr().add(at),
+                        simd.mul(p, simd.sub(dp, delta)),
+                    );
+                }
+            }
+        }
+        live
+    }
+}
+
+/// Runs the backward pass. Inputs are validated by [`Attention::backward`].
+pub(crate) fn backward(
+    att: &Attention,
+    map: &TileMap,
+    x: &Inputs,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let s = att.shape();
+    let d = s.head_dim;
+    let workers = || -> Vec<Mutex<Scratch>> {
+        (0..rayon::current_num_threads())
+            .map(|_| Mutex::new(Scratch::new(d)))
+            .collect()
+    };
+    let with_scratch = |scratch: &[Mutex<Scratch>], f: &mut dyn FnMut(&mut Scratch)| {
+        let worker = rayon::current_thread_index().unwrap_or(0) % scratch.len();
+        f(&mut scratch[worker].lock().unwrap_or_else(|e| e.into_inner()))
+    };
+
+    if s.len_q > 0 && !dq.is_empty() {
+        let scratch = workers();
+        dq.par_chunks_mut(s.len_q * d)
+            .enumerate()
+            .for_each(|(bh, dq_head)| {
+                dq_head
+                    .par_chunks_mut(TILE_Q * d)
+                    .enumerate()
+                    .for_each(|(t, dq_tile)| {
+                        with_scratch(&scratch, &mut |sc| {
+                            let task = QueryGrad {
+                                att,
+                                map,
+                                x,
+                                batch: bh / s.heads_q,
+                                head: bh % s.heads_q,
+                                tile: t,
+                                dq: &mut *dq_tile,
+                                sc,
+                            };
+                            att.isa().run(task)
+                        })
+                    })
+            });
+    }
+
+    if s.len_k > 0 && !dk.is_empty() {
+        let scratch = workers();
+        dk.par_chunks_mut(s.len_k * d)
+            .zip(dv.par_chunks_mut(s.len_k * d))
+            .enumerate()
+            .for_each(|(bh, (dk_head, dv_head))| {
+                dk_head
+                    .par_chunks_mut(CHUNK_K * d)
+                    .zip(dv_head.par_chunks_mut(CHUNK_K * d))
+                    .enumerate()
+                    .for_each(|(c, (dk_chunk, dv_chunk))| {
+                        with_scratch(&scratch, &mut |sc| {
+                            let task = KeyGrad {
+                                att,
+                                map,
+                                x,
+                                batch: bh / s.heads_kv,
+                                kv_head: bh % s.heads_kv,
+                                first_key: c * CHUNK_K,
+                                dk: &mut *dk_chunk,
+                                dv: &mut *dv_chunk,
+                                sc,
+                            };
+                            att.isa().run(task)
+                        })
+                    })
+            });
+    }
+}
+
+/// dQ of one query tile.
+struct QueryGrad<'a> {
+    att: &'a Attention,
+    map: &'a TileMap,
+    x: &'a Inputs<'a>,
+    batch: usize,
+    head: usize,
+    tile: usize,
+    dq: &'a mut [f32],
+    sc: &'a mut Scratch,
+}
+
+impl WithSimd for QueryGrad<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let shape = self.att.shape();
+        let d = shape.head_dim;
+        let sc = self.sc;
+        let rows = sc.prepare(self.att, self.x, self.batch, self.head, self.tile);
+        let kv_base = kv_base(self.att, self.batch, self.head);
+        let class = self.att.pattern().class_of(shape, self.batch, self.head);
+        let pos = TilePos {
+            att: self.att,
+            batch: self.batch,
+            head: self.head,
+            rows,
+        };
+        let mut bounds = Bounds::new();
+        let mut acc = std::mem::take(&mut sc.acc);
+        acc.fill(0.0);
+        for block in self.map.row(class, self.tile) {
+            for keys in self.map.tiles(block) {
+                let at = kv_base + keys.start * d;
+                let (k, v) = (&self.x.k[at..], &self.x.v[at..]);
+                let live = sc.grad_tile(simd, &pos, &keys, block.full, k, v, &mut bounds);
+                let update = RankUpdate {
+                    a: &sc.ds,
+                    rows_are: RowsAre::Queries,
+                    b: k,
+                    b_stride: keys.step * d,
+                    rows: TILE_Q,
+                    red: 0..keys.len,
+                    bounds: live,
+                    alpha: None,
+                };
+                update.apply(simd, d, &mut acc, d);
+            }
+        }
+        let scale = self.att.scale();
+        for (out, a) in self.dq.iter_mut().zip(&acc) {
+            *out = a * scale;
+        }
+        sc.acc = acc;
+    }
+}
+
+/// Offset of the kv head that query head `head` reads.
+fn kv_base(att: &Attention, batch: usize, head: usize) -> usize {
+    let s = att.shape();
+    let kv_head = head / (s.heads_q / s.heads_kv);
+    (batch * s.heads_kv + kv_head) * s.len_k * s.head_dim
+}
+
+/// The keys of `span` at positions `lo..hi`, if any.
+fn clip(span: KeySpan, lo: usize, hi: usize) -> Option<KeySpan> {
+    let first = if lo > span.start {
+        (lo - span.start).div_ceil(span.step)
+    } else {
+        0
+    };
+    let end = if hi > span.start {
+        ((hi - 1 - span.start) / span.step + 1).min(span.len)
+    } else {
+        0
+    };
+    (first < end).then(|| KeySpan {
+        start: span.key(first),
+        step: span.step,
+        len: end - first,
+    })
+}
+
+/// dK and dV of one chunk of keys of one kv head.
+struct KeyGrad<'a> {
+    att: &'a Attention,
+    map: &'a TileMap,
+    x: &'a Inputs<'a>,
+    batch: usize,
+    kv_head: usize,
+    first_key: usize,
+    dk: &'a mut [f32],
+    dv: &'a mut [f32],
+    sc: &'a mut Scratch,
+}
+
+impl WithSimd for KeyGrad<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let shape = self.att.shape();
+        let d = shape.head_dim;
+        let end_key = self.first_key + self.dk.len() / d;
+        let group = shape.heads_q / shape.heads_kv;
+        let kv_base = (self.batch * shape.heads_kv + self.kv_head) * shape.len_k * d;
+        let sc = self.sc;
+        self.dk.fill(0.0);
+        self.dv.fill(0.0);
+        for head in self.kv_head * group..(self.kv_head + 1) * group {
+            let class = self.att.pattern().class_of(shape, self.batch, head);
+            let row0 = (self.batch * shape.heads_q + head) * shape.len_q;
+            for t in 0..self.map.q_tiles() {
+                let mut pos = None;
+                let mut bounds = Bounds::new();
+                for block in self.map.row(class, t) {
+                    let Some(span) = clip(block.span(), self.first_key, end_key) else {
+                        continue;
+                    };
+                    let pos = pos.get_or_insert_with(|| {
+                        let rows = sc.prepare(self.att, self.x, self.batch, head, t);
+                        TilePos {
+                            att: self.att,
+                            batch: self.batch,
+                            head,
+                            rows,
+                        }
+                    });
+                    let n_rows = pos.rows.last - pos.rows.first + 1;
+                    let q_rows = &self.x.q[(row0 + pos.rows.first) * d..][..n_rows * d];
+                    let do_rows = &self.x.d_o[(row0 + pos.rows.first) * d..][..n_rows * d];
+                    for t0 in (0..span.len).step_by(TILE_K) {
+                        let keys = KeySpan {
+                            start: span.key(t0),
+                            step: span.step,
+                            len: TILE_K.min(span.len - t0),
+                        };
+                        let at = kv_base + keys.start * d;
+                        let (k, v) = (&self.x.k[at..], &self.x.v[at..]);
+                        sc.grad_tile(simd, pos, &keys, block.full, k, v, &mut bounds);
+                        let out_at = (keys.start - self.first_key) * d;
+                        let out_stride = keys.step * d;
+                        by_keys(&sc.p, do_rows, keys.len, n_rows).apply(
+                            simd,
+                            d,
+                            &mut self.dv[out_at..],
+                            out_stride,
+                        );
+                        by_keys(&sc.ds, q_rows, keys.len, n_rows).apply(
+                            simd,
+                            d,
+                            &mut self.dk[out_at..],
+                            out_stride,
+                        );
+                    }
+                }
+            }
+        }
+        let scale = self.att.scale();
+        self.dk.iter_mut().for_each(|x| *x *= scale);
+    }
+}
+
+/// `out[j, :] += Σ_i a[j·TILE_Q + i] · b[i, :]` over the `n_rows` query rows
+/// of a tile: `Pᵀ·dO` into dV and `dSᵀ·Q` into dK, rows `j` of one key tile.
+fn by_keys<'a>(a: &'a [f32], b: &'a [f32], n_keys: usize, n_rows: usize) -> RankUpdate<'a> {
+    RankUpdate {
+        a,
+        rows_are: RowsAre::Keys,
+        b,
+        b_stride: b.len() / n_rows,
+        rows: n_keys,
+        red: 0..n_rows,
+        bounds: None,
+        alpha: None,
+    }
+}

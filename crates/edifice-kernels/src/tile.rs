@@ -1,0 +1,352 @@
+//! Micro-kernels on one (query tile × key tile), shared by the forward and
+//! backward passes.
+//!
+//! Layouts, for a query tile of [`TILE_Q`] rows and a key tile of `n ≤`
+//! [`TILE_K`] keys:
+//! * transposed query-side operands (`Qᵀ`, `dOᵀ`): `[D, TILE_Q]`;
+//! * scores and their derivatives (`Sᵀ`, `Pᵀ`, `dPᵀ`, `dSᵀ`): key-major
+//!   `[S_ROWS, TILE_Q]`, so per-query reductions are vertical vector ops;
+//! * key-side operands (`K`, `V`) are read in place, rows `step · D` apart.
+
+use std::ops::Range;
+
+use crate::pattern::{KeySpan, Rows};
+use crate::simd::Simd;
+use crate::Attention;
+
+/// Query rows per tile: a multiple of every ISA's register block width.
+pub const TILE_Q: usize = 64;
+/// Keys per tile.
+pub const TILE_K: usize = 64;
+/// Rows of a score buffer.
+pub(crate) const S_ROWS: usize = TILE_K;
+
+/// `t[dd * TILE_Q + i] = x[i * d + dd] * factor`; rows past `x` are zero.
+/// (Walking `t` contiguously, or gathering columns, measured no faster: on
+/// sparse patterns the time here is the first touch of the rows.)
+#[inline(always)]
+pub(crate) fn load_transposed(x: &[f32], d: usize, factor: f32, t: &mut [f32]) {
+    let n_rows = x.len() / d;
+    for (i, row) in x.chunks_exact(d).enumerate() {
+        for (dd, &v) in row.iter().enumerate() {
+            t[dd * TILE_Q + i] = v * factor;
+        }
+    }
+    if n_rows < TILE_Q {
+        for dd in 0..d {
+            t[dd * TILE_Q + n_rows..(dd + 1) * TILE_Q].fill(0.0);
+        }
+    }
+}
+
+/// Per query row of a partial tile, the tile-local keys `lo..=hi` it may
+/// read (`lo > hi`: none), from [`Pattern::row_bounds`](crate::Pattern).
+pub(crate) struct Bounds {
+    lo: [i32; TILE_Q],
+    hi: [i32; TILE_Q],
+}
+
+impl Bounds {
+    /// Every row reads nothing (padding rows past the sequence stay so).
+    pub(crate) fn new() -> Self {
+        Bounds {
+            lo: [1; TILE_Q],
+            hi: [0; TILE_Q],
+        }
+    }
+
+    /// The union of the ranges of rows `rows`, as `lo..hi_exclusive`.
+    #[inline(always)]
+    fn union(&self, rows: Range<usize>) -> Range<usize> {
+        let (mut lo, mut hi) = (i32::MAX, -1);
+        for i in rows {
+            if self.lo[i] <= self.hi[i] {
+                lo = lo.min(self.lo[i]);
+                hi = hi.max(self.hi[i]);
+            }
+        }
+        if lo > hi {
+            0..0
+        } else {
+            lo as usize..hi as usize + 1
+        }
+    }
+
+    /// Sets to `-inf` the scores outside each row's (exact) bounds.
+    #[inline(always)]
+    fn mask_outside(&self, s: &mut [f32], n_keys: usize) {
+        for t in 0..n_keys {
+            let col = &mut s[t * TILE_Q..(t + 1) * TILE_Q];
+            let t = t as i32;
+            for ((score, &lo), &hi) in col.iter_mut().zip(&self.lo).zip(&self.hi) {
+                if t < lo || t > hi {
+                    *score = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+}
+
+/// Where a tile sits: which (batch, head) and which query rows.
+pub(crate) struct TilePos<'a> {
+    pub att: &'a Attention,
+    pub batch: usize,
+    pub head: usize,
+    pub rows: Rows,
+}
+
+/// `s[j * TILE_Q + i] = Σ_d a[key j][d] · bt[d * TILE_Q + i]` for the keys of
+/// one tile, with `-inf` wherever the pattern forbids the pair when the tile
+/// is partial (`full == false`). `a` starts at the tile's first key, rows
+/// `keys.step · d` apart.
+///
+/// Returns the per-row bounds of a partial tile (for the rank updates to
+/// skip dead keys), `None` for a full one.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn masked_scores<'b, S: Simd>(
+    simd: S,
+    pos: &TilePos,
+    keys: &KeySpan,
+    full: bool,
+    a: &[f32],
+    bt: &[f32],
+    bounds: &'b mut Bounds,
+    s: &mut [f32],
+) -> Option<&'b Bounds> {
+    let shape = pos.att.shape();
+    let pattern = pos.att.pattern();
+    let exact = !full
+        && pattern.row_bounds(
+            shape,
+            pos.head,
+            &pos.rows,
+            keys,
+            &mut bounds.lo,
+            &mut bounds.hi,
+        );
+    let live = (!full).then_some(&*bounds);
+    scores(simd, a, keys, bt, shape.head_dim, live, s);
+    if exact {
+        bounds.mask_outside(s, keys.len);
+    } else if !full {
+        pattern.mask_tile(shape, pos.batch, pos.head, &pos.rows, keys, s, TILE_Q);
+    }
+    (!full).then_some(&*bounds)
+}
+
+/// `s = a · btᵀ` for one key tile; with `bounds`, blocks that no row reads
+/// are set to `-inf` instead of computed.
+#[inline(always)]
+pub(crate) fn scores<S: Simd>(
+    simd: S,
+    a: &[f32],
+    keys: &KeySpan,
+    bt: &[f32],
+    d: usize,
+    bounds: Option<&Bounds>,
+    s: &mut [f32],
+) {
+    // Register block (key rows, query vectors). (8, 2) and (6, 4) on
+    // AVX-512 measured no faster than (4, 4), (8, 2) 30% slower.
+    if S::LANES == 8 {
+        scores_blocked::<S, 4, 2>(simd, a, keys, bt, d, bounds, s);
+    } else {
+        scores_blocked::<S, 4, 4>(simd, a, keys, bt, d, bounds, s);
+    }
+}
+
+#[inline(always)]
+fn scores_blocked<S: Simd, const MR: usize, const NV: usize>(
+    simd: S,
+    a: &[f32],
+    keys: &KeySpan,
+    bt: &[f32],
+    d: usize,
+    bounds: Option<&Bounds>,
+    s: &mut [f32],
+) {
+    let stride = keys.step * d;
+    let width = NV * S::LANES;
+    debug_assert!(TILE_Q % width == 0 && S_ROWS % MR == 0);
+    debug_assert!((keys.len - 1) * stride + d <= a.len());
+    for i0 in (0..TILE_Q).step_by(width) {
+        let live = bounds.map_or(0..keys.len, |b| b.union(i0..i0 + width));
+        for j0 in (0..keys.len).step_by(MR) {
+            if j0 >= live.end || j0 + MR <= live.start {
+                for r in 0..MR {
+                    s[(j0 + r) * TILE_Q + i0..][..width].fill(f32::NEG_INFINITY);
+                }
+                continue;
+            }
+            // Rows past the tile repeat its last key: computed, never read.
+            let rows: [*const f32; MR] =
+                std::array::from_fn(|r| a[(j0 + r).min(keys.len - 1) * stride..].as_ptr());
+            // SAFETY: every row pointer has `d` readable f32 (the slicing
+            // above is bounds-checked and rows hold d elements), `bt` holds
+            // `d` rows of TILE_Q, and `s` holds S_ROWS ≥ j0 + MR rows.
+            unsafe {
+                let mut acc = [[simd.splat(0.0); NV]; MR];
+                let bt = bt.as_ptr().add(i0);
+                let mut bv = [simd.splat(0.0); NV];
+                for dd in 0..d {
+                    for c in 0..NV {
+                        bv[c] = simd.load(bt.add(dd * TILE_Q + c * S::LANES));
+                    }
+                    for r in 0..MR {
+                        let ab = simd.splat(*rows[r].add(dd));
+                        for c in 0..NV {
+                            acc[r][c] = simd.fma(ab, bv[c], acc[r][c]);
+                        }
+                    }
+                }
+                let out = s.as_mut_ptr().add(j0 * TILE_Q + i0);
+                for r in 0..MR {
+                    for c in 0..NV {
+                        simd.store(out.add(r * TILE_Q + c * S::LANES), acc[r][c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the rows of a [`RankUpdate`] are, in the key-major score buffer
+/// `a[j * TILE_Q + i]` that feeds it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowsAre {
+    /// Rows are queries `i`, the sum runs over keys `j` (P·V, dS·K).
+    Queries,
+    /// Rows are keys `j`, the sum runs over queries `i` (Pᵀ·dO, dSᵀ·Q).
+    Keys,
+}
+
+/// A register-blocked rank update, the one shape behind P·V (forward),
+/// dS·K (dQ), Pᵀ·dO (dV) and dSᵀ·Q (dK):
+///
+/// ```text
+/// out[r, :] = alpha[r] · out[r, :] + Σ_{t ∈ red} a(r, t) · b[t·b_stride, :]
+/// ```
+///
+/// for rows `r < rows`, with `a(r, t)` read from the key-major score buffer
+/// as [`RowsAre`] says, and `out` rows `out_stride` apart and `D` wide.
+pub(crate) struct RankUpdate<'a> {
+    pub a: &'a [f32],
+    pub rows_are: RowsAre,
+    pub b: &'a [f32],
+    pub b_stride: usize,
+    pub rows: usize,
+    /// The reduction range...
+    pub red: Range<usize>,
+    /// ...narrowed per block of rows to the keys they read (rows are query
+    /// rows of a partial tile).
+    pub bounds: Option<&'a Bounds>,
+    /// Per-row factor on `out` before the update (`None`: 1).
+    pub alpha: Option<&'a [f32]>,
+}
+
+impl RankUpdate<'_> {
+    /// Applies the update to `out` (`d` columns; rows `out_stride` apart).
+    #[inline(always)]
+    pub(crate) fn apply<S: Simd>(&self, simd: S, d: usize, out: &mut [f32], out_stride: usize) {
+        // The strides into `a` are compile-time constants: with run-time
+        // strides the forward pass measured 35% slower.
+        match self.rows_are {
+            RowsAre::Queries => self.columns::<S, 1, TILE_Q>(simd, d, out, out_stride),
+            RowsAre::Keys => self.columns::<S, TILE_Q, 1>(simd, d, out, out_stride),
+        }
+    }
+
+    #[inline(always)]
+    fn columns<S: Simd, const A_ROW: usize, const A_RED: usize>(
+        &self,
+        simd: S,
+        d: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        const MR: usize = 4;
+        let nv = if S::LANES == 8 { 2 } else { 4 };
+        debug_assert!(d % S::LANES == 0);
+        let vectors = d / S::LANES;
+        let mut c0 = 0;
+        while c0 < vectors {
+            let n = nv.min(vectors - c0);
+            for r0 in (0..self.rows).step_by(MR) {
+                match n {
+                    4 => self.block::<S, MR, 4, A_ROW, A_RED>(simd, r0, c0, out, out_stride),
+                    3 => self.block::<S, MR, 3, A_ROW, A_RED>(simd, r0, c0, out, out_stride),
+                    2 => self.block::<S, MR, 2, A_ROW, A_RED>(simd, r0, c0, out, out_stride),
+                    _ => self.block::<S, MR, 1, A_ROW, A_RED>(simd, r0, c0, out, out_stride),
+                }
+            }
+            c0 += n;
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn block<S: Simd, const MR: usize, const NV: usize, const A_ROW: usize, const A_RED: usize>(
+        &self,
+        simd: S,
+        r0: usize,
+        c0: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        let col = c0 * S::LANES;
+        let red = match self.bounds {
+            Some(b) => b.union(r0..(r0 + MR).min(self.rows)),
+            None => self.red.clone(),
+        };
+        // A last partial block repeats its last row: the same values are
+        // computed and stored twice.
+        let row = |r: usize| (r0 + r).min(self.rows - 1);
+        let last = row(MR - 1);
+        debug_assert!(
+            red.is_empty() || (red.end - 1) * self.b_stride + col + NV * S::LANES <= self.b.len()
+        );
+        debug_assert!(red.is_empty() || last * A_ROW + (red.end - 1) * A_RED < self.a.len());
+        debug_assert!(last * out_stride + col + NV * S::LANES <= out.len());
+        // SAFETY: the debug assertions above state the bounds the callers
+        // guarantee: every a, b and out element touched is in its slice.
+        unsafe {
+            // Plain loops, not `array::from_fn`: closures do not inherit the
+            // target features, and one that LLVM declines to inline turns
+            // every intrinsic in it into a call (measured 35% slower).
+            let o = out.as_mut_ptr().add(col);
+            let mut acc = [[simd.splat(0.0); NV]; MR];
+            for r in 0..MR {
+                let at = o.add(row(r) * out_stride);
+                for c in 0..NV {
+                    acc[r][c] = simd.load(at.add(c * S::LANES));
+                }
+                if let Some(alpha) = self.alpha {
+                    let f = simd.splat(alpha[row(r)]);
+                    for c in 0..NV {
+                        acc[r][c] = simd.mul(acc[r][c], f);
+                    }
+                }
+            }
+            let a = self.a.as_ptr();
+            let bp = self.b.as_ptr().add(col);
+            let mut bv = [simd.splat(0.0); NV];
+            for t in red {
+                for c in 0..NV {
+                    bv[c] = simd.load(bp.add(t * self.b_stride + c * S::LANES));
+                }
+                for r in 0..MR {
+                    let ab = simd.splat(*a.add(row(r) * A_ROW + t * A_RED));
+                    for c in 0..NV {
+                        acc[r][c] = simd.fma(ab, bv[c], acc[r][c]);
+                    }
+                }
+            }
+            for r in 0..MR {
+                for c in 0..NV {
+                    simd.store(o.add(row(r) * out_stride + c * S::LANES), acc[r][c]);
+                }
+            }
+        }
+    }
+}
