@@ -132,6 +132,9 @@ def main():
     ap.add_argument("--peers", action="store_true", help="also time burn and candle (builds with --features peers)")
     ap.add_argument("--no-flex", action="store_true", help="skip compiled FlexAttention")
     ap.add_argument("--no-sdpa-above", type=int, default=16384, help="skip dense SDPA above this N")
+    ap.add_argument("--backward", action="store_true",
+                    help="also time forward + backward (gradients of q, k, v) for N up to --backward-max-n")
+    ap.add_argument("--backward-max-n", type=int, default=4096)
     ap.add_argument("--out", default=str(ROOT / "bench-out" / "bench_vs_torch.json"))
     args = ap.parse_args()
 
@@ -157,10 +160,12 @@ def main():
         ]
         if args.peers:
             cmd.append("--peers")
+        if args.backward and n <= args.backward_max_n:
+            cmd.append("--backward")
         out = json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
         for r in out:
-            print(f"{r['impl_name']:>14} {spec:<22} {n:>6} {r['ms']:>10.2f} ms {r['gflops']:>8.1f} GFLOP/s",
-                  file=sys.stderr)
+            print(f"{r['impl_name']:>14} {r['pass']:<16} {spec:<22} {n:>6} {r['ms']:>10.2f} ms "
+                  f"{r['gflops']:>8.1f} GFLOP/s", file=sys.stderr)
         return out
 
     records = []
@@ -172,13 +177,14 @@ def main():
         flex_attention = torch.compile(flex_attention, dynamic=False)
 
     h, d = args.heads, args.head_dim
+    flex_backward = [True]
     for spec in patterns:
         kind, _, causal = parse_pattern(spec)
         for n in sizes:
             best = {}
 
             def keep(rec):
-                key = rec["impl_name"]
+                key = (rec["impl_name"], rec["pass"])
                 if key not in best or rec["gflops"] > best[key]["gflops"]:
                     best[key] = rec
 
@@ -191,17 +197,32 @@ def main():
                 for rec in ours:
                     keep(rec)
                 p = ours[0]["allowed_pairs"]
+                grads = args.backward and n <= args.backward_max_n
                 q = torch.from_numpy(inputs(h * n * d, 1)).view(1, h, n, d)
                 k = torch.from_numpy(inputs(h * n * d, 2)).view(1, h, n, d)
                 v = torch.from_numpy(inputs(h * n * d, 3)).view(1, h, n, d)
 
-                def record(name, secs, **extra):
-                    rec = dict(impl_name=name, pattern=spec, n=n, batch=1, heads=h, head_dim=d,
-                               threads=args.threads, ms=secs * 1e3, gflops=4 * p * d / secs / 1e9,
+                def record(name, secs, pass_="forward", **extra):
+                    # Forward + backward counts 3.5x the forward FLOPs (2 + 5 matmuls), as edifice does.
+                    flops = 4 * p * d * (3.5 if pass_ != "forward" else 1.0)
+                    rec = dict(impl_name=name, pass_=None, pattern=spec, n=n, batch=1, heads=h, head_dim=d,
+                               threads=args.threads, ms=secs * 1e3, gflops=flops / secs / 1e9,
                                allowed_pairs=p, **extra)
+                    rec["pass"] = rec.pop("pass_") or pass_
                     keep(rec)
-                    print(f"{name:>14} {spec:<22} {n:>6} {secs * 1e3:>10.2f} ms {rec['gflops']:>8.1f} GFLOP/s",
-                          file=sys.stderr)
+                    print(f"{name:>14} {pass_:<16} {spec:<22} {n:>6} {secs * 1e3:>10.2f} ms "
+                          f"{rec['gflops']:>8.1f} GFLOP/s", file=sys.stderr)
+
+                def fwd_bwd(attend):
+                    """Times attend(q, k, v) followed by its backward pass."""
+                    qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+                    g = torch.from_numpy(inputs(h * n * d, 4)).view(1, h, n, d)
+
+                    def step():
+                        qg.grad = kg.grad = vg.grad = None
+                        attend(qg, kg, vg).backward(g)
+
+                    return step
 
                 with torch.inference_mode():
                     if n <= args.no_sdpa_above:
@@ -217,29 +238,47 @@ def main():
                         compile_s = time.perf_counter() - t0
                         fn = lambda: flex_attention(q, k, v, block_mask=block_mask)
                         record("torch-flex", time_it(fn, args.min_time), first_call_s=compile_s)
+                if grads:
+                    sdpa = torch.nn.functional.scaled_dot_product_attention
+                    if kind == "full":
+                        step = fwd_bwd(lambda a, b, c: sdpa(a, b, c, is_causal=causal))
+                    else:
+                        step = fwd_bwd(lambda a, b, c: sdpa(a, b, c, attn_mask=mask))
+                    record("torch-sdpa", time_it(step, args.min_time), pass_="forward+backward")
+                    if flex_attention is not None and flex_backward[0]:
+                        step = fwd_bwd(lambda a, b, c: flex_attention(a, b, c, block_mask=block_mask))
+                        try:
+                            record("torch-flex", time_it(step, args.min_time), pass_="forward+backward")
+                        except NotImplementedError as e:
+                            # torch 2.15: "FlexAttention does not support backward on CPU".
+                            print(f"torch-flex forward+backward unavailable: {e}", file=sys.stderr)
+                            flex_backward[0] = False
             records += best.values()
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(records, indent=1))
 
-    by = {(r["impl_name"], r["pattern"], r["n"]): r for r in records}
-    others = [name for name in ["torch-sdpa", "torch-flex", "burn-flex", "candle-flash"]
-              if any(r["impl_name"] == name for r in records)]
-    print(f"\nthreads={args.threads} B=1 H={h} D={d} f32; useful GFLOP/s (4 x allowed pairs x D / time); "
-          f"ratio = edifice throughput / other's")
-    header = f"| pattern | N | edifice GFLOP/s | " + " | ".join(f"{o} GFLOP/s | edifice / {o}" for o in others) + " |"
-    print(header)
-    print("|" + "---|" * (3 + 2 * len(others)))
-    for spec in patterns:
-        for n in sizes:
-            e = by.get(("edifice", spec, n))
-            if e is None:
-                continue
-            cells = [spec, str(n), f"{e['gflops']:.1f}"]
-            for o in others:
-                r = by.get((o, spec, n))
-                cells += [f"{r['gflops']:.1f}", f"{e['gflops'] / r['gflops']:.2f}x"] if r else ["-", "-"]
-            print("| " + " | ".join(cells) + " |")
+    by = {(r["impl_name"], r["pass"], r["pattern"], r["n"]): r for r in records}
+    for pass_ in ["forward", "forward+backward"]:
+        others = [name for name in ["torch-sdpa", "torch-flex", "burn-flex", "candle-flash"]
+                  if (name, pass_) in {(r["impl_name"], r["pass"]) for r in records}]
+        if not any(r["pass"] == pass_ for r in records):
+            continue
+        print(f"\n{pass_}: threads={args.threads} B=1 H={h} D={d} f32; best of {args.rounds} rounds; useful GFLOP/s "
+              f"(4 x allowed pairs x D{' x 3.5' if pass_ != 'forward' else ''} / time); "
+              f"ratio = edifice throughput / other's")
+        print("| pattern | N | edifice GFLOP/s | " + " | ".join(f"{o} GFLOP/s | edifice / {o}" for o in others) + " |")
+        print("|" + "---|" * (3 + 2 * len(others)))
+        for spec in patterns:
+            for n in sizes:
+                e = by.get(("edifice", pass_, spec, n))
+                if e is None:
+                    continue
+                cells = [spec, str(n), f"{e['gflops']:.1f}"]
+                for o in others:
+                    r = by.get((o, pass_, spec, n))
+                    cells += [f"{r['gflops']:.1f}", f"{e['gflops'] / r['gflops']:.2f}x"] if r else ["-", "-"]
+                print("| " + " | ".join(cells) + " |")
     print(f"\nrecords written to {args.out}")
 
 
