@@ -22,7 +22,7 @@
 //! place by row stride.
 //!
 //! Extra memory: the tile map plus, per thread, one [`Scratch`]
-//! (`(2·D + TILE_K + 4) · TILE_Q` f32), independent of `Nq × Nk`.
+//! (`(2·D + TILE_K + 3) · TILE_Q` f32), independent of `Nq × Nk`.
 
 use std::sync::Mutex;
 
