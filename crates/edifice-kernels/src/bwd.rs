@@ -22,15 +22,13 @@
 //! ones, as in the forward pass. Extra memory: one scratch per thread
 //! (`(3·D + 2·TILE_K + 2) · TILE_Q` f32), independent of `Nq × Nk`.
 
-use std::sync::Mutex;
-
 use rayon::prelude::*;
 
 use crate::pattern::{KeySpan, Rows};
 use crate::simd::{Simd, WithSimd};
 use crate::tile::{
-    load_transposed, masked_scores, scores, Bounds, RankUpdate, RowsAre, TilePos, S_ROWS, TILE_K,
-    TILE_Q,
+    load_transposed, masked_scores, scores, Bounds, PerWorker, RankUpdate, RowsAre, TilePos,
+    S_ROWS, TILE_K, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
@@ -182,18 +180,9 @@ pub(crate) fn backward(
 ) {
     let s = att.shape();
     let d = s.head_dim;
-    let workers = || -> Vec<Mutex<Scratch>> {
-        (0..rayon::current_num_threads())
-            .map(|_| Mutex::new(Scratch::new(d)))
-            .collect()
-    };
-    let with_scratch = |scratch: &[Mutex<Scratch>], f: &mut dyn FnMut(&mut Scratch)| {
-        let worker = rayon::current_thread_index().unwrap_or(0) % scratch.len();
-        f(&mut scratch[worker].lock().unwrap_or_else(|e| e.into_inner()))
-    };
 
     if s.len_q > 0 && !dq.is_empty() {
-        let scratch = workers();
+        let scratch = PerWorker::new(|| Scratch::new(d));
         dq.par_chunks_mut(s.len_q * d)
             .enumerate()
             .for_each(|(bh, dq_head)| {
@@ -201,7 +190,7 @@ pub(crate) fn backward(
                     .par_chunks_mut(TILE_Q * d)
                     .enumerate()
                     .for_each(|(t, dq_tile)| {
-                        with_scratch(&scratch, &mut |sc| {
+                        scratch.with(|sc| {
                             let task = QueryGrad {
                                 att,
                                 map,
@@ -219,7 +208,7 @@ pub(crate) fn backward(
     }
 
     if s.len_k > 0 && !dk.is_empty() {
-        let scratch = workers();
+        let scratch = PerWorker::new(|| Scratch::new(d));
         dk.par_chunks_mut(s.len_k * d)
             .zip(dv.par_chunks_mut(s.len_k * d))
             .enumerate()
@@ -229,7 +218,7 @@ pub(crate) fn backward(
                     .zip(dv_head.par_chunks_mut(CHUNK_K * d))
                     .enumerate()
                     .for_each(|(c, (dk_chunk, dv_chunk))| {
-                        with_scratch(&scratch, &mut |sc| {
+                        scratch.with(|sc| {
                             let task = KeyGrad {
                                 att,
                                 map,
@@ -269,7 +258,7 @@ impl WithSimd for QueryGrad<'_> {
         let d = shape.head_dim;
         let sc = self.sc;
         let rows = sc.prepare(self.att, self.x, self.batch, self.head, self.tile);
-        let kv_base = kv_base(self.att, self.batch, self.head);
+        let kv_base = shape.kv_offset(self.batch, shape.kv_head(self.head));
         let class = self.att.pattern().class_of(shape, self.batch, self.head);
         let pos = TilePos {
             att: self.att,
@@ -304,13 +293,6 @@ impl WithSimd for QueryGrad<'_> {
         }
         sc.acc = acc;
     }
-}
-
-/// Offset of the kv head that query head `head` reads.
-fn kv_base(att: &Attention, batch: usize, head: usize) -> usize {
-    let s = att.shape();
-    let kv_head = head / (s.heads_q / s.heads_kv);
-    (batch * s.heads_kv + kv_head) * s.len_k * s.head_dim
 }
 
 /// The keys of `span` at positions `lo..hi`, if any.
@@ -354,7 +336,7 @@ impl WithSimd for KeyGrad<'_> {
         let d = shape.head_dim;
         let end_key = self.first_key + self.dk.len() / d;
         let group = shape.heads_q / shape.heads_kv;
-        let kv_base = (self.batch * shape.heads_kv + self.kv_head) * shape.len_k * d;
+        let kv_base = shape.kv_offset(self.batch, self.kv_head);
         let sc = self.sc;
         self.dk.fill(0.0);
         self.dv.fill(0.0);

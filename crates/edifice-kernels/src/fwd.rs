@@ -24,20 +24,17 @@
 //! Extra memory: the tile map plus, per thread, one [`Scratch`]
 //! (`(2·D + TILE_K + 3) · TILE_Q` f32), independent of `Nq × Nk`.
 
-use std::sync::Mutex;
-
 use rayon::prelude::*;
 
 use crate::pattern::Rows;
 use crate::simd::{Simd, WithSimd};
 use crate::tile::{
-    load_transposed, masked_scores, Bounds, RankUpdate, RowsAre, TilePos, S_ROWS, TILE_Q,
+    load_transposed, masked_scores, Bounds, PerWorker, RankUpdate, RowsAre, TilePos, S_ROWS, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
 
 /// Per-thread working memory of the forward kernel.
-#[derive(Default)]
 pub(crate) struct Scratch {
     /// Pre-scaled transposed query tile, `[D, TILE_Q]`.
     qt: Vec<f32>,
@@ -52,13 +49,15 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    fn fit(&mut self, d: usize) {
-        self.qt.resize(d * TILE_Q, 0.0);
-        self.s.resize(S_ROWS * TILE_Q, 0.0);
-        self.acc.resize(TILE_Q * d, 0.0);
-        self.m.resize(TILE_Q, 0.0);
-        self.l.resize(TILE_Q, 0.0);
-        self.alpha.resize(TILE_Q, 0.0);
+    fn new(d: usize) -> Self {
+        Scratch {
+            qt: vec![0.0; d * TILE_Q],
+            s: vec![0.0; S_ROWS * TILE_Q],
+            acc: vec![0.0; TILE_Q * d],
+            m: vec![0.0; TILE_Q],
+            l: vec![0.0; TILE_Q],
+            alpha: vec![0.0; TILE_Q],
+        }
     }
 
     /// Bytes a thread holds for head dimension `d`.
@@ -82,15 +81,7 @@ pub(crate) fn forward(
     if nq == 0 || lse.is_empty() {
         return;
     }
-    // One scratch per worker thread, allocated before the parallel loop so
-    // the loop itself never allocates; each worker locks only its own.
-    let scratch: Vec<Mutex<Scratch>> = (0..rayon::current_num_threads())
-        .map(|_| {
-            let mut s = Scratch::default();
-            s.fit(d);
-            Mutex::new(s)
-        })
-        .collect();
+    let scratch = PerWorker::new(|| Scratch::new(d));
     o.par_chunks_mut(nq * d)
         .zip(lse.par_chunks_mut(nq))
         .enumerate()
@@ -100,20 +91,20 @@ pub(crate) fn forward(
                 .zip(lse_head.par_chunks_mut(TILE_Q))
                 .enumerate()
                 .for_each(|(t, (o_tile, lse_tile))| {
-                    let worker = rayon::current_thread_index().unwrap_or(0) % scratch.len();
-                    let mut scratch = scratch[worker].lock().unwrap_or_else(|e| e.into_inner());
-                    att.isa().run(QueryTile {
-                        att,
-                        map,
-                        q,
-                        k,
-                        v,
-                        batch: bh / shape.heads_q,
-                        head: bh % shape.heads_q,
-                        tile: t,
-                        o: o_tile,
-                        lse: lse_tile,
-                        scratch: &mut scratch,
+                    scratch.with(|scratch| {
+                        att.isa().run(QueryTile {
+                            att,
+                            map,
+                            q,
+                            k,
+                            v,
+                            batch: bh / shape.heads_q,
+                            head: bh % shape.heads_q,
+                            tile: t,
+                            o: o_tile,
+                            lse: lse_tile,
+                            scratch,
+                        })
                     })
                 })
         });
@@ -145,8 +136,7 @@ impl WithSimd for QueryTile<'_> {
         let first = self.tile * TILE_Q;
         let rows = Rows::new(shape, first, first + n_rows - 1);
         let plane = self.batch * shape.heads_q + self.head;
-        let kv_head = self.head / (shape.heads_q / shape.heads_kv);
-        let kv_base = (self.batch * shape.heads_kv + kv_head) * shape.len_k * d;
+        let kv_base = shape.kv_offset(self.batch, shape.kv_head(self.head));
         let sc = &mut *self.scratch;
 
         load_transposed(

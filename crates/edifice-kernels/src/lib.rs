@@ -100,6 +100,16 @@ impl AttnShape {
         self.batch * self.heads_q * self.len_q
     }
 
+    /// The kv head that query head `head` reads: `head / (Hq / Hkv)`.
+    pub fn kv_head(&self, head: usize) -> usize {
+        head / (self.heads_q / self.heads_kv)
+    }
+
+    /// Offset of kv head `kv_head` of batch `batch` in `k` and `v`.
+    pub fn kv_offset(&self, batch: usize, kv_head: usize) -> usize {
+        (batch * self.heads_kv + kv_head) * self.len_k * self.head_dim
+    }
+
     /// Aligned position of query row 0: `Nk - Nq`.
     pub fn offset(&self) -> i64 {
         self.len_k as i64 - self.len_q as i64

@@ -105,8 +105,7 @@ fn for_each_row<T: Copy + Into<f64>>(
     let mut p = vec![0.0f64; s.len_k];
     for b in 0..s.batch {
         for h in 0..s.heads_q {
-            let hk = h / (s.heads_q / s.heads_kv);
-            let kv = (b * s.heads_kv + hk) * s.len_k * d;
+            let kv = s.kv_offset(b, s.kv_head(h));
             for i in 0..s.len_q {
                 let row = (b * s.heads_q + h) * s.len_q + i;
                 let qi = &q[row * d..(row + 1) * d];

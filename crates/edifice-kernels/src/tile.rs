@@ -9,6 +9,7 @@
 //! * key-side operands (`K`, `V`) are read in place, rows `step · D` apart.
 
 use std::ops::Range;
+use std::sync::Mutex;
 
 use crate::pattern::{KeySpan, Rows};
 use crate::simd::Simd;
@@ -20,6 +21,26 @@ pub const TILE_Q: usize = 64;
 pub const TILE_K: usize = 64;
 /// Rows of a score buffer.
 pub(crate) const S_ROWS: usize = TILE_K;
+
+/// One value per rayon worker thread, made before a parallel loop so the loop
+/// itself never allocates; each worker locks only its own (uncontended).
+pub(crate) struct PerWorker<T>(Vec<Mutex<T>>);
+
+impl<T> PerWorker<T> {
+    pub(crate) fn new(make: impl Fn() -> T) -> Self {
+        PerWorker(
+            (0..rayon::current_num_threads())
+                .map(|_| Mutex::new(make()))
+                .collect(),
+        )
+    }
+
+    /// Runs `f` on the calling worker's value.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let worker = rayon::current_thread_index().unwrap_or(0) % self.0.len();
+        f(&mut self.0[worker].lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
 
 /// `t[dd * TILE_Q + i] = x[i * d + dd] * factor`; rows past `x` are zero.
 /// (Walking `t` contiguously, or gathering columns, measured no faster: on
