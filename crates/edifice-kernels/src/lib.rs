@@ -40,6 +40,7 @@ mod bwd;
 mod fwd;
 pub mod pattern;
 pub mod reference;
+pub mod ring;
 mod simd;
 mod tile;
 pub mod tile_map;

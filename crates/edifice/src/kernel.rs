@@ -1,0 +1,323 @@
+//! The fused attention kernel of `edifice_kernels` as a burn operation, with
+//! its own backward pass under `Autodiff`.
+//!
+//! `attention(q, k, v, spec)` computes, per batch and query head `h`,
+//!
+//! ```text
+//! o[i] = Σ_j softmax_j(scale · q[i]·k[j] | (i, j) allowed by spec.pattern) · v[j]
+//! ```
+//!
+//! with `q [B, Hq, Nq, D]`, `k, v [B, Hkv, Nk, D]` and `o [B, Hq, Nq, D]`
+//! (`Hq` a multiple of `Hkv`). Rows that may read no key give `o = 0` and a
+//! zero gradient. No `Nq × Nk` tensor is ever built: the forward keeps only
+//! `o` and the row log-sum-exp `lse`, and the backward recomputes the
+//! probabilities tile by tile from them (FlashAttention-2).
+//!
+//! [`Schedule::Ring`] computes the same causal attention as ring attention
+//! does (chunk by chunk in ring order, merged by `lse`, see
+//! [`edifice_kernels::ring`]); its backward is the fused kernel's, given the
+//! merged `(o, lse)`.
+//!
+//! The glue follows burn 0.22.1's backend-extension API: an extension trait
+//! implemented for `Flex` (runs the kernel on the tensors' memory) and for
+//! `Autodiff<B>` (records a node whose backward calls [`AttentionKernels`]).
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Dispatch, Flex, TensorMetadata};
+use burn::tensor::{Tensor, TensorData};
+use edifice_kernels::{ring, Attention, AttnShape, Pattern};
+
+use crate::Error;
+
+/// How the attention is scheduled. Both give the same result (up to float
+/// summation order) and share one backward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Schedule {
+    /// One fused pass over the tile map.
+    #[default]
+    Fused,
+    /// Ring attention: `chunks` query chunks, each visiting the kv chunks in
+    /// ring order. Needs the causal full pattern and `Nq = Nk`, divisible by
+    /// `chunks`.
+    Ring {
+        /// Number of chunks (ring steps).
+        chunks: usize,
+    },
+}
+
+/// Everything about an attention call except the tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttnSpec {
+    /// Which (query, key) pairs may attend.
+    pub pattern: Pattern,
+    /// Multiplier of `q·k`; `None` means `1/sqrt(D)`.
+    pub scale: Option<f32>,
+    /// Fused or ring order.
+    pub schedule: Schedule,
+}
+
+impl AttnSpec {
+    /// A fused call with the default scale.
+    pub fn new(pattern: Pattern) -> Self {
+        Self {
+            pattern,
+            scale: None,
+            schedule: Schedule::Fused,
+        }
+    }
+
+    /// Builds the kernel for `shape`, checking everything the kernel and the
+    /// schedule require.
+    fn kernel(&self, shape: AttnShape) -> Result<Attention, Error> {
+        let mut att = Attention::new(shape, self.pattern.clone())?;
+        if let Some(scale) = self.scale {
+            att = att.with_scale(scale)?;
+        }
+        if let Schedule::Ring { chunks } = self.schedule {
+            let causal_full =
+                self.pattern == Pattern::new(edifice_kernels::PatternKind::Full, true);
+            if !causal_full {
+                return Err(Error::Config(format!(
+                    "ring attention computes causal full attention, not {:?}",
+                    self.pattern
+                )));
+            }
+            if shape.len_q != shape.len_k || chunks == 0 || shape.len_q % chunks != 0 {
+                return Err(Error::Shape(format!(
+                    "ring attention needs Nq = Nk divisible by num_chunks, got Nq {}, Nk {}, {chunks} chunks",
+                    shape.len_q, shape.len_k
+                )));
+            }
+        }
+        Ok(att)
+    }
+}
+
+/// `q [B, Hq, Nq, D]`, `k, v [B, Hkv, Nk, D]` → `o [B, Hq, Nq, D]` through the
+/// fused kernel (see the module docs). Differentiable when the tensors live
+/// on an autodiff device.
+///
+/// Errors: mismatched batch or head dim, `Hq` not a multiple of `Hkv`,
+/// `k`/`v` of different shapes, a pattern that does not fit the sizes, or a
+/// ring schedule that does not apply.
+pub fn attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    spec: &AttnSpec,
+) -> Result<Tensor<4>, Error> {
+    let shape = attn_shape(&q.dims(), &k.dims(), &v.dims())?;
+    spec.kernel(shape)?;
+    Ok(Tensor::from_dispatch(Dispatch::fused_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        spec.clone(),
+    )))
+}
+
+fn attn_shape(q: &[usize; 4], k: &[usize; 4], v: &[usize; 4]) -> Result<AttnShape, Error> {
+    if k != v {
+        return Err(Error::Shape(format!(
+            "k {k:?} and v {v:?} must have the same shape"
+        )));
+    }
+    if q[0] != k[0] || q[3] != k[3] {
+        return Err(Error::Shape(format!(
+            "q {q:?} and k {k:?} must agree on batch (dim 0) and head dim (dim 3)"
+        )));
+    }
+    let shape = AttnShape {
+        batch: q[0],
+        heads_q: q[1],
+        heads_kv: k[1],
+        len_q: q[2],
+        len_k: k[2],
+        head_dim: q[3],
+    };
+    shape.validate()?;
+    Ok(shape)
+}
+
+/// The extension: one operation, dispatched to Flex or Autodiff<Flex>.
+#[backend_extension(Autodiff, Flex)]
+pub trait AttentionBackend: burn::backend::Backend {
+    /// See [`attention`]; inputs are already validated.
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        spec: AttnSpec,
+    ) -> FloatTensor<Self>;
+}
+
+/// The raw forward and backward on a concrete backend, callable from the
+/// generic autodiff node.
+pub trait AttentionKernels: burn::backend::Backend {
+    /// Returns `o` and the row log-sum-exp `[B, Hq, Nq]`.
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        spec: &AttnSpec,
+    ) -> (FloatTensor<Self>, Arc<[f32]>);
+
+    /// Returns `(dq, dk, dv)` for upstream gradient `d_o`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        lse: &[f32],
+        d_o: FloatTensor<Self>,
+        spec: &AttnSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// The tensor's values as contiguous f32 (a view when they already are).
+fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        _ => std::borrow::Cow::Owned(
+            t.to_contiguous()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("converted to f32"),
+        ),
+    }
+}
+
+fn tensor(data: Vec<f32>, dims: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, dims))
+}
+
+fn kernel_for(q: &FlexTensor, k: &FlexTensor, spec: &AttnSpec) -> Attention {
+    let shape = attn_shape(&dims4(q), &dims4(k), &dims4(k)).expect("validated by attention()");
+    spec.kernel(shape).expect("validated by attention()")
+}
+
+impl AttentionKernels for Flex {
+    fn attention_forward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        spec: &AttnSpec,
+    ) -> (FlexTensor, Arc<[f32]>) {
+        let att = kernel_for(&q, &k, spec);
+        let (qs, ks, vs) = (values(&q), values(&k), values(&v));
+        let (o, lse) = match spec.schedule {
+            Schedule::Fused => att.forward_vec(&qs, &ks, &vs),
+            Schedule::Ring { chunks } => {
+                ring::forward(*att.shape(), chunks, att.scale(), &qs, &ks, &vs)
+            }
+        }
+        .expect("validated by attention()");
+        (tensor(o, dims4(&q)), lse.into())
+    }
+
+    fn attention_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        o: FlexTensor,
+        lse: &[f32],
+        d_o: FlexTensor,
+        spec: &AttnSpec,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let att = kernel_for(&q, &k, spec);
+        let (dq, dk, dv) = att
+            .backward_vec(
+                &values(&q),
+                &values(&k),
+                &values(&v),
+                &values(&o),
+                lse,
+                &values(&d_o),
+            )
+            .expect("validated by attention()");
+        (
+            tensor(dq, dims4(&q)),
+            tensor(dk, dims4(&k)),
+            tensor(dv, dims4(&v)),
+        )
+    }
+}
+
+impl AttentionBackend for Flex {
+    fn fused_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, spec: AttnSpec) -> FlexTensor {
+        Self::attention_forward(q, k, v, &spec).0
+    }
+}
+
+/// The autodiff node: saves `q, k, v, o, lse` and calls the kernel backward.
+#[derive(Debug)]
+struct AttentionNode;
+
+type NodeState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    Arc<[f32]>,
+    AttnSpec,
+);
+
+impl<B: AttentionKernels> Backward<B, 3> for AttentionNode {
+    type State = NodeState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let d_o = grads.consume::<B>(&ops.node);
+        let (q, k, v, o, lse, spec) = ops.state;
+        let (dq, dk, dv) = B::attention_backward(q, k, v, o, &lse, d_o, &spec);
+        for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: AttentionBackend + AttentionKernels, C: CheckpointStrategy> AttentionBackend
+    for Autodiff<B, C>
+{
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        spec: AttnSpec,
+    ) -> FloatTensor<Self> {
+        let ((q, node_q), (k, node_k), (v, node_v)) =
+            (q.into_parts(), k.into_parts(), v.into_parts());
+        match AttentionNode
+            .prepare::<C>([node_q, node_k, node_v])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (o, lse) = B::attention_forward(q.clone(), k.clone(), v.clone(), &spec);
+                prep.finish((q, k, v, o.clone(), lse, spec), o)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::attention_forward(q, k, v, &spec).0),
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Edifice's attention models on burn (Flex CPU backend).
+
+pub mod kernel;
+
+/// Everything that can go wrong with user input.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An invalid model or layer configuration.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// A tensor of the wrong shape.
+    #[error("shape error: {0}")]
+    Shape(String),
+    /// The attention kernel refused its inputs.
+    #[error(transparent)]
+    Kernel(#[from] edifice_kernels::KernelError),
+    /// Missing, extra or misshapen weights.
+    #[error("weights: {0}")]
+    Weights(String),
+}

@@ -1,0 +1,157 @@
+//! The burn operation around the fused kernel: forward and gradients against
+//! attention composed from burn's own differentiable ops.
+
+use burn::tensor::{activation::softmax, Bool, Device, Tensor, TensorData};
+use edifice::kernel::{attention, AttnSpec, Schedule};
+use edifice_kernels::{Pattern, PatternKind};
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+fn random(dims: [usize; 4], seed: u32) -> Tensor<4> {
+    let n = dims.iter().product();
+    Tensor::from_data(
+        TensorData::new(edifice_kernels::reference::uniform(n, seed), dims),
+        &device(),
+    )
+}
+
+/// softmax(scale q kᵀ masked) v with burn ops; `allowed(i, j)` decides the mask.
+fn composed(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+    allowed: impl Fn(usize, usize) -> bool,
+) -> Tensor<4> {
+    let [_, _, nq, _] = q.dims();
+    let nk = k.dims()[2];
+    let blocked: Vec<bool> = (0..nq * nk).map(|x| !allowed(x / nk, x % nk)).collect();
+    let blocked = Tensor::<2, Bool>::from_data(TensorData::new(blocked, [nq, nk]), &device())
+        .unsqueeze::<4>();
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar(scale)
+        .mask_fill(blocked, -1e30);
+    softmax(scores, 3).matmul(v)
+}
+
+fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+    a.sub(b).abs().max().into_scalar::<f32>()
+}
+
+/// Runs loss = Σ o ⊙ r through `op` and returns (o, dq, dk, dv).
+fn run(
+    op: impl Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>,
+    dims_q: [usize; 4],
+    dims_k: [usize; 4],
+) -> [Tensor<4>; 4] {
+    let (q, k, v) = (
+        random(dims_q, 1).require_grad(),
+        random(dims_k, 2).require_grad(),
+        random(dims_k, 3).require_grad(),
+    );
+    let o = op(q.clone(), k.clone(), v.clone());
+    let r = random(dims_q, 4);
+    let grads = o.clone().mul(r).sum().backward();
+    [
+        o,
+        q.grad(&grads).unwrap(),
+        k.grad(&grads).unwrap(),
+        v.grad(&grads).unwrap(),
+    ]
+}
+
+fn check(
+    pattern: Pattern,
+    allowed: impl Fn(usize, usize) -> bool + Copy,
+    dims_q: [usize; 4],
+    dims_k: [usize; 4],
+) {
+    let scale = 1.0 / (dims_q[3] as f32).sqrt();
+    let spec = AttnSpec::new(pattern.clone());
+    let ours = run(|q, k, v| attention(q, k, v, &spec).unwrap(), dims_q, dims_k);
+    let theirs = run(|q, k, v| composed(q, k, v, scale, allowed), dims_q, dims_k);
+    for (what, (a, b)) in ["o", "dq", "dk", "dv"]
+        .iter()
+        .zip(ours.into_iter().zip(theirs))
+    {
+        let d = max_diff(a, b);
+        assert!(d < 2e-5, "{pattern:?} {what}: max |diff| {d}");
+    }
+}
+
+#[test]
+fn causal_window_and_chunk_match_composed_ops() {
+    let (q, k) = ([2, 3, 37, 16], [2, 3, 37, 16]);
+    check(Pattern::new(PatternKind::Full, false), |_, _| true, q, k);
+    check(Pattern::new(PatternKind::Full, true), |i, j| j <= i, q, k);
+    check(
+        Pattern::new(PatternKind::Window { window: 5 }, true),
+        |i, j| j <= i && i - j < 5,
+        q,
+        k,
+    );
+    check(
+        Pattern::new(PatternKind::Chunk { chunk: 8 }, true),
+        |i, j| j <= i && i / 8 == j / 8,
+        q,
+        k,
+    );
+    // Cross attention, Nq != Nk.
+    check(
+        Pattern::new(PatternKind::Full, false),
+        |_, _| true,
+        [1, 2, 5, 8],
+        [1, 2, 11, 8],
+    );
+}
+
+#[test]
+fn ring_schedule_matches_fused_forward_and_gradients() {
+    let dims = [2, 2, 24, 8];
+    let fused = AttnSpec::new(Pattern::new(PatternKind::Full, true));
+    let ring = AttnSpec {
+        schedule: Schedule::Ring { chunks: 4 },
+        ..fused.clone()
+    };
+    let a = run(|q, k, v| attention(q, k, v, &fused).unwrap(), dims, dims);
+    let b = run(|q, k, v| attention(q, k, v, &ring).unwrap(), dims, dims);
+    for (x, y) in a.into_iter().zip(b) {
+        assert!(max_diff(x, y) < 1e-5);
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let spec = AttnSpec::new(Pattern::new(PatternKind::Full, true));
+    let err = attention(
+        random([1, 2, 4, 8], 1),
+        random([1, 2, 4, 4], 2),
+        random([1, 2, 4, 4], 3),
+        &spec,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("head dim"), "{err}");
+    let err = attention(
+        random([1, 3, 4, 8], 1),
+        random([1, 2, 4, 8], 2),
+        random([1, 2, 4, 8], 3),
+        &spec,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("multiple"), "{err}");
+    let ring = AttnSpec {
+        schedule: Schedule::Ring { chunks: 3 },
+        ..spec
+    };
+    let err = attention(
+        random([1, 2, 4, 8], 1),
+        random([1, 2, 4, 8], 2),
+        random([1, 2, 4, 8], 3),
+        &ring,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("divisible"), "{err}");
+}
