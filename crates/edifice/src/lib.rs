@@ -1,6 +1,12 @@
 //! Edifice's attention models on burn (Flex CPU backend).
 
+pub mod functional;
 pub mod kernel;
+pub mod layers;
+pub mod models;
+pub mod weights;
+
+pub use models::{Model, ModelConfig};
 
 /// Everything that can go wrong with user input.
 #[derive(Debug, thiserror::Error)]

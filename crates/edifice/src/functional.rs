@@ -1,0 +1,257 @@
+//! Edifice's attention functions (`Edifice.Attention.MultiHead` and
+//! `Primitives`), parameter-free.
+//!
+//! | Edifice | here | shapes |
+//! |---|---|---|
+//! | `scaled_dot_product_attention(q, k, v, mask:)` | [`scaled_dot_product_attention`] | `q [B, Tq, D]`, `k, v [B, Tk, D]` → `[B, Tq, D]` |
+//! | `chunked_attention(q, k, v, chunk_size:, mask:)` | [`chunked_attention`] | same |
+//! | `memory_efficient_attention(q, k, v, chunk_size:, causal:)` | [`memory_efficient_attention`] | same |
+//! | `causal_mask(T)`, `window_mask(T, w)` | [`causal_mask`], [`window_mask`] | `[T, T]`, `true` = may attend |
+//! | `qk_layer_norm(x)` | [`qk_layer_norm`] | any rank, over the last axis |
+//! | `RoPE.apply_rotary_4d(q, k)` | [`rotary`] | `[B, H, T, hd]` |
+//! | `add_positional_encoding(x, scale:)` | [`add_positional_encoding`] | `[B, T, E]` |
+//!
+//! Every attention here runs on the fused kernel ([`crate::kernel`]), so none
+//! of them builds a `Tq × Tk` score tensor; a mask is read by the kernel as
+//! a predicate. The three variants give the same numbers: the plain one
+//! makes one kernel call, the chunked one one call per query chunk (its
+//! memory is bounded by the chunk), and the memory-efficient one is the
+//! kernel's own online softmax over key tiles. Scale is `1/sqrt(D)`.
+//!
+//! One difference from Edifice: a query row whose mask allows no key gets
+//! zeros (Edifice's `-1e9` fill gives the mean of `v` over all keys).
+
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+use edifice_kernels::{BoolMask, Pattern, PatternKind};
+
+use crate::kernel::{attention, AttnSpec};
+use crate::Error;
+
+/// `mask[i, j] = i >= j`: Edifice's `causal_mask(T)`.
+pub fn causal_mask(len: usize, device: &Device) -> Tensor<2, Bool> {
+    mask_from(len, len, device, |i, j| i >= j)
+}
+
+/// `mask[i, j] = 0 <= i - j <= window - 1`: Edifice's `window_mask(T, w)`
+/// (causal, itself included; `window >= T` is the causal mask, `0` allows
+/// nothing).
+pub fn window_mask(len: usize, window: usize, device: &Device) -> Tensor<2, Bool> {
+    mask_from(len, len, device, |i, j| i >= j && i - j < window)
+}
+
+fn mask_from(
+    rows: usize,
+    cols: usize,
+    device: &Device,
+    allowed: impl Fn(usize, usize) -> bool,
+) -> Tensor<2, Bool> {
+    let data: Vec<bool> = (0..rows * cols)
+        .map(|x| allowed(x / cols, x % cols))
+        .collect();
+    Tensor::from_data(TensorData::new(data, [rows, cols]), device)
+}
+
+/// A mask for the 3-D functions: `[Tq, Tk]` shared by the batch, or
+/// `[B, Tq, Tk]` one per batch element.
+#[derive(Clone, Debug)]
+pub enum Mask {
+    /// `[Tq, Tk]`.
+    Shared(Tensor<2, Bool>),
+    /// `[B, Tq, Tk]`.
+    PerBatch(Tensor<3, Bool>),
+}
+
+impl Mask {
+    /// The kernel pattern for rows `[start, start + rows)` of the mask.
+    fn pattern(&self, start: usize, rows: usize) -> Pattern {
+        let (dims, data) = match self {
+            Mask::Shared(m) => {
+                let [_, tk] = m.dims();
+                (vec![rows, tk], m.clone().narrow(0, start, rows).into_data())
+            }
+            Mask::PerBatch(m) => {
+                let [b, _, tk] = m.dims();
+                (
+                    vec![b, 1, rows, tk],
+                    m.clone().narrow(1, start, rows).into_data(),
+                )
+            }
+        };
+        let data: Vec<bool> = data.try_to_vec().expect("bool tensor data");
+        let mask = BoolMask::new(data, &dims).expect("dims match the data");
+        Pattern::new(PatternKind::Mask(mask), false)
+    }
+
+    fn check(&self, batch: usize, tq: usize, tk: usize) -> Result<(), Error> {
+        let (got, want) = match self {
+            Mask::Shared(m) => (m.dims().to_vec(), vec![tq, tk]),
+            Mask::PerBatch(m) => (m.dims().to_vec(), vec![batch, tq, tk]),
+        };
+        if got != want {
+            return Err(Error::Shape(format!(
+                "mask has shape {got:?} but the attention needs {want:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks 3-D `q [B, Tq, D]`, `k, v [B, Tk, D]`; returns `(B, Tq, Tk)`.
+fn dims3(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>) -> Result<(usize, usize, usize), Error> {
+    let ([b, tq, d], kd, vd) = (q.dims(), k.dims(), v.dims());
+    if kd != vd || kd[0] != b || kd[2] != d {
+        return Err(Error::Shape(format!(
+            "need q [B, Tq, D] and k, v [B, Tk, D]; got q {:?}, k {kd:?}, v {vd:?}",
+            q.dims()
+        )));
+    }
+    Ok((b, tq, kd[1]))
+}
+
+/// One kernel call on 3-D tensors (one head).
+fn attend3(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, pattern: Pattern) -> Result<Tensor<3>, Error> {
+    let o = attention(
+        q.unsqueeze_dim(1),
+        k.unsqueeze_dim(1),
+        v.unsqueeze_dim(1),
+        &AttnSpec::new(pattern),
+    )?;
+    Ok(o.squeeze_dim(1))
+}
+
+/// `softmax(q kᵀ / sqrt(D), masked) v`. `q [B, Tq, D]`, `k, v [B, Tk, D]`.
+pub fn scaled_dot_product_attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    mask: Option<&Mask>,
+) -> Result<Tensor<3>, Error> {
+    let (b, tq, tk) = dims3(&q, &k, &v)?;
+    let pattern = match mask {
+        Some(m) => {
+            m.check(b, tq, tk)?;
+            m.pattern(0, tq)
+        }
+        None => Pattern::new(PatternKind::Full, false),
+    };
+    attend3(q, k, v, pattern)
+}
+
+/// [`scaled_dot_product_attention`] over query chunks of `chunk_size` rows
+/// (the last chunk may be shorter), concatenated: Edifice's
+/// `chunked_attention`.
+pub fn chunked_attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    chunk_size: usize,
+    mask: Option<&Mask>,
+) -> Result<Tensor<3>, Error> {
+    let (b, tq, tk) = dims3(&q, &k, &v)?;
+    if chunk_size == 0 {
+        return Err(Error::Config("chunk_size must be at least 1".into()));
+    }
+    if let Some(m) = mask {
+        m.check(b, tq, tk)?;
+    }
+    let mut parts = Vec::with_capacity(tq.div_ceil(chunk_size));
+    for start in (0..tq).step_by(chunk_size) {
+        let rows = chunk_size.min(tq - start);
+        let pattern = match mask {
+            Some(m) => m.pattern(start, rows),
+            None => Pattern::new(PatternKind::Full, false),
+        };
+        parts.push(attend3(
+            q.clone().narrow(1, start, rows),
+            k.clone(),
+            v.clone(),
+            pattern,
+        )?);
+    }
+    if parts.is_empty() {
+        return attend3(q, k, v, Pattern::new(PatternKind::Full, false));
+    }
+    Ok(Tensor::cat(parts, 1))
+}
+
+/// Online-softmax attention over key/value chunks: Edifice's
+/// `memory_efficient_attention`. `causal` allows `i >= j` (query and key
+/// positions both counted from 0, as in Edifice). `chunk_size` is checked
+/// but does not change the result: the kernel walks keys in its own tiles.
+pub fn memory_efficient_attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    chunk_size: usize,
+    causal: bool,
+) -> Result<Tensor<3>, Error> {
+    let (_, tq, tk) = dims3(&q, &k, &v)?;
+    if chunk_size == 0 {
+        return Err(Error::Config("chunk_size must be at least 1".into()));
+    }
+    let pattern = if !causal {
+        Pattern::new(PatternKind::Full, false)
+    } else if tq == tk {
+        Pattern::new(PatternKind::Full, true)
+    } else {
+        // The kernel aligns queries to the end of the keys; Edifice to the start.
+        Mask::Shared(mask_from(tq, tk, &q.device(), |i, j| i >= j)).pattern(0, tq)
+    };
+    attend3(q, k, v, pattern)
+}
+
+/// `(x - mean) / sqrt(var + 1e-6)` over the last axis, no affine
+/// parameters: Edifice's `qk_layer_norm`.
+pub fn qk_layer_norm<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let (var, mean) = x.clone().var_mean_bias(D - 1);
+    x.sub(mean).div(var.add_scalar(1e-6).sqrt())
+}
+
+/// Rotary position embedding, half-split ("rotate half") layout, base 10000,
+/// positions `0..T`: Edifice's `RoPE.apply_rotary_4d`. `x [B, H, T, hd]`
+/// with `hd` even.
+///
+/// `out = [x1·cos − x2·sin, x1·sin + x2·cos]` with `x1 = x[.., :hd/2]`,
+/// `x2 = x[.., hd/2:]`, angle `t · 10000^(−2i/hd)`.
+pub fn rotary(x: Tensor<4>) -> Result<Tensor<4>, Error> {
+    let [_, _, t, hd] = x.dims();
+    if hd % 2 != 0 {
+        return Err(Error::Shape(format!(
+            "rotary embedding needs an even head dim, got {hd}"
+        )));
+    }
+    let half = hd / 2;
+    let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
+    for pos in 0..t {
+        for i in 0..half {
+            let freq = 10000f32.powf(-((2 * i) as f32) / hd as f32);
+            let angle = pos as f32 * freq;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let device = x.device();
+    let table = |v: Vec<f32>| {
+        Tensor::<2>::from_data(TensorData::new(v, [t, half]), &device).unsqueeze::<4>()
+    };
+    let (cos, sin) = (table(cos), table(sin));
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let first = x1.clone().mul(cos.clone()).sub(x2.clone().mul(sin.clone()));
+    let second = x1.mul(sin).add(x2.mul(cos));
+    Ok(Tensor::cat(vec![first, second], 3))
+}
+
+/// `x + pe` with `pe[t, d] = sin(t / (1 + d·scale))`: Edifice's sine-only
+/// `add_positional_encoding` (default `scale` 0.01). `x [B, T, E]`.
+pub fn add_positional_encoding(x: Tensor<3>, scale: f32) -> Tensor<3> {
+    let [_, t, e] = x.dims();
+    let pe: Vec<f32> = (0..t * e)
+        .map(|idx| {
+            let (pos, d) = (idx / e, idx % e);
+            (pos as f32 * (1.0 / (1.0 + d as f32 * scale))).sin()
+        })
+        .collect();
+    let pe = Tensor::<2>::from_data(TensorData::new(pe, [t, e]), &x.device());
+    x.add(pe.unsqueeze())
+}

@@ -1,0 +1,156 @@
+//! Edifice's `RingAttention.build`: pre-norm transformer blocks whose
+//! attention is exact causal attention computed in ring order
+//! ([`Schedule::Ring`]). `[B, window_size, embed_dim]` → `[B, hidden_size]`.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::prelude::*;
+use edifice_kernels::{Pattern, PatternKind};
+
+use super::backbone::{check_len, last_timestep, Backbone, BlockAttention};
+use crate::kernel::{attention, AttnSpec, Schedule};
+use crate::layers::{
+    dense, merge_heads, split_qkv, validate_dropout, validate_heads, validate_positive,
+};
+use crate::weights::{Walk, Walker};
+use crate::Error;
+
+/// Options of `Edifice.Attention.RingAttention.build`. As in Edifice, the
+/// sequence length is `window_size`.
+#[derive(Config, Debug)]
+pub struct RingConfig {
+    /// Width of each input frame.
+    pub embed_dim: usize,
+    /// Model width.
+    #[config(default = 256)]
+    pub hidden_size: usize,
+    /// Attention heads.
+    #[config(default = 4)]
+    pub num_heads: usize,
+    /// Ring steps; `window_size` must be a multiple of it.
+    #[config(default = 4)]
+    pub num_chunks: usize,
+    /// Transformer blocks.
+    #[config(default = 4)]
+    pub num_layers: usize,
+    /// Dropout after attention, after the FFN and between blocks.
+    #[config(default = 0.1)]
+    pub dropout: f64,
+    /// Sequence length.
+    #[config(default = 60)]
+    pub window_size: usize,
+}
+
+impl RingConfig {
+    /// Checks sizes, divisibility and dropout.
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_positive(&[
+            ("embed_dim", self.embed_dim),
+            ("hidden_size", self.hidden_size),
+            ("num_heads", self.num_heads),
+            ("num_chunks", self.num_chunks),
+            ("num_layers", self.num_layers),
+            ("window_size", self.window_size),
+        ])?;
+        validate_heads(self.hidden_size, self.num_heads)?;
+        validate_dropout(self.dropout)?;
+        if self.window_size % self.num_chunks != 0 {
+            return Err(Error::Config(format!(
+                "window_size {} is not a multiple of num_chunks {}",
+                self.window_size, self.num_chunks
+            )));
+        }
+        Ok(())
+    }
+
+    /// Width of the output, `hidden_size`.
+    pub fn output_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    /// Builds the model after [`validate`](Self::validate).
+    pub fn init(&self, device: &Device) -> Result<Ring, Error> {
+        self.validate()?;
+        let (h, heads, chunks) = (self.hidden_size, self.num_heads, self.num_chunks);
+        let backbone = Backbone::new(
+            self.embed_dim,
+            h,
+            self.num_layers,
+            self.dropout,
+            self.dropout,
+            "ring",
+            device,
+            |_| {
+                Ok(RingAttention {
+                    qkv: dense(h, 3 * h, device),
+                    out_proj: dense(h, h, device),
+                    num_heads: heads,
+                    chunks,
+                })
+            },
+        )?;
+        Ok(Ring {
+            backbone,
+            seq_len: self.window_size,
+        })
+    }
+}
+
+/// The ring block's attention: fused qkv, ring-ordered causal attention,
+/// output projection.
+#[derive(Module, Debug)]
+pub struct RingAttention {
+    /// `H → 3H` (Axon `ring_i_qkv`).
+    pub qkv: Linear,
+    /// `H → H` (Axon `ring_i_out_proj`).
+    pub out_proj: Linear,
+    num_heads: usize,
+    chunks: usize,
+}
+
+impl BlockAttention for RingAttention {
+    fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        let [q, k, v] = split_qkv(self.qkv.forward(x), self.num_heads);
+        let spec = AttnSpec {
+            schedule: Schedule::Ring {
+                chunks: self.chunks,
+            },
+            ..AttnSpec::new(Pattern::new(PatternKind::Full, true))
+        };
+        Ok(self
+            .out_proj
+            .forward(merge_heads(attention(q, k, v, &spec)?)))
+    }
+
+    fn walk(&mut self, w: &mut Walker, axon: &str) {
+        w.linear("qkv", &format!("{axon}_qkv"), &mut self.qkv);
+        w.linear("out_proj", &format!("{axon}_out_proj"), &mut self.out_proj);
+    }
+}
+
+/// The RingAttention model.
+#[derive(Module, Debug)]
+pub struct Ring {
+    /// Projection, blocks, final norm.
+    pub backbone: Backbone<RingAttention>,
+    seq_len: usize,
+}
+
+impl Ring {
+    /// `[B, window_size, embed_dim]` → every timestep `[B, window_size, hidden_size]`.
+    pub fn forward_all(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        check_len(&x, self.seq_len, "ring")?;
+        self.backbone.forward(x)
+    }
+
+    /// `[B, window_size, embed_dim]` → last timestep `[B, hidden_size]`.
+    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
+        Ok(last_timestep(self.forward_all(x)?))
+    }
+}
+
+impl Walk for Ring {
+    fn walk(&mut self, w: &mut Walker) {
+        self.backbone.walk(w);
+    }
+}

@@ -1,0 +1,404 @@
+//! Weights in safetensors with PyTorch's conventions, and import from
+//! Edifice/Axon parameter dumps.
+//!
+//! Every model lists its parameters once, in [`Walk::walk`]: our name (PyTorch
+//! style: `Linear` weight `[out, in]` and bias `[out]`, LayerNorm `weight` and
+//! `bias`, LSTM `weight_ih_l{n}` `[4U, in]`, `weight_hh_l{n}` `[4U, U]`,
+//! `bias_ih_l{n}`, `bias_hh_l{n}` with gates `i, f, g, o`) and where Axon keeps
+//! the same numbers ([`Source`]). That one list drives saving, loading with
+//! checks, `edifice inspect`, `docs/weights.md` and `edifice convert`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::{Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::layers::Lstm;
+use crate::Error;
+
+/// Where Axon stores a parameter (names without the `param/` prefix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `{layer}.kernel` `[in, out]`, transposed to `[out, in]`.
+    DenseKernel(String),
+    /// `{layer}.bias`.
+    DenseBias(String),
+    /// `{layer}.gamma`.
+    NormGamma(String),
+    /// `{layer}.beta`.
+    NormBeta(String),
+    /// `{layer}.input_kernel.w{i,f,g,o}`, each `[in, U]`, transposed and stacked.
+    LstmInput(String),
+    /// `{layer}.hidden_kernel.wh{i,f,g,o}`, each `[U, U]`, transposed and stacked.
+    LstmHidden(String),
+    /// `{layer}.bias.b{i,f,g,o}`, concatenated.
+    LstmBias(String),
+    /// No Axon counterpart: Axon's LSTM has one bias per gate, so ours is zero.
+    Zero,
+    /// `{layer}.{name}` as it is.
+    Raw(String),
+}
+
+/// One parameter of a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// Our (PyTorch-style) name.
+    pub name: String,
+    /// Shape in our layout.
+    pub shape: Vec<usize>,
+    /// Where Axon keeps it.
+    pub source: Source,
+}
+
+/// A tensor in our layout: shape and row-major f32 values.
+pub type Values = (Vec<usize>, Vec<f32>);
+
+enum Mode<'a> {
+    List(&'a mut Vec<Entry>),
+    Save(&'a mut BTreeMap<String, Values>),
+    Load {
+        tensors: &'a mut BTreeMap<String, Values>,
+        problems: &'a mut Vec<String>,
+    },
+}
+
+/// Visits every parameter of a module tree with its full name.
+pub struct Walker<'a> {
+    prefix: String,
+    mode: Mode<'a>,
+}
+
+/// A module whose parameters can be walked.
+pub trait Walk {
+    /// Calls the walker once per parameter, in a fixed order.
+    fn walk(&mut self, w: &mut Walker);
+}
+
+impl<'a> Walker<'a> {
+    /// Runs `f` with `name.` prepended to every parameter name.
+    pub fn scope(&mut self, name: &str, f: impl FnOnce(&mut Self)) {
+        let saved = self.prefix.clone();
+        self.prefix = format!("{saved}{name}.");
+        f(self);
+        self.prefix = saved;
+    }
+
+    /// A parameter in our layout. `transpose` says that the stored value is
+    /// the transpose of the module's (burn keeps Linear weights `[in, out]`).
+    pub fn tensor<const D: usize>(
+        &mut self,
+        name: &str,
+        source: Source,
+        p: &mut Param<Tensor<D>>,
+        transpose: bool,
+    ) {
+        let full = format!("{}{name}", self.prefix);
+        let stored = |t: Tensor<D>| if transpose { t.transpose() } else { t };
+        match &mut self.mode {
+            Mode::List(out) => out.push(Entry {
+                name: full,
+                shape: stored(p.val()).dims().to_vec(),
+                source,
+            }),
+            Mode::Save(out) => {
+                let t = stored(p.val());
+                let shape = t.dims().to_vec();
+                let values = t
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec()
+                    .expect("f32 data");
+                out.insert(full, (shape, values));
+            }
+            Mode::Load { tensors, problems } => {
+                let want = stored(p.val()).dims().to_vec();
+                match tensors.remove(&full) {
+                    None => problems.push(format!("missing tensor `{full}` (shape {want:?})")),
+                    Some((shape, _)) if shape != want => problems.push(format!(
+                        "tensor `{full}` has shape {shape:?}, expected {want:?}"
+                    )),
+                    Some((shape, values)) => {
+                        let device = p.val().device();
+                        let t = Tensor::<D>::from_data(TensorData::new(values, shape), &device);
+                        *p = Param::from_tensor(stored(t));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A Linear layer as `{name}.weight [out, in]` and `{name}.bias [out]`.
+    pub fn linear(&mut self, name: &str, axon: &str, linear: &mut Linear) {
+        self.scope(name, |w| {
+            w.tensor(
+                "weight",
+                Source::DenseKernel(axon.into()),
+                &mut linear.weight,
+                true,
+            );
+            if let Some(bias) = linear.bias.as_mut() {
+                w.tensor("bias", Source::DenseBias(axon.into()), bias, false);
+            }
+        });
+    }
+
+    /// A LayerNorm as `{name}.weight` and `{name}.bias`.
+    pub fn norm(&mut self, name: &str, axon: &str, norm: &mut LayerNorm) {
+        self.scope(name, |w| {
+            w.tensor(
+                "weight",
+                Source::NormGamma(axon.into()),
+                &mut norm.gamma,
+                false,
+            );
+            if let Some(beta) = norm.beta.as_mut() {
+                w.tensor("bias", Source::NormBeta(axon.into()), beta, false);
+            }
+        });
+    }
+
+    /// LSTM layer `n` as PyTorch's `weight_ih_l{n}`, `weight_hh_l{n}`,
+    /// `bias_ih_l{n}`, `bias_hh_l{n}`.
+    pub fn lstm(&mut self, n: usize, axon: &str, lstm: &mut Lstm) {
+        self.tensor(
+            &format!("weight_ih_l{n}"),
+            Source::LstmInput(axon.into()),
+            &mut lstm.weight_ih,
+            false,
+        );
+        self.tensor(
+            &format!("weight_hh_l{n}"),
+            Source::LstmHidden(axon.into()),
+            &mut lstm.weight_hh,
+            false,
+        );
+        self.tensor(
+            &format!("bias_ih_l{n}"),
+            Source::LstmBias(axon.into()),
+            &mut lstm.bias_ih,
+            false,
+        );
+        self.tensor(
+            &format!("bias_hh_l{n}"),
+            Source::Zero,
+            &mut lstm.bias_hh,
+            false,
+        );
+    }
+}
+
+/// Every parameter of `model`, in walk order.
+pub fn entries(model: &mut impl Walk) -> Vec<Entry> {
+    let mut out = Vec::new();
+    model.walk(&mut Walker {
+        prefix: String::new(),
+        mode: Mode::List(&mut out),
+    });
+    out
+}
+
+/// The model's parameters in our layout, by name.
+pub fn tensors(model: &mut impl Walk) -> BTreeMap<String, Values> {
+    let mut out = BTreeMap::new();
+    model.walk(&mut Walker {
+        prefix: String::new(),
+        mode: Mode::Save(&mut out),
+    });
+    out
+}
+
+/// Replaces every parameter of `model` with `tensors`, which must hold
+/// exactly the model's names with the right shapes. On error the message
+/// lists every missing, misshapen and extra tensor, and the model may be
+/// partly updated.
+pub fn load_tensors(
+    model: &mut impl Walk,
+    mut tensors: BTreeMap<String, Values>,
+) -> Result<(), Error> {
+    let mut problems = Vec::new();
+    model.walk(&mut Walker {
+        prefix: String::new(),
+        mode: Mode::Load {
+            tensors: &mut tensors,
+            problems: &mut problems,
+        },
+    });
+    problems.extend(
+        tensors
+            .keys()
+            .map(|name| format!("unexpected tensor `{name}`")),
+    );
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Weights(problems.join("; ")))
+    }
+}
+
+/// Serialises tensors to safetensors bytes (f32, little-endian).
+pub fn to_safetensors(tensors: &BTreeMap<String, Values>) -> Result<Vec<u8>, Error> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, (shape, values))| {
+            let raw = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (name.clone(), shape.clone(), raw)
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, shape, raw)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), raw)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| Error::Weights(format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize(views, &None).map_err(|e| Error::Weights(e.to_string()))
+}
+
+/// Reads every f32 tensor of a safetensors file. Any other dtype is an error
+/// naming the tensor.
+pub fn from_safetensors(bytes: &[u8]) -> Result<BTreeMap<String, Values>, Error> {
+    let file = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::Weights(format!("not a valid safetensors file: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in file.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::Weights(format!(
+                "tensor `{name}` has dtype {:?}, expected F32",
+                view.dtype()
+            )));
+        }
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.insert(name, (view.shape().to_vec(), values));
+    }
+    Ok(out)
+}
+
+const LSTM_GATES: [char; 4] = ['i', 'f', 'g', 'o'];
+
+/// Builds our tensors for `entries` from an Axon parameter dump (tensors
+/// named `param/<layer>.<param>`, as in `shared/golden/edifice`).
+///
+/// Tensors outside `param/` (inputs, outputs, intermediates) and Axon state
+/// (`*.key`: dropout and LSTM-state RNG keys) are ignored. Every other
+/// `param/` tensor must be used, and every needed one present with the shape
+/// the model expects; the error lists each problem.
+pub fn from_axon(
+    entries: &[Entry],
+    axon: &BTreeMap<String, Values>,
+) -> Result<BTreeMap<String, Values>, Error> {
+    let mut reader = AxonReader {
+        axon,
+        used: BTreeSet::new(),
+        problems: Vec::new(),
+    };
+    let mut out = BTreeMap::new();
+    for entry in entries {
+        let value = reader.build(entry);
+        match value {
+            Some((shape, _)) if shape != entry.shape => reader.problems.push(format!(
+                "`{}` built from Axon's {:?} has shape {shape:?}, the model needs {:?}",
+                entry.name, entry.source, entry.shape
+            )),
+            Some(v) => {
+                out.insert(entry.name.clone(), v);
+            }
+            None => {}
+        }
+    }
+    for name in axon.keys() {
+        if name.starts_with("param/") && !name.ends_with(".key") && !reader.used.contains(name) {
+            reader
+                .problems
+                .push(format!("unexpected Axon tensor `{name}`"));
+        }
+    }
+    if reader.problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(Error::Weights(reader.problems.join("; ")))
+    }
+}
+
+/// Looks tensors up in an Axon dump, remembering what was used and what was wrong.
+struct AxonReader<'a> {
+    axon: &'a BTreeMap<String, Values>,
+    used: BTreeSet<String>,
+    problems: Vec<String>,
+}
+
+impl AxonReader<'_> {
+    fn fetch(&mut self, name: String, rank: usize) -> Option<Values> {
+        let key = format!("param/{name}");
+        match self.axon.get(&key) {
+            None => {
+                self.problems.push(format!("missing Axon tensor `{key}`"));
+                None
+            }
+            Some(t) if t.0.len() != rank => {
+                self.problems.push(format!(
+                    "Axon tensor `{key}` has shape {:?}, expected rank {rank}",
+                    t.0
+                ));
+                None
+            }
+            Some(t) => {
+                self.used.insert(key);
+                Some(t.clone())
+            }
+        }
+    }
+
+    /// The four gate tensors `{layer}.{group}.{prefix}{i,f,g,o}`, stacked.
+    fn gates(&mut self, layer: &str, group: &str, prefix: &str, rank: usize) -> Option<Values> {
+        let parts: Vec<Values> = LSTM_GATES
+            .iter()
+            .filter_map(|g| self.fetch(format!("{layer}.{group}.{prefix}{g}"), rank))
+            .map(|t| if rank == 2 { transpose(&t) } else { t })
+            .collect();
+        stack(parts)
+    }
+
+    fn build(&mut self, entry: &Entry) -> Option<Values> {
+        match &entry.source {
+            Source::DenseKernel(l) => self.fetch(format!("{l}.kernel"), 2).map(|t| transpose(&t)),
+            Source::DenseBias(l) => self.fetch(format!("{l}.bias"), 1),
+            Source::NormGamma(l) => self.fetch(format!("{l}.gamma"), 1),
+            Source::NormBeta(l) => self.fetch(format!("{l}.beta"), 1),
+            Source::Raw(name) => self.fetch(name.clone(), entry.shape.len()),
+            Source::Zero => Some((entry.shape.clone(), vec![0.0; entry.shape.iter().product()])),
+            Source::LstmInput(l) => self.gates(l, "input_kernel", "wi", 2),
+            Source::LstmHidden(l) => self.gates(l, "hidden_kernel", "wh", 2),
+            Source::LstmBias(l) => self.gates(l, "bias", "b", 1),
+        }
+    }
+}
+
+/// `[r, c]` → `[c, r]`.
+fn transpose((shape, values): &Values) -> Values {
+    let (r, c) = (shape[0], shape[1]);
+    let mut out = vec![0.0; values.len()];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = values[i * c + j];
+        }
+    }
+    (vec![c, r], out)
+}
+
+/// Concatenates the four gate blocks along the first axis (`None` when one
+/// was missing, which `fetch` already reported).
+fn stack(parts: Vec<Values>) -> Option<Values> {
+    if parts.len() != LSTM_GATES.len() {
+        return None;
+    }
+    let mut shape = parts[0].0.clone();
+    shape[0] = parts.iter().map(|p| p.0[0]).sum();
+    Some((shape, parts.into_iter().flat_map(|p| p.1).collect()))
+}
