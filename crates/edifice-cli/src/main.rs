@@ -3,6 +3,7 @@
 mod alloc;
 mod attn;
 mod bench;
+mod model;
 mod tensors;
 
 use std::process::ExitCode;
@@ -27,6 +28,14 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Write randomly initialised weights for a model config.
+    Init(model::InitArgs),
+    /// List the tensors of a weights file.
+    Inspect(model::InspectArgs),
+    /// Run a model on an input file.
+    Forward(model::ForwardArgs),
+    /// Convert another library's parameters into our weights.
+    Convert(model::ConvertArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +43,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Attn(args) => attn::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Init(args) => model::init(args),
+        Command::Inspect(args) => model::inspect(args),
+        Command::Forward(args) => model::forward(args),
+        Command::Convert(args) => model::convert(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,12 +68,7 @@ impl TensorFile {
                 dims.len()
             );
         }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        Ok((data, dims))
+        Ok((edifice::weights::decode_f32(view.data()), dims))
     }
 
     /// Tensor `name` as booleans (dtype BOOL or U8, non-zero = true) with

@@ -533,15 +533,15 @@ pub struct Lstm {
 impl Lstm {
     /// A new layer; each gate's kernels are glorot-uniform as in Axon, biases zero.
     pub fn new(input: usize, hidden: usize, device: &Device) -> Self {
+        // One draw per stacked matrix with each gate's fans: the same
+        // distribution as Axon's four separate [fan_in, U] kernels.
         let stacked = |fan_in: usize| {
-            let gates: Vec<Tensor<2>> = (0..4)
-                .map(|_| {
-                    Initializer::XavierUniform { gain: 1.0 }
-                        .init_with::<2, _>([hidden, fan_in], Some(fan_in), Some(hidden), device)
-                        .val()
-                })
-                .collect();
-            Param::from_tensor(Tensor::cat(gates, 0))
+            Initializer::XavierUniform { gain: 1.0 }.init_with(
+                [4 * hidden, fan_in],
+                Some(fan_in),
+                Some(hidden),
+                device,
+            )
         };
         Self {
             weight_ih: stacked(input),

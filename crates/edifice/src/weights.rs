@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use burn::module::Param;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Gradients, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::layers::Lstm;
@@ -57,6 +57,10 @@ pub type Values = (Vec<usize>, Vec<f32>);
 
 enum Mode<'a> {
     List(&'a mut Vec<Entry>),
+    Grads {
+        grads: &'a Gradients,
+        out: &'a mut Vec<(String, Option<Vec<f32>>)>,
+    },
     Save(&'a mut BTreeMap<String, Values>),
     Load {
         tensors: &'a mut BTreeMap<String, Values>,
@@ -102,6 +106,15 @@ impl<'a> Walker<'a> {
                 shape: stored(p.val()).dims().to_vec(),
                 source,
             }),
+            Mode::Grads { grads, out } => {
+                let grad = p.val().grad(grads).map(|g| {
+                    g.into_data()
+                        .convert::<f32>()
+                        .try_to_vec()
+                        .expect("f32 data")
+                });
+                out.push((full, grad));
+            }
             Mode::Save(out) => {
                 let t = stored(p.val());
                 let shape = t.dims().to_vec();
@@ -119,10 +132,19 @@ impl<'a> Walker<'a> {
                     Some((shape, _)) if shape != want => problems.push(format!(
                         "tensor `{full}` has shape {shape:?}, expected {want:?}"
                     )),
-                    Some((shape, values)) => {
+                    Some(stored_values) => {
+                        // Transpose the values, not the tensor, so the
+                        // parameter is a contiguous leaf.
+                        let (shape, values) = if transpose {
+                            transpose_values(&stored_values)
+                        } else {
+                            stored_values
+                        };
                         let device = p.val().device();
-                        let t = Tensor::<D>::from_data(TensorData::new(values, shape), &device);
-                        *p = Param::from_tensor(stored(t));
+                        *p = Param::from_tensor(Tensor::<D>::from_data(
+                            TensorData::new(values, shape),
+                            &device,
+                        ));
                     }
                 }
             }
@@ -209,6 +231,20 @@ pub fn tensors(model: &mut impl Walk) -> BTreeMap<String, Values> {
     out
 }
 
+/// Each parameter's gradient in `grads` (module layout, `None` when the
+/// parameter got none), by our name.
+pub fn gradients(model: &mut impl Walk, grads: &Gradients) -> Vec<(String, Option<Vec<f32>>)> {
+    let mut out = Vec::new();
+    model.walk(&mut Walker {
+        prefix: String::new(),
+        mode: Mode::Grads {
+            grads,
+            out: &mut out,
+        },
+    });
+    out
+}
+
 /// Replaces every parameter of `model` with `tensors`, which must hold
 /// exactly the model's names with the right shapes. On error the message
 /// lists every missing, misshapen and extra tensor, and the model may be
@@ -270,14 +306,17 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<BTreeMap<String, Values>, Error>
                 view.dtype()
             )));
         }
-        let values = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        out.insert(name, (view.shape().to_vec(), values));
+        out.insert(name, (view.shape().to_vec(), decode_f32(view.data())));
     }
     Ok(out)
+}
+
+/// Little-endian f32 bytes to values.
+pub fn decode_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 const LSTM_GATES: [char; 4] = ['i', 'f', 'g', 'o'];
@@ -360,14 +399,16 @@ impl AxonReader<'_> {
         let parts: Vec<Values> = LSTM_GATES
             .iter()
             .filter_map(|g| self.fetch(format!("{layer}.{group}.{prefix}{g}"), rank))
-            .map(|t| if rank == 2 { transpose(&t) } else { t })
+            .map(|t| if rank == 2 { transpose_values(&t) } else { t })
             .collect();
         stack(parts)
     }
 
     fn build(&mut self, entry: &Entry) -> Option<Values> {
         match &entry.source {
-            Source::DenseKernel(l) => self.fetch(format!("{l}.kernel"), 2).map(|t| transpose(&t)),
+            Source::DenseKernel(l) => self
+                .fetch(format!("{l}.kernel"), 2)
+                .map(|t| transpose_values(&t)),
             Source::DenseBias(l) => self.fetch(format!("{l}.bias"), 1),
             Source::NormGamma(l) => self.fetch(format!("{l}.gamma"), 1),
             Source::NormBeta(l) => self.fetch(format!("{l}.beta"), 1),
@@ -381,7 +422,7 @@ impl AxonReader<'_> {
 }
 
 /// `[r, c]` → `[c, r]`.
-fn transpose((shape, values): &Values) -> Values {
+fn transpose_values((shape, values): &Values) -> Values {
     let (r, c) = (shape[0], shape[1]);
     let mut out = vec![0.0; values.len()];
     for i in 0..r {
