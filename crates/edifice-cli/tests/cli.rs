@@ -334,3 +334,198 @@ fn attn_with_do_writes_gradients() {
     ));
     assert!(attn_error(&bad, &[]).contains("do has dims [2, 4, 36, 16]"));
 }
+
+// ---- models: init, inspect, convert, forward ----
+
+fn golden(case: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../tests/golden/edifice/{case}.safetensors"))
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = edifice().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "edifice {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn run_err(args: &[&str]) -> String {
+    let out = edifice().args(args).output().unwrap();
+    assert!(!out.status.success(), "edifice {args:?} should fail");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+/// Every Edifice model case: `convert --from edifice` then `forward`, within 1e-4.
+#[test]
+fn edifice_golden_models_through_convert_and_forward() {
+    let cases = [
+        ("dual_chunk_e32_h32_t8_c4", "model = \"dual_chunk\"\nembed_dim = 32\nhidden_size = 32\nnum_heads = 4\nnum_layers = 2\nchunk_size = 4\ndropout = 0.0\nwindow_size = 8\n"),
+        ("dual_chunk_e32_h32_t8_c4_perturbed", "model = \"dual_chunk\"\nembed_dim = 32\nhidden_size = 32\nnum_heads = 4\nnum_layers = 2\nchunk_size = 4\ndropout = 0.0\nwindow_size = 8\n"),
+        ("sliding_window_e64_t12_w12", "model = \"sliding_window\"\nembed_dim = 64\nwindow_size = 12\nnum_heads = 4\nhead_dim = 8\nnum_layers = 2\nffn_dim = 32\ndropout = 0.0\n"),
+        ("ring_e32_h32_t16_nc4", "model = \"ring\"\nembed_dim = 32\nhidden_size = 32\nnum_heads = 4\nnum_chunks = 4\nnum_layers = 2\ndropout = 0.0\nwindow_size = 16\n"),
+        ("hybrid_zero_h0", "model = \"hybrid\"\nembed_dim = 16\nlstm_hidden = 16\nlstm_layers = 1\nnum_heads = 2\nhead_dim = 8\ndropout = 0.0\nwindow_size = 8\nrecurrent_initializer = \"zeros\"\n"),
+        ("hybrid_mlp_zero_h0", "model = \"hybrid_mlp\"\nembed_dim = 16\nlstm_hidden = 16\nlstm_layers = 1\nnum_heads = 2\nhead_dim = 8\ndropout = 0.0\nwindow_size = 8\nmlp_sizes = [16, 8]\n"),
+    ];
+    for (case, config) in cases {
+        let dir = Dir::new(case);
+        let cfg = dir.path("model.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let (w, x, y) = (
+            dir.path("w.safetensors"),
+            dir.path("x.safetensors"),
+            dir.path("y.safetensors"),
+        );
+        let g = golden(case);
+        run_ok(&[
+            "convert",
+            "--from",
+            "edifice",
+            g.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            w.to_str().unwrap(),
+        ]);
+        let (input, dims) = read_f32(&g, "input");
+        write(&x, &[f32_tensor("x", dims, &input)]);
+        run_ok(&[
+            "forward",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--weights",
+            w.to_str().unwrap(),
+            "--input",
+            x.to_str().unwrap(),
+            "--output",
+            y.to_str().unwrap(),
+        ]);
+        let (want, want_dims) = read_f32(&g, "output");
+        let (got, got_dims) = read_f32(&y, "y");
+        assert_eq!(got_dims, want_dims, "{case}");
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-4, "{case}: max |ours - edifice| = {worst}");
+    }
+}
+
+#[test]
+fn init_inspect_forward_all_timesteps_and_errors() {
+    let dir = Dir::new("models");
+    let cfg = dir.path("ring.json");
+    std::fs::write(&cfg, r#"{"model": "ring", "embed_dim": 6, "hidden_size": 8, "num_heads": 2, "num_layers": 1, "window_size": 4, "num_chunks": 2}"#).unwrap();
+    let (w, x, y) = (
+        dir.path("w.safetensors"),
+        dir.path("x.safetensors"),
+        dir.path("y.safetensors"),
+    );
+    let (cfg, w_s, x_s, y_s) = (
+        cfg.to_str().unwrap(),
+        w.to_str().unwrap(),
+        x.to_str().unwrap(),
+        y.to_str().unwrap(),
+    );
+    run_ok(&["init", "--config", cfg, "--seed", "3", "--out", w_s]);
+    // Projection 6·8+8 = 56; block 16 + 216 + 72 + 16 + 288 + 264 = 872; final norm 16.
+    let listing = run_ok(&["inspect", w_s]);
+    assert!(
+        listing.contains("blocks.0.attn.qkv.weight") && listing.contains("[24, 8]"),
+        "{listing}"
+    );
+    assert!(listing.contains("16 tensors, 944 parameters"), "{listing}");
+
+    write(&x, &[f32_tensor("x", vec![3, 4, 6], &data(72, 4))]);
+    run_ok(&[
+        "forward",
+        "--config",
+        cfg,
+        "--weights",
+        w_s,
+        "--input",
+        x_s,
+        "--output",
+        y_s,
+        "--all-timesteps",
+    ]);
+    assert_eq!(read_f32(&y, "y").1, vec![3, 4, 8]);
+    run_ok(&[
+        "forward",
+        "--config",
+        cfg,
+        "--weights",
+        w_s,
+        "--input",
+        x_s,
+        "--output",
+        y_s,
+    ]);
+    let last = read_f32(&y, "y");
+    assert_eq!(last.1, vec![3, 8]);
+
+    // Same seed, same weights.
+    let w2 = dir.path("w2.safetensors");
+    run_ok(&[
+        "init",
+        "--config",
+        cfg,
+        "--seed",
+        "3",
+        "--out",
+        w2.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&w).unwrap(), std::fs::read(&w2).unwrap());
+
+    write(&x, &[f32_tensor("x", vec![3, 5, 6], &data(90, 4))]);
+    let err = run_err(&[
+        "forward",
+        "--config",
+        cfg,
+        "--weights",
+        w_s,
+        "--input",
+        x_s,
+        "--output",
+        y_s,
+    ]);
+    assert!(err.contains("[batch, 4, 6]"), "{err}");
+    let g = golden("ring_e32_h32_t16_nc4");
+    let err = run_err(&[
+        "convert",
+        "--from",
+        "edifice",
+        g.to_str().unwrap(),
+        "--config",
+        cfg,
+        "--out",
+        w_s,
+    ]);
+    assert!(
+        err.contains("has shape") && err.contains("ring_1_qkv"),
+        "{err}"
+    );
+    let err = run_err(&[
+        "forward",
+        "--config",
+        cfg,
+        "--weights",
+        x_s,
+        "--input",
+        x_s,
+        "--output",
+        y_s,
+    ]);
+    assert!(
+        err.contains("missing tensor") && err.contains("unexpected tensor `x`"),
+        "{err}"
+    );
+    std::fs::write(&w, b"garbage").unwrap();
+    let err = run_err(&["inspect", w_s]);
+    assert!(err.contains("not a valid safetensors"), "{err}");
+}
