@@ -14,6 +14,8 @@ use crate::alloc;
 pub enum BenchCommand {
     /// The fused attention kernel over the standard patterns and lengths.
     Kernel(KernelArgs),
+    /// A model: forward time and peak memory per sequence length, or a training step.
+    Model(crate::bench_model::ModelArgs),
 }
 
 #[derive(Args)]
@@ -127,19 +129,22 @@ pub fn time_it(min_time: f64, mut f: impl FnMut()) -> (f64, usize) {
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
+    let threads = match &cmd {
+        BenchCommand::Kernel(args) => args.threads,
+        BenchCommand::Model(args) => args.threads,
+    }
+    .unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("cannot start the thread pool")?;
     match cmd {
-        BenchCommand::Kernel(args) => {
-            let threads = args.threads.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            });
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .context("cannot start the thread pool")?;
-            pool.install(|| kernel(&args, threads))
-        }
+        BenchCommand::Kernel(args) => pool.install(|| kernel(&args, threads)),
+        BenchCommand::Model(args) => pool.install(|| crate::bench_model::run(&args, threads)),
     }
 }
 

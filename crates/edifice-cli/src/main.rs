@@ -3,6 +3,7 @@
 mod alloc;
 mod attn;
 mod bench;
+mod bench_model;
 mod model;
 mod tensors;
 
@@ -38,7 +39,21 @@ enum Command {
     Convert(model::ConvertArgs),
 }
 
+/// Keeps large blocks on the heap instead of glibc's per-call mmap: model
+/// activations above glibc's 32 MiB mmap ceiling were otherwise returned to
+/// the OS after every op and page-faulted back in (20% of a DualChunk forward
+/// at 16k frames).
+fn keep_large_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes glibc's allocator; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_large_blocks();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attn(args) => attn::run(args),

@@ -41,6 +41,37 @@ pub enum Source {
     Raw(String),
 }
 
+impl Source {
+    /// Where the value comes from in an Axon dump, in words.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::DenseKernel(l) => format!("`{l}.kernel`ᵀ"),
+            Source::DenseBias(l) => format!("`{l}.bias`"),
+            Source::NormGamma(l) => format!("`{l}.gamma`"),
+            Source::NormBeta(l) => format!("`{l}.beta`"),
+            Source::LstmInput(l) => format!("`{l}.input_kernel.w{{ii,if,ig,io}}`ᵀ stacked"),
+            Source::LstmHidden(l) => format!("`{l}.hidden_kernel.wh{{i,f,g,o}}`ᵀ stacked"),
+            Source::LstmBias(l) => format!("`{l}.bias.b{{i,f,g,o}}` concatenated"),
+            Source::Zero => "zeros (Axon has one bias per gate)".into(),
+            Source::Raw(name) => format!("`{name}`"),
+        }
+    }
+}
+
+/// A markdown table of `entries`: name, shape, Axon source.
+pub fn markdown_table(entries: &[Entry]) -> String {
+    let mut out = String::from("| name | shape | from Edifice (`param/…`) |\n|---|---|---|\n");
+    for e in entries {
+        out.push_str(&format!(
+            "| `{}` | {:?} | {} |\n",
+            e.name,
+            e.shape,
+            e.source.describe()
+        ));
+    }
+    out
+}
+
 /// One parameter of a model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {

@@ -212,6 +212,17 @@ impl ModelConfig {
         }
     }
 
+    /// The same config for sequences of `len` frames (`window_size` for ring).
+    pub fn with_seq_len(&self, len: usize) -> Self {
+        match self.clone() {
+            Self::DualChunk(c) => Self::DualChunk(c.with_seq_len(Some(len))),
+            Self::SlidingWindow(c) => Self::SlidingWindow(c.with_seq_len(Some(len))),
+            Self::Hybrid(c) => Self::Hybrid(c.with_seq_len(Some(len))),
+            Self::HybridMlp(c) => Self::HybridMlp(c.with_seq_len(Some(len))),
+            Self::Ring(c) => Self::Ring(c.with_window_size(len)),
+        }
+    }
+
     /// Builds the model with fresh parameters.
     pub fn init(&self, device: &Device) -> Result<Model, Error> {
         Ok(match self {
