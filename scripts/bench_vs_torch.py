@@ -20,6 +20,14 @@ Needs a venv with torch and numpy (`python3 -m venv .venv-bench &&
 
     .venv-bench/bin/python scripts/bench_vs_torch.py --threads 2 [--peers] \
         [--sizes 1024,4096,16384] [--patterns full,full+causal] [--no-flex]
+
+With --models it compares whole models instead: for every config in
+configs/defaults/ (Edifice's defaults, 287-wide frames), one training step
+(forward, mean squared last-timestep output, backward, AdamW) at --batch 32
+against the PyTorch eager port in python/reference.py (same shapes, same
+loss, torch.optim.AdamW), and a batch-1 forward (the per-frame use):
+
+    .venv-bench/bin/python scripts/bench_vs_torch.py --models --threads 2 --rounds 3
 """
 
 import argparse
@@ -136,7 +144,12 @@ def main():
                     help="also time forward + backward (gradients of q, k, v) for N up to --backward-max-n")
     ap.add_argument("--backward-max-n", type=int, default=4096)
     ap.add_argument("--out", default=str(ROOT / "bench-out" / "bench_vs_torch.json"))
+    ap.add_argument("--models", action="store_true", help="compare the models (see above) instead of the kernel")
+    ap.add_argument("--batch", type=int, default=32, help="--models: training batch size")
+    ap.add_argument("--configs", default=None, help="--models: comma-separated config files (default: configs/defaults/*)")
     args = ap.parse_args()
+    if args.models:
+        return models(args)
 
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     import torch
@@ -274,6 +287,68 @@ def main():
                     cells += [f"{r['gflops']:.1f}", f"{e['gflops'] / r['gflops']:.2f}x"] if r else ["-", "-"]
                 print("| " + " | ".join(cells) + " |")
     print(f"\nrecords written to {args.out}")
+
+
+def models(args):
+    """Training step (batch --batch) and batch-1 forward, edifice vs PyTorch eager."""
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    import torch
+
+    sys.path.insert(0, str(ROOT / "python"))
+    import reference
+
+    torch.set_num_threads(args.threads)
+    subprocess.run(["cargo", "build", "--release", "-p", "edifice-cli"], cwd=ROOT, check=True)
+    binary = str(ROOT / "target" / "release" / "edifice")
+    configs = args.configs.split(",") if args.configs else sorted(str(p) for p in (ROOT / "configs" / "defaults").glob("*.toml"))
+    import tomllib
+
+    best = {}
+    for rnd in range(args.rounds):
+        for path in configs:
+            config = tomllib.loads(Path(path).read_text())
+            name = config["model"]
+            for pass_, batch in (("train_step", args.batch), ("forward", 1)):
+                cmd = [binary, "bench", "model", "--json", "--config", path, "--batch", str(batch),
+                       "--threads", str(args.threads), "--min-time", str(args.min_time)]
+                if pass_ == "train_step":
+                    cmd.append("--train")
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                ours = json.loads(out)[0]["ms"]
+
+                torch.manual_seed(0)
+                model = reference.build(config)
+                x = torch.randn(batch, reference.seq_len(config), config["embed_dim"])
+                if pass_ == "train_step":
+                    model.train()
+                    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+                    def step():
+                        y = model(x)[:, -1]
+                        loss = (y * y).mean()
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                else:
+                    model.eval()
+
+                    def step():
+                        with torch.inference_mode():
+                            model(x)[:, -1]
+                theirs = time_it(step, args.min_time) * 1e3
+                key = (name, pass_, batch)
+                prev = best.get(key, (math.inf, math.inf))
+                best[key] = (min(prev[0], ours), min(prev[1], theirs))
+                print(f"round {rnd + 1}: {name:<15} {pass_:<10} batch {batch:<3} edifice {ours:9.2f} ms  "
+                      f"torch {theirs:9.2f} ms", file=sys.stderr)
+    print(f"\n{args.threads} threads, best of {args.rounds} interleaved rounds; speedup = torch ms / edifice ms\n")
+    print("| model | pass | batch | edifice ms | PyTorch eager ms | speedup |")
+    print("|---|---|---|---|---|---|")
+    for (name, pass_, batch), (ours, theirs) in best.items():
+        print(f"| {name} | {pass_} | {batch} | {ours:.2f} | {theirs:.2f} | {theirs / ours:.2f}x |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps([dict(model=k[0], pass_=k[1], batch=k[2], edifice_ms=v[0], torch_ms=v[1])
+                                          for k, v in best.items()], indent=1))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@
 
 mod bwd;
 mod fwd;
+pub mod lstm;
 pub mod pattern;
 pub mod reference;
 pub mod ring;

@@ -155,3 +155,37 @@ pub fn uniform(n: usize, seed: u32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The LSTM recurrence of [`crate::lstm`] in f64, step by step:
+/// `xp [B, T, 4U]`, `w_hh [4U, U]` → `h [B, T, U]`.
+pub fn lstm_forward(shape: crate::lstm::LstmShape, xp: &[f64], w_hh: &[f64]) -> Vec<f64> {
+    let crate::lstm::LstmShape {
+        batch,
+        len,
+        hidden: u,
+    } = shape;
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let mut h_out = vec![0.0; batch * len * u];
+    for b in 0..batch {
+        let (mut h, mut c) = (vec![0.0; u], vec![0.0; u]);
+        for t in 0..len {
+            let at = (b * len + t) * 4 * u;
+            let gate = |r: usize, h: &[f64]| {
+                xp[at + r] + (0..u).map(|j| w_hh[r * u + j] * h[j]).sum::<f64>()
+            };
+            let pre: Vec<f64> = (0..4 * u).map(|r| gate(r, &h)).collect();
+            for j in 0..u {
+                let (i, f, g, o) = (
+                    sig(pre[j]),
+                    sig(pre[u + j]),
+                    pre[2 * u + j].tanh(),
+                    sig(pre[3 * u + j]),
+                );
+                c[j] = f * c[j] + i * g;
+                h[j] = o * c[j].tanh();
+            }
+            h_out[(b * len + t) * u..(b * len + t + 1) * u].copy_from_slice(&h);
+        }
+    }
+    h_out
+}

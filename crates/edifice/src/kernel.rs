@@ -1,5 +1,6 @@
-//! The fused attention kernel of `edifice_kernels` as a burn operation, with
-//! its own backward pass under `Autodiff`.
+//! The fused kernels of `edifice_kernels` as burn operations, each with its
+//! own backward pass under `Autodiff`: attention ([`attention`]) and the LSTM
+//! recurrence ([`lstm_recurrence`]).
 //!
 //! `attention(q, k, v, spec)` computes, per batch and query head `h`,
 //!
@@ -20,7 +21,7 @@
 //!
 //! The glue follows burn 0.22.1's backend-extension API: an extension trait
 //! implemented for `Flex` (runs the kernel on the tensors' memory) and for
-//! `Autodiff<B>` (records a node whose backward calls [`AttentionKernels`]).
+//! `Autodiff<B>` (records a node whose backward calls [`Kernels`]).
 
 use std::sync::Arc;
 
@@ -32,6 +33,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{Tensor, TensorData};
+use edifice_kernels::lstm::{self, LstmShape, LstmTrace};
 use edifice_kernels::{ring, Attention, AttnShape, Pattern};
 
 use crate::Error;
@@ -146,9 +148,28 @@ fn attn_shape(q: &[usize; 4], k: &[usize; 4], v: &[usize; 4]) -> Result<AttnShap
     Ok(shape)
 }
 
-/// The extension: one operation, dispatched to Flex or Autodiff<Flex>.
+/// The LSTM recurrence over time (see [`edifice_kernels::lstm`]):
+/// `xp [B, T, 4U]` (the input half of the gates, biases included) and
+/// `w_hh [4U, U]` → every hidden state `h [B, T, U]`, zero initial state,
+/// gates in PyTorch's order `i, f, g, o`. Differentiable in both inputs.
+pub fn lstm_recurrence(xp: Tensor<3>, w_hh: Tensor<2>) -> Result<Tensor<3>, Error> {
+    let ([_, _, gates], [rows, u]) = (xp.dims(), w_hh.dims());
+    if rows != 4 * u || gates != 4 * u {
+        return Err(Error::Shape(format!(
+            "lstm needs xp [B, T, 4U] and w_hh [4U, U]; got xp {:?}, w_hh {:?}",
+            xp.dims(),
+            w_hh.dims()
+        )));
+    }
+    Ok(Tensor::from_dispatch(Dispatch::fused_lstm(
+        xp.into_dispatch(),
+        w_hh.into_dispatch(),
+    )))
+}
+
+/// The extension: the fused operations, dispatched to Flex or Autodiff<Flex>.
 #[backend_extension(Autodiff, Flex)]
-pub trait AttentionBackend: burn::backend::Backend {
+pub trait KernelBackend: burn::backend::Backend {
     /// See [`attention`]; inputs are already validated.
     fn fused_attention(
         q: FloatTensor<Self>,
@@ -156,11 +177,14 @@ pub trait AttentionBackend: burn::backend::Backend {
         v: FloatTensor<Self>,
         spec: AttnSpec,
     ) -> FloatTensor<Self>;
+
+    /// See [`lstm_recurrence`]; inputs are already validated.
+    fn fused_lstm(xp: FloatTensor<Self>, w_hh: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// The raw forward and backward on a concrete backend, callable from the
-/// generic autodiff node.
-pub trait AttentionKernels: burn::backend::Backend {
+/// The raw forward and backward passes on a concrete backend, callable from
+/// the generic autodiff nodes.
+pub trait Kernels: burn::backend::Backend {
     /// Returns `o` and the row log-sum-exp `[B, Hq, Nq]`.
     fn attention_forward(
         q: FloatTensor<Self>,
@@ -180,6 +204,28 @@ pub trait AttentionKernels: burn::backend::Backend {
         d_o: FloatTensor<Self>,
         spec: &AttnSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Returns `h` and the trace the backward pass needs.
+    fn lstm_forward(
+        xp: FloatTensor<Self>,
+        w_hh: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, Arc<LstmTrace>);
+
+    /// Returns `(∂xp, ∂w_hh)` for upstream gradient `d_h`.
+    fn lstm_backward(
+        w_hh: FloatTensor<Self>,
+        trace: &LstmTrace,
+        d_h: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+fn lstm_shape(w_hh: &FlexTensor, h_or_xp: &FlexTensor) -> LstmShape {
+    let (s, w) = (h_or_xp.shape(), w_hh.shape());
+    LstmShape {
+        batch: s[0],
+        len: s[1],
+        hidden: w[1],
+    }
 }
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {
@@ -210,7 +256,7 @@ fn kernel_for(q: &FlexTensor, k: &FlexTensor, spec: &AttnSpec) -> Attention {
     spec.kernel(shape).expect("validated by attention()")
 }
 
-impl AttentionKernels for Flex {
+impl Kernels for Flex {
     fn attention_forward(
         q: FlexTensor,
         k: FlexTensor,
@@ -255,11 +301,39 @@ impl AttentionKernels for Flex {
             tensor(dv, dims4(&v)),
         )
     }
+
+    fn lstm_forward(xp: FlexTensor, w_hh: FlexTensor) -> (FlexTensor, Arc<LstmTrace>) {
+        let shape = lstm_shape(&w_hh, &xp);
+        let trace = lstm::forward(shape, &values(&xp), &values(&w_hh))
+            .expect("validated by lstm_recurrence()");
+        let dims = [shape.batch, shape.len, shape.hidden];
+        let h = FlexTensor::from_data(TensorData::new(trace.h.clone(), dims));
+        (h, Arc::new(trace))
+    }
+
+    fn lstm_backward(
+        w_hh: FlexTensor,
+        trace: &LstmTrace,
+        d_h: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = lstm_shape(&w_hh, &d_h);
+        let (d_xp, d_w) = lstm::backward(shape, &values(&w_hh), trace, &values(&d_h))
+            .expect("validated by lstm_recurrence()");
+        let LstmShape { batch, len, hidden } = shape;
+        (
+            FlexTensor::from_data(TensorData::new(d_xp, [batch, len, 4 * hidden])),
+            FlexTensor::from_data(TensorData::new(d_w, [4 * hidden, hidden])),
+        )
+    }
 }
 
-impl AttentionBackend for Flex {
+impl KernelBackend for Flex {
     fn fused_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, spec: AttnSpec) -> FlexTensor {
         Self::attention_forward(q, k, v, &spec).0
+    }
+
+    fn fused_lstm(xp: FlexTensor, w_hh: FlexTensor) -> FlexTensor {
+        Self::lstm_forward(xp, w_hh).0
     }
 }
 
@@ -276,7 +350,7 @@ type NodeState<B> = (
     AttnSpec,
 );
 
-impl<B: AttentionKernels> Backward<B, 3> for AttentionNode {
+impl<B: Kernels> Backward<B, 3> for AttentionNode {
     type State = NodeState<B>;
 
     fn backward(
@@ -297,9 +371,32 @@ impl<B: AttentionKernels> Backward<B, 3> for AttentionNode {
     }
 }
 
-impl<B: AttentionBackend + AttentionKernels, C: CheckpointStrategy> AttentionBackend
-    for Autodiff<B, C>
-{
+/// The LSTM node: saves `w_hh` and the trace, calls the kernel backward.
+#[derive(Debug)]
+struct LstmNode;
+
+impl<B: Kernels> Backward<B, 2> for LstmNode {
+    type State = (FloatTensor<B>, Arc<LstmTrace>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_xp, node_w] = ops.parents;
+        let d_h = grads.consume::<B>(&ops.node);
+        let (w_hh, trace) = ops.state;
+        let (d_xp, d_w) = B::lstm_backward(w_hh, &trace, d_h);
+        for (node, grad) in [(node_xp, d_xp), (node_w, d_w)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: KernelBackend + Kernels, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
     fn fused_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -318,6 +415,21 @@ impl<B: AttentionBackend + AttentionKernels, C: CheckpointStrategy> AttentionBac
                 prep.finish((q, k, v, o.clone(), lse, spec), o)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::attention_forward(q, k, v, &spec).0),
+        }
+    }
+
+    fn fused_lstm(xp: FloatTensor<Self>, w_hh: FloatTensor<Self>) -> FloatTensor<Self> {
+        let ((xp, node_xp), (w_hh, node_w)) = (xp.into_parts(), w_hh.into_parts());
+        match LstmNode
+            .prepare::<C>([node_xp, node_w])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (h, trace) = B::lstm_forward(xp, w_hh.clone());
+                prep.finish((w_hh, trace), h)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::lstm_forward(xp, w_hh).0),
         }
     }
 }

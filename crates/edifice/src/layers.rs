@@ -15,7 +15,7 @@ use burn::tensor::activation::{gelu, sigmoid};
 use edifice_kernels::{Pattern, PatternKind};
 
 use crate::functional::{qk_layer_norm, rotary};
-use crate::kernel::{attention, AttnSpec};
+use crate::kernel::{attention, lstm_recurrence, AttnSpec};
 use crate::Error;
 
 /// Axon's `Dense`: `y = x·W + b`, W glorot-uniform, b zero.
@@ -556,19 +556,30 @@ impl Lstm {
         self.weight_hh.dims()[1]
     }
 
-    /// `x [B, T, in]` → every hidden state `[B, T, U]`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, t, _] = x.dims();
-        let u = self.hidden_size();
+    /// `x [B, T, in]` → every hidden state `[B, T, U]`, through the fused
+    /// recurrence ([`lstm_recurrence`]).
+    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        lstm_recurrence(self.input_gates(x), self.weight_hh.val())
+    }
+
+    /// `x·W_ihᵀ + b_ih + b_hh` for every step: `[B, T, 4U]`, one matmul.
+    fn input_gates(&self, x: Tensor<3>) -> Tensor<3> {
+        let u4 = self.weight_ih.dims()[0];
         let bias = self
             .bias_ih
             .val()
             .add(self.bias_hh.val())
-            .reshape([1, 1, 4 * u]);
-        // The input half of every gate for all steps in one matmul.
-        let projected = x
-            .matmul(self.weight_ih.val().transpose().unsqueeze())
-            .add(bias);
+            .reshape([1, 1, u4]);
+        x.matmul(self.weight_ih.val().transpose().unsqueeze())
+            .add(bias)
+    }
+
+    /// The same recurrence composed step by step from burn's own ops: the
+    /// reference the fused kernel is tested against (forward and gradients).
+    pub fn forward_reference(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let u = self.hidden_size();
+        let projected = self.input_gates(x);
         let w_hh = self.weight_hh.val().transpose();
         let device = projected.device();
         let mut h = Tensor::<2>::zeros([b, u], &device);

@@ -155,3 +155,72 @@ fn bad_inputs_are_errors() {
     .unwrap_err();
     assert!(err.to_string().contains("divisible"), "{err}");
 }
+
+/// The fused LSTM recurrence against the same LSTM composed from burn's ops:
+/// outputs and the gradients of every parameter and of the input.
+#[test]
+fn fused_lstm_matches_burn_composed_lstm() {
+    use edifice::layers::Lstm;
+    for (batch, len, input, hidden) in [(3, 7, 5, 16), (2, 20, 12, 19), (1, 1, 3, 4)] {
+        let lstm = Lstm::new(input, hidden, &device());
+        let run = |fused: bool| {
+            let x = Tensor::<3>::from_data(
+                TensorData::new(
+                    edifice_kernels::reference::uniform(batch * len * input, 5),
+                    [batch, len, input],
+                ),
+                &device(),
+            )
+            .require_grad();
+            let h = if fused {
+                lstm.forward(x.clone()).unwrap()
+            } else {
+                lstm.forward_reference(x.clone())
+            };
+            let r = Tensor::<3>::from_data(
+                TensorData::new(
+                    edifice_kernels::reference::uniform(batch * len * hidden, 6),
+                    [batch, len, hidden],
+                ),
+                &device(),
+            );
+            let grads = h.clone().mul(r).sum().backward();
+            let flat = |t: Tensor<2>| -> Vec<f32> { t.into_data().try_to_vec().unwrap() };
+            vec![
+                h.into_data().try_to_vec::<f32>().unwrap(),
+                x.grad(&grads).unwrap().into_data().try_to_vec().unwrap(),
+                flat(lstm.weight_ih.val().grad(&grads).unwrap()),
+                flat(lstm.weight_hh.val().grad(&grads).unwrap()),
+                lstm.bias_ih
+                    .val()
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .try_to_vec()
+                    .unwrap(),
+                lstm.bias_hh
+                    .val()
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .try_to_vec()
+                    .unwrap(),
+            ]
+        };
+        let (ours, theirs) = (run(true), run(false));
+        for (what, (a, b)) in ["h", "dx", "dW_ih", "dW_hh", "db_ih", "db_hh"]
+            .iter()
+            .zip(ours.iter().zip(&theirs))
+        {
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 2e-5,
+                "lstm {batch}x{len}x{hidden} {what}: max |diff| {worst}"
+            );
+        }
+    }
+}

@@ -163,7 +163,7 @@ impl Hybrid {
         check_len(&x, self.seq_len, "hybrid")?;
         let mut x = self.input_ln.forward(x);
         for (l, (lstm, norm)) in self.lstm.iter().zip(&self.lstm_norms).enumerate() {
-            x = norm.forward(lstm.forward(x));
+            x = norm.forward(lstm.forward(x)?);
             if l + 1 < self.lstm.len() {
                 x = self.dropout.forward(x);
             }
