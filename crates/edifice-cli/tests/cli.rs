@@ -442,7 +442,7 @@ fn init_inspect_forward_all_timesteps_and_errors() {
     assert!(listing.contains("16 tensors, 944 parameters"), "{listing}");
 
     write(&x, &[f32_tensor("x", vec![3, 4, 6], &data(72, 4))]);
-    run_ok(&[
+    let forward = [
         "forward",
         "--config",
         cfg,
@@ -452,20 +452,10 @@ fn init_inspect_forward_all_timesteps_and_errors() {
         x_s,
         "--output",
         y_s,
-        "--all-timesteps",
-    ]);
+    ];
+    run_ok(&[&forward[..], &["--all-timesteps"]].concat());
     assert_eq!(read_f32(&y, "y").1, vec![3, 4, 8]);
-    run_ok(&[
-        "forward",
-        "--config",
-        cfg,
-        "--weights",
-        w_s,
-        "--input",
-        x_s,
-        "--output",
-        y_s,
-    ]);
+    run_ok(&forward);
     let last = read_f32(&y, "y");
     assert_eq!(last.1, vec![3, 8]);
 

@@ -126,34 +126,21 @@ fn ring_schedule_matches_fused_forward_and_gradients() {
 #[test]
 fn bad_inputs_are_errors() {
     let spec = AttnSpec::new(Pattern::new(PatternKind::Full, true));
-    let err = attention(
-        random([1, 2, 4, 8], 1),
-        random([1, 2, 4, 4], 2),
-        random([1, 2, 4, 4], 3),
-        &spec,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("head dim"), "{err}");
-    let err = attention(
-        random([1, 3, 4, 8], 1),
-        random([1, 2, 4, 8], 2),
-        random([1, 2, 4, 8], 3),
-        &spec,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("multiple"), "{err}");
+    let error = |q: [usize; 4], kv: [usize; 4], spec: &AttnSpec| {
+        attention(random(q, 1), random(kv, 2), random(kv, 3), spec)
+            .unwrap_err()
+            .to_string()
+    };
+    let err = error([1, 2, 4, 8], [1, 2, 4, 4], &spec);
+    assert!(err.contains("head dim"), "{err}");
+    let err = error([1, 3, 4, 8], [1, 2, 4, 8], &spec);
+    assert!(err.contains("multiple"), "{err}");
     let ring = AttnSpec {
         schedule: Schedule::Ring { chunks: 3 },
         ..spec
     };
-    let err = attention(
-        random([1, 2, 4, 8], 1),
-        random([1, 2, 4, 8], 2),
-        random([1, 2, 4, 8], 3),
-        &ring,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("divisible"), "{err}");
+    let err = error([1, 2, 4, 8], [1, 2, 4, 8], &ring);
+    assert!(err.contains("divisible"), "{err}");
 }
 
 /// The fused LSTM recurrence against the same LSTM composed from burn's ops:
