@@ -64,6 +64,17 @@ pub enum PatternKind {
     },
     /// An explicit boolean mask, `[Nq, Nk]` or `[B, Hq, Nq, Nk]`.
     Mask(BoolMask),
+    /// BigBird's global tokens: keys `j < tokens` are read by every query,
+    /// and queries at aligned positions `i' < tokens` read every key (the
+    /// causal cut, if any, still applies).
+    Global {
+        /// Number of global positions at the start of the sequence.
+        tokens: usize,
+    },
+    /// Every pair that any member allows, each member under the pattern's
+    /// causal cut: e.g. local + global + strided is one pattern and one
+    /// kernel call, with tiles still classified (and skipped) as a whole.
+    Union(Vec<PatternKind>),
 }
 
 /// A boolean attention mask, `true` = allowed.
@@ -267,8 +278,16 @@ impl Pattern {
         self.kind.check_sizes()?;
         match &self.kind {
             PatternKind::Mask(mask) => mask.check(shape),
+            PatternKind::Union(kinds) => kinds
+                .iter()
+                .try_for_each(|k| self.member(k).validate(shape)),
             _ => Ok(()),
         }
+    }
+
+    /// A member of a union, under this pattern's causal cut.
+    fn member(&self, kind: &PatternKind) -> Pattern {
+        Pattern::new(kind.clone(), self.causal)
     }
 
     /// Group offset of a shifted head: `0` for `h < Hq/2`, `group/2` after.
@@ -297,6 +316,9 @@ impl Pattern {
             PatternKind::Mask(mask) => {
                 (!self.causal || j64 <= ip) && mask.row(shape, batch, head, i)[j]
             }
+            PatternKind::Union(kinds) => kinds
+                .iter()
+                .any(|k| self.member(k).allowed(shape, batch, head, i, j)),
             _ => {
                 let (lo, hi) = self.interval(shape, head, ip);
                 (lo <= j64 && j64 <= hi)
@@ -311,7 +333,17 @@ impl Pattern {
     #[inline]
     fn interval(&self, shape: &AttnShape, head: usize, ip: i64) -> (i64, i64) {
         let (lo, hi) = match &self.kind {
-            PatternKind::Full | PatternKind::Mask(_) => (i64::MIN, i64::MAX),
+            // Masks and unions never reach here: their callers use the predicate.
+            PatternKind::Full | PatternKind::Mask(_) | PatternKind::Union(_) => {
+                (i64::MIN, i64::MAX)
+            }
+            PatternKind::Global { tokens } => {
+                if ip < *tokens as i64 {
+                    (i64::MIN, i64::MAX)
+                } else {
+                    (1, 0)
+                }
+            }
             PatternKind::Window { window } => {
                 let w = *window as i64;
                 (ip - (w - 1), ip + (w - 1))
@@ -341,6 +373,7 @@ impl Pattern {
     fn key_always(&self, head: usize, j: usize) -> bool {
         match &self.kind {
             PatternKind::Strided { stride, .. } => j % stride == head % stride,
+            PatternKind::Global { tokens } => j < *tokens,
             _ => false,
         }
     }
@@ -368,10 +401,11 @@ impl Pattern {
         let last = keys.len as i64 - 1;
         let exact = keys.step == 1
             && match &self.kind {
-                PatternKind::Mask(_) => false,
+                PatternKind::Mask(_) | PatternKind::Union(_) => false,
                 PatternKind::Strided { stride, .. } => {
                     !span_hits_residue(keys, *stride, head % stride)
                 }
+                PatternKind::Global { tokens } => keys.start >= *tokens,
                 _ => true,
             };
         for i in 0..n_rows {
@@ -411,7 +445,7 @@ impl Pattern {
     ) {
         let n_rows = rows.last - rows.first + 1;
         debug_assert!(n_rows <= MAX_TILE_ROWS);
-        if matches!(self.kind, PatternKind::Mask(_)) {
+        if matches!(self.kind, PatternKind::Mask(_) | PatternKind::Union(_)) {
             for t in 0..keys.len {
                 let j = keys.key(t);
                 let col = &mut scores[t * ld..t * ld + n_rows];
@@ -462,6 +496,20 @@ impl Pattern {
         };
         match &self.kind {
             PatternKind::Full | PatternKind::Mask(_) => contiguous(0, end),
+            PatternKind::Global { tokens } => {
+                if rows.a < *tokens as i64 {
+                    contiguous(0, end);
+                } else {
+                    contiguous(0, *tokens as i64);
+                }
+            }
+            PatternKind::Union(kinds) => {
+                let mut parts = Vec::new();
+                for k in kinds {
+                    self.member(k).key_spans(shape, head, rows, &mut parts);
+                }
+                disjoint_spans(&parts, out);
+            }
             PatternKind::Window { window } => {
                 let w = *window as i64;
                 contiguous(rows.a - (w - 1), rows.b + w);
@@ -562,6 +610,21 @@ impl Pattern {
                     )
                 }
             }
+            PatternKind::Global { tokens } => {
+                let g = *tokens as i64;
+                TileKind::from_bounds(d < g || rows.b < g, c >= g && rows.a >= g)
+            }
+            PatternKind::Union(kinds) => {
+                let mut kind = TileKind::Empty;
+                for k in kinds {
+                    match self.member(k).classify(shape, batch, head, rows, keys) {
+                        TileKind::Full => return TileKind::Full,
+                        TileKind::Partial => kind = TileKind::Partial,
+                        TileKind::Empty => {}
+                    }
+                }
+                kind
+            }
             PatternKind::Mask(mask) => {
                 let (mut any, mut all) = (false, true);
                 for i in rows.first..=rows.last {
@@ -585,6 +648,8 @@ impl Pattern {
             PatternKind::Strided { stride, .. } => (*stride).min(shape.heads_q),
             PatternKind::Shifted { .. } => 2,
             PatternKind::Mask(mask) if mask.per_head() => shape.batch * shape.heads_q,
+            PatternKind::Union(_) if self.kind.per_head_mask() => shape.batch * shape.heads_q,
+            PatternKind::Union(_) => shape.heads_q,
             _ => 1,
         }
     }
@@ -596,6 +661,8 @@ impl Pattern {
             PatternKind::Strided { stride, .. } => head % stride,
             PatternKind::Shifted { .. } => usize::from(head >= shape.heads_q / 2),
             PatternKind::Mask(mask) if mask.per_head() => batch * shape.heads_q + head,
+            PatternKind::Union(_) if self.kind.per_head_mask() => batch * shape.heads_q + head,
+            PatternKind::Union(_) => head,
             _ => 0,
         }
     }
@@ -608,6 +675,10 @@ impl Pattern {
             PatternKind::Mask(mask) if mask.per_head() => {
                 (class / shape.heads_q, class % shape.heads_q)
             }
+            PatternKind::Union(_) if self.kind.per_head_mask() => {
+                (class / shape.heads_q, class % shape.heads_q)
+            }
+            PatternKind::Union(_) => (0, class),
             _ => (0, 0),
         }
     }
@@ -616,6 +687,14 @@ impl Pattern {
 impl PatternKind {
     /// Rejects zero sizes (a zero window, chunk, stride or group).
     pub fn check_sizes(&self) -> Result<(), KernelError> {
+        if let PatternKind::Union(kinds) = self {
+            if kinds.is_empty() {
+                return Err(KernelError::Pattern(
+                    "a union needs at least one pattern".into(),
+                ));
+            }
+            return kinds.iter().try_for_each(PatternKind::check_sizes);
+        }
         let zero = match self {
             PatternKind::Window { window: 0 } => "window",
             PatternKind::Chunk { chunk: 0 } => "chunk",
@@ -627,12 +706,87 @@ impl PatternKind {
     }
 }
 
+impl PatternKind {
+    /// Whether this is, or a union holds, a per-(batch, head) mask.
+    fn per_head_mask(&self) -> bool {
+        match self {
+            PatternKind::Mask(mask) => mask.per_head(),
+            PatternKind::Union(kinds) => kinds.iter().any(PatternKind::per_head_mask),
+            _ => false,
+        }
+    }
+}
+
+/// `[lo, hi)` ranges sorted and merged.
+fn merge_ranges(mut ranges: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        match out.last_mut() {
+            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+/// Appends to `out` disjoint spans covering every key of `parts` (which may
+/// overlap). Stepped spans of one residue class stay stepped, with the
+/// contiguous ranges cut out of them; stepped spans of several classes are
+/// widened to contiguous ranges (still a cover: the predicate decides).
+fn disjoint_spans(parts: &[KeySpan], out: &mut Vec<KeySpan>) {
+    let classes: std::collections::BTreeSet<(usize, usize)> = parts
+        .iter()
+        .filter(|s| s.step > 1)
+        .map(|s| (s.step, s.start % s.step))
+        .collect();
+    let stepped_class = (classes.len() == 1).then(|| *classes.iter().next().expect("one class"));
+    let (stepped, contiguous): (Vec<&KeySpan>, Vec<&KeySpan>) = parts
+        .iter()
+        .filter(|s| s.len > 0)
+        .partition(|s| s.step > 1 && stepped_class.is_some());
+    let ranges = merge_ranges(contiguous.iter().map(|s| (s.start, s.last() + 1)).collect());
+    if let Some((step, residue)) = stepped_class {
+        let next_in_class = |p: usize| p + (residue + step - p % step) % step;
+        let mut push = |lo: usize, hi: usize| {
+            if lo < hi {
+                out.push(KeySpan {
+                    start: lo,
+                    step,
+                    len: (hi - 1 - lo) / step + 1,
+                });
+            }
+        };
+        for (lo, hi) in merge_ranges(stepped.iter().map(|s| (s.start, s.last() + 1)).collect()) {
+            let mut at = lo;
+            for &(a, b) in ranges.iter().filter(|&&(a, b)| b > lo && a < hi) {
+                push(at, a.max(at));
+                at = at.max(next_in_class(b));
+            }
+            push(at, hi);
+        }
+    }
+    out.extend(ranges.into_iter().map(|(lo, hi)| KeySpan {
+        start: lo,
+        step: 1,
+        len: hi - lo,
+    }));
+}
+
 impl std::str::FromStr for PatternKind {
     type Err = KernelError;
 
-    /// Parses `full`, `window:W`, `chunk:C`, `strided:S:L` or `shifted:G`.
+    /// Parses `full`, `window:W`, `chunk:C`, `strided:S:L`, `shifted:G`,
+    /// `global:G`, or a union of those joined by `|` (`strided:8:16|global:4`).
     /// (`mask` needs the mask tensor: build [`PatternKind::Mask`] directly.)
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.contains('|') {
+            let kinds = s
+                .split('|')
+                .map(str::parse)
+                .collect::<Result<Vec<PatternKind>, _>>()?;
+            return Ok(PatternKind::Union(kinds));
+        }
         let parts: Vec<&str> = s.trim().split(':').collect();
         let num = |p: &str, what: &str| -> Result<usize, KernelError> {
             p.trim().parse::<usize>().map_err(|_| {
@@ -649,6 +803,7 @@ impl std::str::FromStr for PatternKind {
                 PatternKind::Strided { stride: num(st, "stride")?, local: num(l, "local")? }
             }
             ["shifted", g] => PatternKind::Shifted { group: num(g, "group")? },
+            ["global", g] => PatternKind::Global { tokens: num(g, "global tokens")? },
             ["mask"] => {
                 return Err(KernelError::Pattern(
                     "pattern `mask` needs a mask tensor; it cannot be parsed from a string alone".into(),
@@ -656,7 +811,7 @@ impl std::str::FromStr for PatternKind {
             }
             _ => {
                 return Err(KernelError::Pattern(format!(
-                    "unknown pattern `{s}`; expected full, window:W, chunk:C, strided:S:L, shifted:G or mask"
+                    "unknown pattern `{s}`; expected full, window:W, chunk:C, strided:S:L, shifted:G, global:G, mask, or a union A|B"
                 )))
             }
         };

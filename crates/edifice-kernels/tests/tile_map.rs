@@ -22,6 +22,17 @@ fn check_map(
                 PatternKind::Strided { stride, .. } => head % stride,
                 PatternKind::Shifted { .. } => usize::from(head >= shape.heads_q / 2),
                 PatternKind::Mask(m) if m.dims().len() == 4 => batch * shape.heads_q + head,
+                // Unions get one map per head (per batch and head with a per-head mask).
+                PatternKind::Union(kinds) => {
+                    let per_head = kinds
+                        .iter()
+                        .any(|k| matches!(k, PatternKind::Mask(m) if m.dims().len() == 4));
+                    if per_head {
+                        batch * shape.heads_q + head
+                    } else {
+                        head
+                    }
+                }
                 _ => 0,
             };
             let mut seen = vec![0u8; nq * nk];

@@ -25,6 +25,14 @@ pub fn long_kinds() -> Vec<PatternKind> {
             local: 40,
         },
         PatternKind::Shifted { group: 250 },
+        PatternKind::Global { tokens: 5 },
+        PatternKind::Union(vec![
+            PatternKind::Strided {
+                stride: 4,
+                local: 16,
+            },
+            PatternKind::Global { tokens: 3 },
+        ]),
     ]
 }
 
@@ -53,9 +61,19 @@ pub fn shape_strategy() -> impl Strategy<Value = AttnShape> {
 /// than the sequence, with and without causal. Masks have random density,
 /// fully masked rows included.
 pub fn pattern_strategy(shape: AttnShape) -> impl Strategy<Value = Pattern> {
+    let leaf = leaf_kind(shape);
+    let kind = prop_oneof![
+        3 => leaf.clone(),
+        1 => prop::collection::vec(leaf, 1..=3).prop_map(PatternKind::Union),
+    ];
+    (kind, any::<bool>()).prop_map(|(kind, causal)| Pattern::new(kind, causal))
+}
+
+/// Every kind but unions.
+fn leaf_kind(shape: AttnShape) -> impl Strategy<Value = PatternKind> + Clone {
     let n = shape.len_q.max(shape.len_k);
     let size = 1usize..=(n + 3);
-    let kind = prop_oneof![
+    prop_oneof![
         Just(PatternKind::Full),
         size.clone()
             .prop_map(|window| PatternKind::Window { window }),
@@ -63,6 +81,7 @@ pub fn pattern_strategy(shape: AttnShape) -> impl Strategy<Value = Pattern> {
         (1usize..=9, 0usize..=(n + 1))
             .prop_map(|(stride, local)| PatternKind::Strided { stride, local }),
         size.prop_map(|group| PatternKind::Shifted { group }),
+        (0usize..=(n + 1)).prop_map(|tokens| PatternKind::Global { tokens }),
         (any::<bool>(), 0u32..=4, any::<u64>()).prop_map(move |(per_head, density, seed)| {
             let dims = if per_head {
                 vec![shape.batch, shape.heads_q, shape.len_q, shape.len_k]
@@ -80,6 +99,5 @@ pub fn pattern_strategy(shape: AttnShape) -> impl Strategy<Value = Pattern> {
                 .collect();
             PatternKind::Mask(BoolMask::new(bits, &dims).unwrap())
         }),
-    ];
-    (kind, any::<bool>()).prop_map(|(kind, causal)| Pattern::new(kind, causal))
+    ]
 }
