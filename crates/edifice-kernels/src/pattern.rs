@@ -285,6 +285,33 @@ impl Pattern {
         }
     }
 
+    /// Every (query, key) pair of a length-`len` self-attention that none of
+    /// `heads` heads may read, restricted to `j <= i` when the pattern is
+    /// causal, in row-major order. This is what "the heads together cover
+    /// every token" promises to leave empty.
+    pub fn uncovered(&self, heads: usize, len: usize) -> Result<Vec<(usize, usize)>, KernelError> {
+        let shape = AttnShape {
+            batch: 1,
+            heads_q: heads,
+            heads_kv: 1,
+            len_q: len,
+            len_k: len,
+            head_dim: 1,
+        };
+        shape.validate()?;
+        self.validate(&shape)?;
+        let mut out = Vec::new();
+        for i in 0..len {
+            let keys = if self.causal { i + 1 } else { len };
+            for j in 0..keys {
+                if !(0..heads).any(|h| self.allowed(&shape, 0, h, i, j)) {
+                    out.push((i, j));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// A member of a union, under this pattern's causal cut.
     fn member(&self, kind: &PatternKind) -> Pattern {
         Pattern::new(kind.clone(), self.causal)

@@ -143,3 +143,32 @@ fn causal_map_is_compact() {
     // One run of full tiles and the diagonal tile per query tile.
     assert_eq!(map.row(0, 10).len(), 2);
 }
+
+/// The shifted sparse promise: with as many heads as the stride, the strided
+/// pattern's heads together read every (query, key) pair in the causal range;
+/// with fewer, the residues past the head count stay unread.
+#[test]
+fn strided_heads_cover_every_causal_pair() {
+    for (heads, stride, local) in [(8, 8, 16), (8, 4, 1), (4, 4, 0), (3, 2, 5)] {
+        let p = Pattern::new(PatternKind::Strided { stride, local }, true);
+        assert_eq!(
+            p.uncovered(heads, 200).unwrap(),
+            vec![],
+            "{heads} heads, stride {stride}"
+        );
+    }
+    let p = Pattern::new(
+        PatternKind::Strided {
+            stride: 8,
+            local: 4,
+        },
+        true,
+    );
+    let gaps = p.uncovered(6, 64).unwrap();
+    // Residues 6 and 7 are nobody's: the first gap is query 10, key 6 (offset 4 = local).
+    assert_eq!(gaps[0], (10, 6));
+    assert!(gaps.iter().all(|&(i, j)| i - j >= 4 && j % 8 >= 6));
+    // Shifted groups leave pairs farther apart than a group unread, by design.
+    let shifted = Pattern::new(PatternKind::Shifted { group: 16 }, true);
+    assert!(shifted.uncovered(8, 64).unwrap().contains(&(63, 0)));
+}

@@ -487,6 +487,41 @@ impl DualChunkAttention {
     }
 }
 
+/// Multi-head self-attention through one kernel pattern: fused qkv
+/// projection, `attention(q, k, v, spec)`, output projection.
+/// `[B, T, H]` → `[B, T, H]`. RingAttention's blocks (ring schedule) and
+/// shifted sparse attention (strided / shifted patterns) are this layer.
+#[derive(Module, Debug)]
+pub struct PatternAttention {
+    /// `H → 3H`.
+    pub qkv: Linear,
+    /// `H → H`.
+    pub out_proj: Linear,
+    num_heads: usize,
+    #[module(skip)]
+    spec: AttnSpec,
+}
+
+impl PatternAttention {
+    /// A new layer of width `hidden` with `num_heads` heads.
+    pub fn new(hidden: usize, num_heads: usize, spec: AttnSpec, device: &Device) -> Self {
+        Self {
+            qkv: dense(hidden, 3 * hidden, device),
+            out_proj: dense(hidden, hidden, device),
+            num_heads,
+            spec,
+        }
+    }
+
+    /// `x [B, T, H]` → `[B, T, H]`.
+    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        let [q, k, v] = split_qkv(self.qkv.forward(x), self.num_heads);
+        Ok(self
+            .out_proj
+            .forward(merge_heads(attention(q, k, v, &self.spec)?)))
+    }
+}
+
 /// Edifice's standard FFN: `Dense(H → 4H) → GELU (erf) → Dense(4H → H)`.
 #[derive(Module, Debug)]
 pub struct Ffn {

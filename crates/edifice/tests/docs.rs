@@ -37,6 +37,10 @@ fn configs() -> Vec<(&'static str, &'static str)> {
             "ring",
             r#"{"model": "ring", "embed_dim": 32, "hidden_size": 16, "num_heads": 2, "num_layers": 2, "window_size": 8}"#,
         ),
+        (
+            "shifted_sparse",
+            r#"{"model": "shifted_sparse", "embed_dim": 32, "hidden_size": 16, "num_heads": 2, "num_layers": 2}"#,
+        ),
     ]
 }
 

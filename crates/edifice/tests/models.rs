@@ -3,7 +3,10 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use edifice::layers::{SelfAttentionConfig, SlidingWindowAttentionConfig};
-use edifice::models::{DualChunkConfig, HybridConfig, RingConfig, SlidingWindowConfig};
+use edifice::models::{
+    DualChunkConfig, HybridConfig, RingConfig, ShiftedSparseConfig, SlidingWindowConfig,
+    SparsePattern,
+};
 use edifice::weights;
 use edifice::{Model, ModelConfig};
 
@@ -76,6 +79,23 @@ fn small_models() -> Vec<ModelConfig> {
                 .with_num_heads(2)
                 .with_num_layers(2)
                 .with_window_size(8),
+        ),
+        ModelConfig::ShiftedSparse(
+            ShiftedSparseConfig::new(12)
+                .with_hidden_size(16)
+                .with_num_heads(4)
+                .with_num_layers(2)
+                .with_seq_len(24)
+                .with_local_window(3)
+                .with_global_tokens(2),
+        ),
+        ModelConfig::ShiftedSparse(
+            ShiftedSparseConfig::new(12)
+                .with_hidden_size(16)
+                .with_num_heads(4)
+                .with_num_layers(1)
+                .with_seq_len(16)
+                .with_pattern(SparsePattern::Shifted),
         ),
     ]
 }
@@ -271,6 +291,20 @@ fn bad_configs_and_inputs_are_errors() {
         HybridConfig::new(8).with_lstm_layers(0)
     ))
     .contains("lstm_layers"));
+    let err = config_err(ModelConfig::ShiftedSparse(
+        ShiftedSparseConfig::new(8)
+            .with_stride(Some(10))
+            .with_local_window(4),
+    ));
+    assert!(
+        err.contains("first uncovered offset 4") && err.contains("allow_uncovered"),
+        "{err}"
+    );
+    assert!(ShiftedSparseConfig::new(8)
+        .with_stride(Some(10))
+        .with_allow_uncovered(true)
+        .validate()
+        .is_ok());
     // Defaults as Edifice documents them are valid.
     assert!(DualChunkConfig::new(287).validate().is_ok());
 
@@ -314,6 +348,14 @@ fn bad_configs_and_inputs_are_errors() {
         let err = ModelConfig::from_toml(text).unwrap_err().to_string();
         assert!(err.contains(needle), "{text:?}: {err}");
     }
+    let sparse =
+        ModelConfig::from_toml("model = \"shifted_sparse\"\nembed_dim = 8\npattern = \"shifted\"")
+            .unwrap();
+    assert!(matches!(sparse, ModelConfig::ShiftedSparse(c) if c.pattern == SparsePattern::Shifted));
+    let err =
+        ModelConfig::from_toml("model = \"shifted_sparse\"\nembed_dim = 8\npattern = \"diagonal\"")
+            .unwrap_err();
+    assert!(err.to_string().contains("bad options"), "{err}");
     let json = ModelConfig::from_json(r#"{"model": "hybrid_mlp", "embed_dim": 8}"#).unwrap();
     assert_eq!(json.output_size(), 256);
 }

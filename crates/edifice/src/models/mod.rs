@@ -17,6 +17,7 @@ pub mod backbone;
 pub mod dual_chunk;
 pub mod hybrid;
 pub mod ring;
+pub mod shifted_sparse;
 pub mod sliding_window;
 
 use burn::prelude::*;
@@ -25,6 +26,7 @@ use serde_json::Value;
 pub use dual_chunk::{DualChunk, DualChunkConfig};
 pub use hybrid::{Hybrid, HybridConfig};
 pub use ring::{Ring, RingConfig};
+pub use shifted_sparse::{ShiftedSparse, ShiftedSparseConfig, SparsePattern};
 pub use sliding_window::{SlidingWindow, SlidingWindowConfig};
 
 use crate::weights::{Walk, Walker};
@@ -43,6 +45,8 @@ pub enum ModelConfig {
     HybridMlp(HybridConfig),
     /// `ring`: `RingAttention.build`.
     Ring(RingConfig),
+    /// `shifted_sparse`: ours (no Edifice counterpart).
+    ShiftedSparse(ShiftedSparseConfig),
 }
 
 /// The model names a config file may use.
@@ -124,6 +128,7 @@ impl ModelConfig {
             "hybrid" => Self::Hybrid(HybridConfig::new(embed_dim)),
             "hybrid_mlp" => Self::HybridMlp(HybridConfig::new_mlp(embed_dim)),
             "ring" => Self::Ring(RingConfig::new(embed_dim)),
+            "shifted_sparse" => Self::ShiftedSparse(ShiftedSparseConfig::new(embed_dim)),
             other => {
                 return Err(Error::Config(format!(
                     "unknown model `{other}`; expected one of {}",
@@ -143,6 +148,17 @@ impl ModelConfig {
                 "unknown option(s) {unknown:?} for model `{model}`; its options are {names:?}"
             )));
         }
+        // Enum options are written in lowercase (`combine = "sum"`,
+        // `pattern = "shifted"`); burn's Config names its variants.
+        for (key, value) in options.iter_mut() {
+            if let (true, Value::String(name)) = (ENUM_OPTIONS.contains(&key.as_str()), &*value) {
+                let mut chars = name.chars();
+                let capitalised = chars
+                    .next()
+                    .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str());
+                *value = Value::String(capitalised.unwrap_or_default());
+            }
+        }
         merged.extend(options);
         let merged = Value::Object(merged);
         let config = match defaults {
@@ -151,6 +167,7 @@ impl ModelConfig {
             Self::Hybrid(_) => Self::Hybrid(parse(&model, merged)?),
             Self::HybridMlp(_) => Self::HybridMlp(parse(&model, merged)?),
             Self::Ring(_) => Self::Ring(parse(&model, merged)?),
+            Self::ShiftedSparse(_) => Self::ShiftedSparse(parse(&model, merged)?),
         };
         config.validate()?;
         Ok(config)
@@ -163,6 +180,7 @@ impl ModelConfig {
             Self::SlidingWindow(c) => serde_json::to_value(c),
             Self::Hybrid(c) | Self::HybridMlp(c) => serde_json::to_value(c),
             Self::Ring(c) => serde_json::to_value(c),
+            Self::ShiftedSparse(c) => serde_json::to_value(c),
         };
         let Ok(Value::Object(mut map)) = value else {
             unreachable!("configs serialise to objects")
@@ -179,6 +197,7 @@ impl ModelConfig {
             Self::Hybrid(_) => "hybrid",
             Self::HybridMlp(_) => "hybrid_mlp",
             Self::Ring(_) => "ring",
+            Self::ShiftedSparse(_) => "shifted_sparse",
         }
     }
 
@@ -189,6 +208,7 @@ impl ModelConfig {
             Self::SlidingWindow(c) => c.validate(),
             Self::Hybrid(c) | Self::HybridMlp(c) => c.validate(),
             Self::Ring(c) => c.validate(),
+            Self::ShiftedSparse(c) => c.validate(),
         }
     }
 
@@ -199,6 +219,7 @@ impl ModelConfig {
             Self::SlidingWindow(c) => c.output_size(),
             Self::Hybrid(c) | Self::HybridMlp(c) => c.output_size(),
             Self::Ring(c) => c.output_size(),
+            Self::ShiftedSparse(c) => c.output_size(),
         }
     }
 
@@ -209,6 +230,7 @@ impl ModelConfig {
             Self::SlidingWindow(c) => (c.seq_len(), c.embed_dim),
             Self::Hybrid(c) | Self::HybridMlp(c) => (c.seq_len(), c.embed_dim),
             Self::Ring(c) => (c.window_size, c.embed_dim),
+            Self::ShiftedSparse(c) => (c.seq_len, c.embed_dim),
         }
     }
 
@@ -220,6 +242,7 @@ impl ModelConfig {
             Self::Hybrid(c) => Self::Hybrid(c.with_seq_len(Some(len))),
             Self::HybridMlp(c) => Self::HybridMlp(c.with_seq_len(Some(len))),
             Self::Ring(c) => Self::Ring(c.with_window_size(len)),
+            Self::ShiftedSparse(c) => Self::ShiftedSparse(c.with_seq_len(len)),
         }
     }
 
@@ -230,6 +253,7 @@ impl ModelConfig {
             Self::SlidingWindow(c) => Model::SlidingWindow(c.init(device)?),
             Self::Hybrid(c) | Self::HybridMlp(c) => Model::Hybrid(c.init(device)?),
             Self::Ring(c) => Model::Ring(c.init(device)?),
+            Self::ShiftedSparse(c) => Model::ShiftedSparse(c.init(device)?),
         })
     }
 }
@@ -239,7 +263,10 @@ fn parse<T: serde::de::DeserializeOwned>(model: &str, value: Value) -> Result<T,
         .map_err(|e| Error::Config(format!("bad options for model `{model}`: {e}")))
 }
 
-/// One of the five models.
+/// Options whose values name enum variants.
+const ENUM_OPTIONS: &[&str] = &["combine", "pattern"];
+
+/// One of the models.
 #[derive(Module, Debug)]
 pub enum Model {
     /// See [`DualChunk`].
@@ -250,6 +277,8 @@ pub enum Model {
     Hybrid(Hybrid),
     /// See [`Ring`].
     Ring(Ring),
+    /// See [`ShiftedSparse`].
+    ShiftedSparse(ShiftedSparse),
 }
 
 impl Model {
@@ -260,6 +289,7 @@ impl Model {
             Self::SlidingWindow(m) => m.forward(x),
             Self::Hybrid(m) => m.forward(x),
             Self::Ring(m) => m.forward(x),
+            Self::ShiftedSparse(m) => m.forward(x),
         }
     }
 
@@ -270,6 +300,7 @@ impl Model {
             Self::SlidingWindow(m) => m.forward_all(x),
             Self::Hybrid(m) => m.forward_all(x),
             Self::Ring(m) => m.forward_all(x),
+            Self::ShiftedSparse(m) => m.forward_all(x),
         }
     }
 }
@@ -281,6 +312,7 @@ impl Walk for Model {
             Self::SlidingWindow(m) => m.walk(w),
             Self::Hybrid(m) => m.walk(w),
             Self::Ring(m) => m.walk(w),
+            Self::ShiftedSparse(m) => m.walk(w),
         }
     }
 }

@@ -3,15 +3,12 @@
 //! ([`Schedule::Ring`]). `[B, window_size, embed_dim]` → `[B, hidden_size]`.
 
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::prelude::*;
 use edifice_kernels::{Pattern, PatternKind};
 
 use super::backbone::{check_len, last_timestep, Backbone, BlockAttention};
-use crate::kernel::{attention, AttnSpec, Schedule};
-use crate::layers::{
-    dense, merge_heads, split_qkv, validate_dropout, validate_heads, validate_positive,
-};
+use crate::kernel::{AttnSpec, Schedule};
+use crate::layers::{validate_dropout, validate_heads, validate_positive, PatternAttention};
 use crate::weights::{Walk, Walker};
 use crate::Error;
 
@@ -72,6 +69,10 @@ impl RingConfig {
     pub fn init(&self, device: &Device) -> Result<Ring, Error> {
         self.validate()?;
         let (h, heads, chunks) = (self.hidden_size, self.num_heads, self.num_chunks);
+        let spec = AttnSpec {
+            schedule: Schedule::Ring { chunks },
+            ..AttnSpec::new(Pattern::new(PatternKind::Full, true))
+        };
         let backbone = Backbone::new(
             self.embed_dim,
             h,
@@ -80,14 +81,7 @@ impl RingConfig {
             self.dropout,
             "ring",
             device,
-            |_| {
-                Ok(RingAttention {
-                    qkv: dense(h, 3 * h, device),
-                    out_proj: dense(h, h, device),
-                    num_heads: heads,
-                    chunks,
-                })
-            },
+            |_| Ok(PatternAttention::new(h, heads, spec.clone(), device)),
         )?;
         Ok(Ring {
             backbone,
@@ -96,30 +90,9 @@ impl RingConfig {
     }
 }
 
-/// The ring block's attention: fused qkv, ring-ordered causal attention,
-/// output projection.
-#[derive(Module, Debug)]
-pub struct RingAttention {
-    /// `H → 3H` (Axon `ring_i_qkv`).
-    pub qkv: Linear,
-    /// `H → H` (Axon `ring_i_out_proj`).
-    pub out_proj: Linear,
-    num_heads: usize,
-    chunks: usize,
-}
-
-impl BlockAttention for RingAttention {
+impl BlockAttention for PatternAttention {
     fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        let [q, k, v] = split_qkv(self.qkv.forward(x), self.num_heads);
-        let spec = AttnSpec {
-            schedule: Schedule::Ring {
-                chunks: self.chunks,
-            },
-            ..AttnSpec::new(Pattern::new(PatternKind::Full, true))
-        };
-        Ok(self
-            .out_proj
-            .forward(merge_heads(attention(q, k, v, &spec)?)))
+        PatternAttention::forward(self, x)
     }
 
     fn walk(&mut self, w: &mut Walker, axon: &str) {
@@ -132,7 +105,7 @@ impl BlockAttention for RingAttention {
 #[derive(Module, Debug)]
 pub struct Ring {
     /// Projection, blocks, final norm.
-    pub backbone: Backbone<RingAttention>,
+    pub backbone: Backbone<PatternAttention>,
     seq_len: usize,
 }
 
