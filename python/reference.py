@@ -40,6 +40,9 @@ DEFAULTS = {
     "ring": dict(hidden_size=256, num_heads=4, num_chunks=4, num_layers=4, dropout=0.1, window_size=60),
 }
 DEFAULTS["hybrid_mlp"] = dict(DEFAULTS["hybrid"], mlp_sizes=[256, 256])
+DEFAULTS["shifted_sparse"] = dict(hidden_size=256, num_heads=8, num_layers=4, dropout=0.1, seq_len=64,
+                                  pattern="strided", stride=None, local_window=16, global_tokens=0,
+                                  group_size=None, causal=True, allow_uncovered=False)
 
 
 def options(config):
@@ -131,6 +134,37 @@ class RingAttention(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True) if q.dtype == torch.float32 else \
             attend(q, k, v, torch.ones(t, t, dtype=torch.bool).tril())
         return self.out_proj(merge(o))
+
+
+class SparseAttention(nn.Module):
+    """Shifted sparse attention: per-head boolean patterns (README, kernel docs)."""
+
+    def __init__(self, h, o):
+        super().__init__()
+        self.qkv, self.out_proj = nn.Linear(h, 3 * h), nn.Linear(h, h)
+        self.nh, self.o = o["num_heads"], o
+
+    def allowed(self, t):
+        o, nh = self.o, self.nh
+        i = torch.arange(t).view(1, t, 1)
+        j = torch.arange(t).view(1, 1, t)
+        h = torch.arange(nh).view(nh, 1, 1)
+        if o["pattern"].lower() == "strided":
+            s, g = o["stride"] or nh, o["global_tokens"]
+            m = ((i - j).abs() < o["local_window"]) | ((j % s) == (h % s)) | (j < g)
+            if not o["causal"]:
+                m = m | (i < g)
+        else:
+            g = o["group_size"] or max(o["seq_len"] // 4, 1)
+            shift = (h >= nh // 2).long() * (g // 2)
+            m = ((i + shift) // g) == ((j + shift) // g)
+        if o["causal"]:
+            m = m & (j <= i)
+        return m.expand(nh, t, t)
+
+    def forward(self, x):
+        q, k, v = (heads(z, self.nh) for z in self.qkv(x).chunk(3, -1))
+        return self.out_proj(merge(attend(q, k, v, self.allowed(x.shape[1]))))
 
 
 class Block(nn.Module):
@@ -274,6 +308,10 @@ def build(config):
         h = o["hidden_size"]
         blocks = [Block(h, RingAttention(h, o["num_heads"]), o["dropout"]) for _ in range(o["num_layers"])]
         return Backbone(o["embed_dim"], h, blocks, o["dropout"])
+    if kind == "shifted_sparse":
+        h = o["hidden_size"]
+        blocks = [Block(h, SparseAttention(h, o), o["dropout"]) for _ in range(o["num_layers"])]
+        return Backbone(o["embed_dim"], h, blocks, 0.0)
     if kind == "sliding_window":
         return SlidingWindow(o)
     if kind in ("hybrid", "hybrid_mlp"):
@@ -287,10 +325,21 @@ def seq_len(config):
         return o["window_size"]
     if config["model"] == "dual_chunk":
         return o["seq_len"] or o["window_size"] or 64
+    if config["model"] == "shifted_sparse":
+        return o["seq_len"]
     return o["seq_len"] or o["window_size"]
 
 
 GOLDEN_CASES = {
+    "shifted_sparse_strided_global": {"model": "shifted_sparse", "embed_dim": 20, "hidden_size": 32, "num_heads": 4,
+                                      "num_layers": 2, "seq_len": 150, "stride": 4, "local_window": 9,
+                                      "global_tokens": 3, "dropout": 0.0},
+    "shifted_sparse_strided_bidirectional": {"model": "shifted_sparse", "embed_dim": 16, "hidden_size": 16,
+                                             "num_heads": 2, "num_layers": 1, "seq_len": 70, "stride": 2,
+                                             "local_window": 5, "global_tokens": 2, "causal": False,
+                                             "dropout": 0.0},
+    "shifted_sparse_shifted": {"model": "shifted_sparse", "embed_dim": 24, "hidden_size": 32, "num_heads": 4,
+                               "num_layers": 2, "seq_len": 96, "pattern": "shifted", "dropout": 0.0},
     "dual_chunk_strict_gate": {"model": "dual_chunk", "embed_dim": 24, "hidden_size": 32, "num_heads": 4,
                                "num_layers": 2, "chunk_size": 8, "seq_len": 64, "dropout": 0.0,
                                "strict_causal": True},
