@@ -5,6 +5,7 @@ mod attn;
 mod bench;
 mod bench_model;
 mod model;
+mod patterns;
 mod tensors;
 
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     Forward(model::ForwardArgs),
     /// Convert another library's parameters into our weights.
     Convert(model::ConvertArgs),
+    /// Draw attention patterns: one PNG per head, and their coverage.
+    Patterns(patterns::PatternsArgs),
 }
 
 /// Keeps large blocks on the heap instead of glibc's per-call mmap: model
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => model::inspect(args),
         Command::Forward(args) => model::forward(args),
         Command::Convert(args) => model::convert(args),
+        Command::Patterns(args) => patterns::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -519,3 +519,41 @@ fn init_inspect_forward_all_timesteps_and_errors() {
     let err = run_err(&["inspect", w_s]);
     assert!(err.contains("not a valid safetensors"), "{err}");
 }
+
+#[test]
+fn patterns_draws_one_png_per_head_and_coverage() {
+    let dir = Dir::new("patterns");
+    let out = dir.path("pics");
+    let listing = run_ok(&[
+        "patterns",
+        "--out",
+        out.to_str().unwrap(),
+        "--patterns",
+        "strided:4:2|global:1+causal,strided:6:2+causal",
+        "--heads",
+        "4",
+        "--n",
+        "20",
+        "--scale",
+        "2",
+    ]);
+    assert!(listing.contains("(0 uncovered pairs)"), "{listing}");
+    assert!(
+        !listing.contains("strided:6:2+causal: 4 heads + coverage.png (0 "),
+        "{listing}"
+    );
+    for h in 0..4 {
+        let png =
+            std::fs::read(out.join(format!("strided_4_2+global_1+causal/head{h}.png"))).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+    }
+    assert!(out.join("strided_6_2+causal/coverage.png").exists());
+    let err = run_err(&[
+        "patterns",
+        "--out",
+        out.to_str().unwrap(),
+        "--patterns",
+        "stripes:3",
+    ]);
+    assert!(err.contains("unknown pattern"), "{err}");
+}
