@@ -12,7 +12,8 @@ Weights are safetensors files of f32 tensors named as below (PyTorch conventions
 `weight_hh_l{n}` `[4U, U]`, `bias_ih_l{n}`, `bias_hh_l{n}` with gates in PyTorch's order i, f, g, o). \
 `blocks.{i}` / `layers.{i}` / `lstm_norms.{l}` / `mlp.{i}` repeat per block, layer or LSTM layer, counted \
 from 0; Edifice counts its layers from 1. The last column says where `edifice convert --from edifice` \
-finds each tensor in an Edifice/Axon dump (names under `param/`; ᵀ = transposed from Axon's `[in, out]`).\n\n\
+finds each tensor in an Edifice/Axon dump (names under `param/`; ᵀ = transposed from Axon's `[in, out]`); \
+`shifted_sparse` has no Edifice counterpart, so its column only shows the names `convert` would look for.\n\n\
 Generated from the code by `EDIFICE_BLESS=1 cargo test --release -p edifice --test docs`, for the configs shown.\n";
 
 fn configs() -> Vec<(&'static str, &'static str)> {

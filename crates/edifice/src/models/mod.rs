@@ -1,4 +1,4 @@
-//! The five models, their configs, and config files.
+//! The models (five from Edifice, plus shifted sparse), their configs, and config files.
 //!
 //! Every model maps `[batch, seq_len, embed_dim]` to `[batch, output_size]`
 //! (`forward`) or, for every timestep, `[batch, seq_len, output_size]`
@@ -32,7 +32,7 @@ pub use sliding_window::{SlidingWindow, SlidingWindowConfig};
 use crate::weights::{Walk, Walker};
 use crate::Error;
 
-/// The config of one of the five models.
+/// The config of one of the models.
 #[derive(Clone, Debug)]
 pub enum ModelConfig {
     /// `dual_chunk`: `Edifice.Attention.DualChunk.build`.
