@@ -13,7 +13,8 @@
 //! atomics and the result is deterministic:
 //! * dQ: one task per (batch, query head, query tile), walking that tile's
 //!   row of the tile map like the forward pass;
-//! * dK, dV: one task per (batch, kv head, chunk of [`CHUNK_K`] keys),
+//! * dK, dV: one task per (batch, kv head, chunk of [`CHUNK_K`] keys, times
+//!   the largest step of a strided span so its tiles stay full),
 //!   walking every query tile of the heads that share the kv head and
 //!   keeping the part of each key block that falls in the chunk. dK and dV
 //!   of grouped heads are summed in the same task.
@@ -209,13 +210,16 @@ pub(crate) fn backward(
 
     if s.len_k > 0 && !dk.is_empty() {
         let scratch = PerWorker::new(|| Scratch::new(d));
+        // A strided span clipped to CHUNK_K positions keeps CHUNK_K / step
+        // keys; widening the chunk by the step keeps its tiles TILE_K wide.
+        let chunk = CHUNK_K * map.max_step();
         dk.par_chunks_mut(s.len_k * d)
             .zip(dv.par_chunks_mut(s.len_k * d))
             .enumerate()
             .for_each(|(bh, (dk_head, dv_head))| {
                 dk_head
-                    .par_chunks_mut(CHUNK_K * d)
-                    .zip(dv_head.par_chunks_mut(CHUNK_K * d))
+                    .par_chunks_mut(chunk * d)
+                    .zip(dv_head.par_chunks_mut(chunk * d))
                     .enumerate()
                     .for_each(|(c, (dk_chunk, dv_chunk))| {
                         scratch.with(|sc| {
@@ -225,7 +229,7 @@ pub(crate) fn backward(
                                 x,
                                 batch: bh / s.heads_kv,
                                 kv_head: bh % s.heads_kv,
-                                first_key: c * CHUNK_K,
+                                first_key: c * chunk,
                                 dk: &mut *dk_chunk,
                                 dv: &mut *dv_chunk,
                                 sc,

@@ -132,6 +132,11 @@ impl TileMap {
         &self.blocks[self.offsets[at] as usize..self.offsets[at + 1] as usize]
     }
 
+    /// The largest key step of any block (1 when every span is contiguous).
+    pub fn max_step(&self) -> usize {
+        self.blocks.iter().map(|b| b.span().step).max().unwrap_or(1)
+    }
+
     /// Heap bytes held by the map.
     pub fn bytes(&self) -> usize {
         self.offsets.capacity() * std::mem::size_of::<u32>()
