@@ -29,6 +29,10 @@ use crate::{AttnShape, KernelError};
 /// The most query rows one tile may have ([`Pattern::mask_tile`]'s bound).
 pub const MAX_TILE_ROWS: usize = 128;
 
+/// Keys per tile up to which a union masks through its members' own rules
+/// (wider tiles fall back to the predicate per pair).
+const MAX_TILE_KEYS: usize = 64;
+
 /// The sparsity rule of a [`Pattern`], for query head `h`, aligned query
 /// position `i'` and key position `j`.
 #[derive(Clone, Debug, PartialEq)]
@@ -472,6 +476,11 @@ impl Pattern {
     ) {
         let n_rows = rows.last - rows.first + 1;
         debug_assert!(n_rows <= MAX_TILE_ROWS);
+        if let PatternKind::Union(kinds) = &self.kind {
+            if keys.len <= MAX_TILE_KEYS {
+                return self.mask_union_tile(kinds, shape, batch, head, rows, keys, scores, ld);
+            }
+        }
         if matches!(self.kind, PatternKind::Mask(_) | PatternKind::Union(_)) {
             for t in 0..keys.len {
                 let j = keys.key(t);
@@ -496,6 +505,45 @@ impl Pattern {
                 let ip = rows.a + i as i64;
                 let ok = (lo <= j && j <= hi) || (always && (!self.causal || j <= ip));
                 if !ok {
+                    *score = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+
+    /// [`Pattern::mask_tile`] for a union: a pair survives if some member
+    /// keeps it, so each member's own (fast) masking runs on a probe tile and
+    /// the union of what they keep is applied. Kept out of `mask_tile` so its
+    /// 40 KiB of stack is only touched by unions.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn mask_union_tile(
+        &self,
+        kinds: &[PatternKind],
+        shape: &AttnShape,
+        batch: usize,
+        head: usize,
+        rows: &Rows,
+        keys: &KeySpan,
+        scores: &mut [f32],
+        ld: usize,
+    ) {
+        let n_rows = rows.last - rows.first + 1;
+        let cells = keys.len * n_rows;
+        let mut keep = [false; MAX_TILE_ROWS * MAX_TILE_KEYS];
+        let mut probe = [0f32; MAX_TILE_ROWS * MAX_TILE_KEYS];
+        for k in kinds {
+            probe[..cells].fill(0.0);
+            self.member(k)
+                .mask_tile(shape, batch, head, rows, keys, &mut probe, n_rows);
+            for (kept, &p) in keep.iter_mut().zip(&probe[..cells]) {
+                *kept |= p == 0.0;
+            }
+        }
+        for t in 0..keys.len {
+            let col = &mut scores[t * ld..t * ld + n_rows];
+            for (score, &kept) in col.iter_mut().zip(&keep[t * n_rows..(t + 1) * n_rows]) {
+                if !kept {
                     *score = f32::NEG_INFINITY;
                 }
             }
