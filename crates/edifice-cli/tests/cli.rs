@@ -557,3 +557,46 @@ fn patterns_draws_one_png_per_head_and_coverage() {
     ]);
     assert!(err.contains("unknown pattern"), "{err}");
 }
+
+#[test]
+fn shifted_sparse_through_the_cli() {
+    let dir = Dir::new("sparse");
+    let cfg = dir.path("sparse.toml");
+    std::fs::write(&cfg, "model = \"shifted_sparse\"\nembed_dim = 6\nhidden_size = 8\nnum_heads = 2\nnum_layers = 1\nseq_len = 12\nglobal_tokens = 2\n").unwrap();
+    let (w, x, y) = (
+        dir.path("w.safetensors"),
+        dir.path("x.safetensors"),
+        dir.path("y.safetensors"),
+    );
+    let (cfg, w, x_s, y_s) = (
+        cfg.to_str().unwrap(),
+        w.to_str().unwrap(),
+        x.to_str().unwrap(),
+        y.to_str().unwrap(),
+    );
+    run_ok(&["init", "--config", cfg, "--out", w]);
+    write(&x, &[f32_tensor("x", vec![2, 12, 6], &data(144, 9))]);
+    run_ok(&[
+        "forward",
+        "--config",
+        cfg,
+        "--weights",
+        w,
+        "--input",
+        x_s,
+        "--output",
+        y_s,
+    ]);
+    assert_eq!(read_f32(&y, "y").1, vec![2, 8]);
+    let bad = dir.path("bad.toml");
+    std::fs::write(
+        &bad,
+        "model = \"shifted_sparse\"\nembed_dim = 6\nnum_heads = 2\nhidden_size = 8\nstride = 3\n",
+    )
+    .unwrap();
+    let err = run_err(&["init", "--config", bad.to_str().unwrap(), "--out", w]);
+    assert!(
+        err.contains("first uncovered offset") && err.contains("allow_uncovered"),
+        "{err}"
+    );
+}

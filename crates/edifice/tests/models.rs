@@ -305,6 +305,23 @@ fn bad_configs_and_inputs_are_errors() {
         .with_allow_uncovered(true)
         .validate()
         .is_ok());
+    let recommended = SlidingWindowConfig::recommended_defaults(16);
+    assert_eq!(
+        (
+            recommended.window_size,
+            recommended.num_heads,
+            recommended.head_dim
+        ),
+        (60, 4, 64)
+    );
+    assert_eq!(
+        (
+            recommended.num_layers,
+            recommended.dropout,
+            recommended.output_size()
+        ),
+        (2, 0.1, 256)
+    );
     // Defaults as Edifice documents them are valid.
     assert!(DualChunkConfig::new(287).validate().is_ok());
 

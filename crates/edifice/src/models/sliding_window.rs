@@ -54,6 +54,17 @@ pub struct SlidingWindowConfig {
 }
 
 impl SlidingWindowConfig {
+    /// Edifice's `MultiHead.recommended_defaults`: window 60, 4 heads of 64,
+    /// 2 layers, dropout 0.1 (the defaults of [`SlidingWindowConfig::new`]).
+    pub fn recommended_defaults(embed_dim: usize) -> Self {
+        Self::new(embed_dim)
+            .with_window_size(60)
+            .with_num_heads(4)
+            .with_head_dim(64)
+            .with_num_layers(2)
+            .with_dropout(0.1)
+    }
+
     /// Head width after the `hidden_size` override.
     pub fn effective_head_dim(&self) -> usize {
         match self.hidden_size {
