@@ -7,6 +7,7 @@ mod bench_model;
 mod model;
 mod patterns;
 mod tensors;
+mod train;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,8 @@ enum Command {
     Convert(model::ConvertArgs),
     /// Draw attention patterns: one PNG per head, and their coverage.
     Patterns(patterns::PatternsArgs),
+    /// Train a model on a built-in task (the default run needs no file).
+    Train(train::TrainArgs),
 }
 
 /// Keeps large blocks on the heap instead of glibc's per-call mmap: model
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => model::forward(args),
         Command::Convert(args) => model::convert(args),
         Command::Patterns(args) => patterns::run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

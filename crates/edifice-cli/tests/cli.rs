@@ -600,3 +600,41 @@ fn shifted_sparse_through_the_cli() {
         "{err}"
     );
 }
+
+#[test]
+fn train_writes_metrics_and_checkpoints_and_resumes() {
+    let dir = Dir::new("train");
+    let out = dir.path("run");
+    let out_s = out.to_str().unwrap();
+    let common = [
+        "train",
+        "--quiet",
+        "--out",
+        out_s,
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+    ];
+    let log = run_ok(&[&common[..], &["--steps", "6"]].concat());
+    assert!(
+        log.contains("done: 6 steps of sliding_window on lookback (seq_len 16)"),
+        "{log}"
+    );
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"train\"")).count(),
+        6
+    );
+    assert!(out.join("checkpoint.safetensors").exists());
+    // Resuming with more steps continues from step 6; the log is appended.
+    let log = run_ok(&[&common[..], &["--steps", "8", "--resume"]].concat());
+    assert!(log.contains("done: 8 steps"), "{log}");
+    let err = run_err(&[&common[..], &["--steps", "8", "--resume", "--lr", "0.5"]].concat());
+    assert!(err.contains("different run config"), "{err}");
+    std::fs::write(out.join("checkpoint.safetensors"), b"broken").unwrap();
+    let err = run_err(&[&common[..], &["--steps", "8", "--resume"]].concat());
+    assert!(err.contains("not a valid safetensors"), "{err}");
+    let err = run_err(&["train", "--out", out_s, "--task", "guess"]);
+    assert!(err.contains("bad [task]"), "{err}");
+}

@@ -4,6 +4,8 @@ pub mod functional;
 pub mod kernel;
 pub mod layers;
 pub mod models;
+pub mod tasks;
+pub mod train;
 pub mod weights;
 
 pub use models::{Model, ModelConfig};
@@ -23,4 +25,7 @@ pub enum Error {
     /// Missing, extra or misshapen weights.
     #[error("weights: {0}")]
     Weights(String),
+    /// A checkpoint that cannot be written, read or resumed.
+    #[error("checkpoint {0}")]
+    Checkpoint(String),
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Gradients, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
@@ -96,7 +96,9 @@ enum Mode<'a> {
     Load {
         tensors: &'a mut BTreeMap<String, Values>,
         problems: &'a mut Vec<String>,
+        ids: Option<&'a BTreeMap<String, u64>>,
     },
+    Ids(&'a mut BTreeMap<String, u64>),
 }
 
 /// Visits every parameter of a module tree with its full name.
@@ -156,7 +158,14 @@ impl<'a> Walker<'a> {
                     .expect("f32 data");
                 out.insert(full, (shape, values));
             }
-            Mode::Load { tensors, problems } => {
+            Mode::Ids(out) => {
+                out.insert(full, p.id.val());
+            }
+            Mode::Load {
+                tensors,
+                problems,
+                ids,
+            } => {
                 let want = stored(p.val()).dims().to_vec();
                 match tensors.remove(&full) {
                     None => problems.push(format!("missing tensor `{full}` (shape {want:?})")),
@@ -172,10 +181,14 @@ impl<'a> Walker<'a> {
                             stored_values
                         };
                         let device = p.val().device();
+                        let id = ids.and_then(|ids| ids.get(&full)).copied();
                         *p = Param::from_tensor(Tensor::<D>::from_data(
                             TensorData::new(values, shape),
                             &device,
                         ));
+                        if let Some(id) = id {
+                            p.id = ParamId::from(id);
+                        }
                     }
                 }
             }
@@ -280,9 +293,26 @@ pub fn gradients(model: &mut impl Walk, grads: &Gradients) -> Vec<(String, Optio
 /// exactly the model's names with the right shapes. On error the message
 /// lists every missing, misshapen and extra tensor, and the model may be
 /// partly updated.
-pub fn load_tensors(
+pub fn load_tensors(model: &mut impl Walk, tensors: BTreeMap<String, Values>) -> Result<(), Error> {
+    load_tensors_with_ids(model, tensors, None)
+}
+
+/// Each parameter's id (what optimizer state is keyed by), by name.
+pub fn param_ids(model: &mut impl Walk) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    model.walk(&mut Walker {
+        prefix: String::new(),
+        mode: Mode::Ids(&mut out),
+    });
+    out
+}
+
+/// [`load_tensors`], also restoring each parameter's id from `ids` (so
+/// saved optimizer state finds its parameters again).
+pub fn load_tensors_with_ids(
     model: &mut impl Walk,
     mut tensors: BTreeMap<String, Values>,
+    ids: Option<&BTreeMap<String, u64>>,
 ) -> Result<(), Error> {
     let mut problems = Vec::new();
     model.walk(&mut Walker {
@@ -290,6 +320,7 @@ pub fn load_tensors(
         mode: Mode::Load {
             tensors: &mut tensors,
             problems: &mut problems,
+            ids,
         },
     });
     problems.extend(
@@ -306,40 +337,91 @@ pub fn load_tensors(
 
 /// Serialises tensors to safetensors bytes (f32, little-endian).
 pub fn to_safetensors(tensors: &BTreeMap<String, Values>) -> Result<Vec<u8>, Error> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    to_safetensors_with(tensors, &BTreeMap::new(), None)
+}
+
+/// Raw byte tensors (U8) stored beside the f32 ones, e.g. optimizer state.
+pub type Blobs = BTreeMap<String, Vec<u8>>;
+
+/// [`to_safetensors`] plus U8 `blobs` and header `metadata`.
+pub fn to_safetensors_with(
+    tensors: &BTreeMap<String, Values>,
+    blobs: &Blobs,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>, Error> {
+    let bytes: Vec<(String, Dtype, Vec<usize>, std::borrow::Cow<[u8]>)> = tensors
         .iter()
         .map(|(name, (shape, values))| {
-            let raw = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (name.clone(), shape.clone(), raw)
+            let raw: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (name.clone(), Dtype::F32, shape.clone(), raw.into())
         })
+        .chain(
+            blobs
+                .iter()
+                .map(|(name, b)| (name.clone(), Dtype::U8, vec![b.len()], b.as_slice().into())),
+        )
         .collect();
     let views = bytes
         .iter()
-        .map(|(name, shape, raw)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), raw)
+        .map(|(name, dtype, shape, raw)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), raw)
                 .map(|view| (name.clone(), view))
                 .map_err(|e| Error::Weights(format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    safetensors::serialize(views, &None).map_err(|e| Error::Weights(e.to_string()))
+    safetensors::serialize(views, &metadata).map_err(|e| Error::Weights(e.to_string()))
 }
 
 /// Reads every f32 tensor of a safetensors file. Any other dtype is an error
 /// naming the tensor.
 pub fn from_safetensors(bytes: &[u8]) -> Result<BTreeMap<String, Values>, Error> {
+    let (tensors, blobs, _) = from_safetensors_with(bytes)?;
+    if let Some(name) = blobs.keys().next() {
+        return Err(Error::Weights(format!(
+            "tensor `{name}` has dtype U8, expected F32"
+        )));
+    }
+    Ok(tensors)
+}
+
+/// Every tensor of a safetensors file: f32 ones, U8 blobs, and the header
+/// metadata. Any other dtype is an error naming the tensor.
+pub fn from_safetensors_with(
+    bytes: &[u8],
+) -> Result<
+    (
+        BTreeMap<String, Values>,
+        Blobs,
+        std::collections::HashMap<String, String>,
+    ),
+    Error,
+> {
     let file = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::Weights(format!("not a valid safetensors file: {e}")))?;
-    let mut out = BTreeMap::new();
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::Weights(format!("not a valid safetensors file: {e}")))?;
+    let mut tensors = BTreeMap::new();
+    let mut blobs = BTreeMap::new();
     for (name, view) in file.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(Error::Weights(format!(
-                "tensor `{name}` has dtype {:?}, expected F32",
-                view.dtype()
-            )));
+        match view.dtype() {
+            Dtype::F32 => {
+                tensors.insert(name, (view.shape().to_vec(), decode_f32(view.data())));
+            }
+            Dtype::U8 => {
+                blobs.insert(name, view.data().to_vec());
+            }
+            other => {
+                return Err(Error::Weights(format!(
+                    "tensor `{name}` has dtype {other:?}, expected F32"
+                )))
+            }
         }
-        out.insert(name, (view.shape().to_vec(), decode_f32(view.data())));
     }
-    Ok(out)
+    Ok((
+        tensors,
+        blobs,
+        header.metadata().clone().unwrap_or_default(),
+    ))
 }
 
 /// Little-endian f32 bytes to values.

@@ -136,31 +136,9 @@ impl ModelConfig {
                 )))
             }
         };
-        let mut merged = defaults.to_value();
-        merged.remove("model");
-        let unknown: Vec<&String> = options
-            .keys()
-            .filter(|k| !merged.contains_key(*k))
-            .collect();
-        if !unknown.is_empty() {
-            let names: Vec<&String> = merged.keys().collect();
-            return Err(Error::Config(format!(
-                "unknown option(s) {unknown:?} for model `{model}`; its options are {names:?}"
-            )));
-        }
-        // Enum options are written in lowercase (`combine = "sum"`,
-        // `pattern = "shifted"`); burn's Config names its variants.
-        for (key, value) in options.iter_mut() {
-            if let (true, Value::String(name)) = (ENUM_OPTIONS.contains(&key.as_str()), &*value) {
-                let mut chars = name.chars();
-                let capitalised = chars
-                    .next()
-                    .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str());
-                *value = Value::String(capitalised.unwrap_or_default());
-            }
-        }
-        merged.extend(options);
-        let merged = Value::Object(merged);
+        let mut defaults_map = defaults.to_value();
+        defaults_map.remove("model");
+        let merged = overlay(defaults_map, options, &format!("model `{model}`"))?;
         let config = match defaults {
             Self::DualChunk(_) => Self::DualChunk(parse(&model, merged)?),
             Self::SlidingWindow(_) => Self::SlidingWindow(parse(&model, merged)?),
@@ -258,13 +236,46 @@ impl ModelConfig {
     }
 }
 
+/// `defaults` (a config serialised to JSON) with the file's `options` laid
+/// over it. An option the defaults do not have is an error naming every
+/// known one (`what` says whose options they are), so a typo never falls
+/// back silently. Enum options (`combine`, `pattern`, `kind`) may be written
+/// in lowercase; burn's Config names its variants.
+pub(crate) fn overlay(
+    mut defaults: serde_json::Map<String, Value>,
+    mut options: serde_json::Map<String, Value>,
+    what: &str,
+) -> Result<Value, Error> {
+    let unknown: Vec<&String> = options
+        .keys()
+        .filter(|k| !defaults.contains_key(*k))
+        .collect();
+    if !unknown.is_empty() {
+        let names: Vec<&String> = defaults.keys().collect();
+        return Err(Error::Config(format!(
+            "unknown option(s) {unknown:?} for {what}; its options are {names:?}"
+        )));
+    }
+    for (key, value) in options.iter_mut() {
+        if let (true, Value::String(name)) = (ENUM_OPTIONS.contains(&key.as_str()), &*value) {
+            let mut chars = name.chars();
+            let capitalised = chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str());
+            *value = Value::String(capitalised.unwrap_or_default());
+        }
+    }
+    defaults.extend(options);
+    Ok(Value::Object(defaults))
+}
+
 fn parse<T: serde::de::DeserializeOwned>(model: &str, value: Value) -> Result<T, Error> {
     serde_json::from_value(value)
         .map_err(|e| Error::Config(format!("bad options for model `{model}`: {e}")))
 }
 
 /// Options whose values name enum variants.
-const ENUM_OPTIONS: &[&str] = &["combine", "pattern"];
+const ENUM_OPTIONS: &[&str] = &["combine", "pattern", "kind"];
 
 /// One of the models.
 #[derive(Module, Debug)]

@@ -1,0 +1,197 @@
+//! `edifice train`: train a model on a built-in task, with a progress bar,
+//! held-out evaluation, metrics as JSON lines and atomic checkpoints that
+//! resume exactly.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use edifice::train::{RunConfig, Stats, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Run config (TOML with optional [model], [task], [train] tables);
+    /// without it, the built-in default run.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output folder: checkpoint.safetensors, metrics.jsonl.
+    #[arg(long, default_value = "runs/default")]
+    out: PathBuf,
+    /// Continue from the checkpoint in --out (same run config).
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar: one log line per evaluation.
+    #[arg(long)]
+    quiet: bool,
+    /// Override [train] steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Override [train] batch_size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Override [train] lr.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Override [train] seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Override [task] kind: lookback, recall or frames.
+    #[arg(long)]
+    task: Option<String>,
+    /// Override [task] seq_len.
+    #[arg(long)]
+    seq_len: Option<usize>,
+}
+
+fn run_config(args: &TrainArgs) -> Result<RunConfig> {
+    let mut value: Value = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("{} is not valid TOML", path.display()))?
+        }
+        None => json!({}),
+    };
+    let map = value
+        .as_object_mut()
+        .context("a run config must be a table")?;
+    let mut set = |table: &str, key: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            let t = map.entry(table).or_insert_with(|| json!({}));
+            if let Some(t) = t.as_object_mut() {
+                t.insert(key.into(), v);
+            }
+        }
+    };
+    set("train", "steps", args.steps.map(Into::into));
+    set("train", "batch_size", args.batch_size.map(Into::into));
+    set("train", "lr", args.lr.map(Into::into));
+    set("train", "seed", args.seed.map(Into::into));
+    set("task", "kind", args.task.clone().map(Into::into));
+    set("task", "seq_len", args.seq_len.map(Into::into));
+    let from = args
+        .config
+        .as_ref()
+        .map_or("the default run".into(), |p| p.display().to_string());
+    RunConfig::from_value(value).with_context(|| format!("run config ({from})"))
+}
+
+fn log_line(out: &mut std::fs::File, record: Value) -> Result<()> {
+    writeln!(out, "{record}").context("cannot append to metrics.jsonl")
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let run = run_config(&args)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let checkpoint = args.out.join("checkpoint.safetensors");
+    let mut trainer = if args.resume {
+        Trainer::load(&checkpoint, Some(&run))?
+    } else {
+        Trainer::new(run)?
+    };
+    let steps = trainer.run.train.steps;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(args.resume)
+        .write(true)
+        .truncate(!args.resume)
+        .open(args.out.join("metrics.jsonl"))
+        .context("cannot open metrics.jsonl")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A second Ctrl-C while saving still kills the process the usual way.
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(steps as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+            .expect("valid template"),
+    );
+    bar.set_position(trainer.step as u64);
+    let started = Instant::now();
+    let first_step = trainer.step;
+    let (mut loss_avg, mut acc_avg) = (None::<f64>, None::<f64>);
+    let batch = trainer.run.train.batch_size as f64;
+    let mut last_eval: Option<Stats> = None;
+    while trainer.step < steps {
+        let lr = trainer.run.lr(trainer.step);
+        let stats = trainer.train_step()?;
+        let smooth = |avg: Option<f64>, x: f64| Some(avg.map_or(x, |a| 0.9 * a + 0.1 * x));
+        loss_avg = smooth(loss_avg, stats.loss);
+        acc_avg = smooth(acc_avg, stats.accuracy);
+        let secs = started.elapsed().as_secs_f64();
+        let throughput = (trainer.step - first_step) as f64 * batch / secs.max(1e-9);
+        bar.set_position(trainer.step as u64);
+        bar.set_message(format!(
+            "loss {:.3}  acc {:.3}  {:.0} seq/s",
+            loss_avg.unwrap_or(0.0),
+            acc_avg.unwrap_or(0.0),
+            throughput
+        ));
+        log_line(
+            &mut metrics,
+            json!({"step": trainer.step, "split": "train", "loss": stats.loss, "accuracy": stats.accuracy,
+                   "lr": lr, "seconds": secs, "seq_per_sec": throughput}),
+        )?;
+        let stopping = stop.load(Ordering::SeqCst);
+        if trainer.step % trainer.run.train.eval_every == 0 || trainer.step == steps || stopping {
+            let eval = trainer.evaluate()?;
+            log_line(
+                &mut metrics,
+                json!({"step": trainer.step, "split": "eval", "loss": eval.loss, "accuracy": eval.accuracy,
+                       "seconds": started.elapsed().as_secs_f64()}),
+            )?;
+            trainer.save(&checkpoint)?;
+            let line = format!(
+                "step {}/{steps}: eval loss {:.4}, accuracy {:.3}",
+                trainer.step, eval.loss, eval.accuracy
+            );
+            if args.quiet {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
+            last_eval = Some(eval);
+        }
+        if stopping {
+            bar.abandon_with_message("interrupted");
+            println!(
+                "interrupted at step {}; checkpoint saved to {} (continue with --resume)",
+                trainer.step,
+                checkpoint.display()
+            );
+            return Ok(());
+        }
+    }
+    bar.finish_and_clear();
+    let eval = match last_eval {
+        Some(e) => e,
+        None => trainer.evaluate()?,
+    };
+    println!(
+        "done: {} steps of {} on {} (seq_len {}) in {:.1} s; held-out accuracy {:.3}, loss {:.4}; checkpoint {}",
+        steps,
+        trainer.run.model.name(),
+        format!("{:?}", trainer.run.task.kind).to_lowercase(),
+        trainer.run.task.seq_len,
+        started.elapsed().as_secs_f64(),
+        eval.accuracy,
+        eval.loss,
+        checkpoint.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,493 @@
+//! Training a model on a built-in task: a linear classification head on the
+//! model's `[B, output_size]` output, cross-entropy, AdamW with weight decay
+//! and gradient-norm clipping, linear warm-up then cosine decay, dropout in
+//! training steps only, held-out evaluation, and checkpoints that resume
+//! bit for bit.
+//!
+//! A run config (TOML) has three tables, each optional:
+//!
+//! ```toml
+//! [model]            # a model config; embed_dim and seq_len default to the task's
+//! model = "sliding_window"
+//! [task]             # see crate::tasks
+//! kind = "lookback"
+//! seq_len = 64
+//! [train]            # see TrainOptions
+//! steps = 400
+//! ```
+//!
+//! Determinism: batch `s` of the training split is a function of
+//! `(seed, s)` and the dropout RNG is reseeded from `(seed, s)` before step
+//! `s`, so a run resumed from a checkpoint at step `s` continues exactly as
+//! the uninterrupted run would.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::Linear;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use burn::tensor::{Int, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::layers::dense;
+use crate::models::overlay;
+use crate::tasks::{Split, TaskConfig, TaskKind};
+use crate::weights::{self, Walk, Walker};
+use crate::{Error, Model, ModelConfig};
+
+/// Optimisation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup_steps: usize,
+    /// Learning rate at the end of the cosine decay.
+    pub min_lr: f64,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f32,
+    /// Clip the gradient's global L2 norm to this (0 = off).
+    pub grad_clip: f32,
+    /// Seed of the initial weights, the data and dropout.
+    pub seed: u64,
+    /// Evaluate (and checkpoint) every this many steps.
+    pub eval_every: usize,
+    /// Held-out batches per evaluation.
+    pub eval_batches: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            batch_size: 32,
+            lr: 3e-3,
+            warmup_steps: 50,
+            min_lr: 1e-5,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+            seed: 0,
+            eval_every: 100,
+            eval_batches: 8,
+        }
+    }
+}
+
+/// Model, task and optimisation of one run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The model.
+    pub model: ModelConfig,
+    /// The task.
+    pub task: TaskConfig,
+    /// Optimisation.
+    pub train: TrainOptions,
+}
+
+/// The default model of a run without a `[model]` table: Edifice's
+/// sliding-window transformer, window = the whole sequence.
+fn default_model() -> serde_json::Map<String, Value> {
+    let value = serde_json::json!({
+        "model": "sliding_window", "num_heads": 2, "head_dim": 16, "num_layers": 2,
+        "ffn_dim": 64, "dropout": 0.0,
+    });
+    value.as_object().expect("object").clone()
+}
+
+impl RunConfig {
+    /// The built-in default run: `lookback` over 64 frames with a full-window
+    /// sliding-window model.
+    pub fn default_run() -> Self {
+        Self::from_value(Value::Object(Default::default())).expect("the default run is valid")
+    }
+
+    /// Parses a TOML run config.
+    pub fn from_toml(text: &str) -> Result<Self, Error> {
+        let value: Value =
+            toml::from_str(text).map_err(|e| Error::Config(format!("not valid TOML: {e}")))?;
+        Self::from_value(value)
+    }
+
+    /// Builds a run from `{model: {...}, task: {...}, train: {...}}`; every
+    /// table and option is optional.
+    pub fn from_value(value: Value) -> Result<Self, Error> {
+        let Value::Object(mut tables) = value else {
+            return Err(Error::Config("a run config must be a table".into()));
+        };
+        let mut table = |name: &str| -> Result<serde_json::Map<String, Value>, Error> {
+            match tables.remove(name) {
+                None => Ok(Default::default()),
+                Some(Value::Object(map)) => Ok(map),
+                Some(other) => Err(Error::Config(format!(
+                    "`{name}` must be a table, got {other}"
+                ))),
+            }
+        };
+        let (model, task, train) = (table("model")?, table("task")?, table("train")?);
+        if let Some(name) = tables.keys().next() {
+            return Err(Error::Config(format!(
+                "unknown table `{name}` in the run config; expected model, task and train"
+            )));
+        }
+        let task_defaults = serde_json::to_value(TaskConfig::new()).expect("serialisable");
+        let task: TaskConfig =
+            serde_json::from_value(overlay(object(task_defaults), task, "[task]")?)
+                .map_err(|e| Error::Config(format!("bad [task] options: {e}")))?;
+        task.validate()?;
+        let train_defaults = serde_json::to_value(TrainOptions::default()).expect("serialisable");
+        let train: TrainOptions =
+            serde_json::from_value(overlay(object(train_defaults), train, "[train]")?)
+                .map_err(|e| Error::Config(format!("bad [train] options: {e}")))?;
+        if train.steps == 0
+            || train.batch_size == 0
+            || train.eval_every == 0
+            || train.eval_batches == 0
+        {
+            return Err(Error::Config(
+                "steps, batch_size, eval_every and eval_batches must be at least 1".into(),
+            ));
+        }
+        if !(train.lr > 0.0 && train.lr.is_finite())
+            || train.min_lr < 0.0
+            || train.min_lr > train.lr
+        {
+            return Err(Error::Config(format!(
+                "need 0 <= min_lr <= lr and lr > 0, got lr {} and min_lr {}",
+                train.lr, train.min_lr
+            )));
+        }
+        let model = Self::model_for(model, &task)?;
+        Ok(Self { model, task, train })
+    }
+
+    /// The `[model]` table, with the task's width and length filled in (or
+    /// checked when given).
+    fn model_for(
+        mut model: serde_json::Map<String, Value>,
+        task: &TaskConfig,
+    ) -> Result<ModelConfig, Error> {
+        if !model.contains_key("model") {
+            let defaults = default_model();
+            for (k, v) in defaults {
+                model.entry(k).or_insert(v);
+            }
+        }
+        let len_key = match model.get("model").and_then(Value::as_str) {
+            Some("ring") => "window_size",
+            _ => "seq_len",
+        };
+        model.entry("embed_dim").or_insert(task.embed_dim.into());
+        model.entry(len_key).or_insert(task.seq_len.into());
+        if model.get("model").and_then(Value::as_str) == Some("sliding_window") {
+            model.entry("window_size").or_insert(task.seq_len.into());
+        }
+        let config = ModelConfig::from_value(Value::Object(model))?;
+        if config.input_dims() != (task.seq_len, task.embed_dim) {
+            return Err(Error::Config(format!(
+                "the model takes [seq_len, embed_dim] = {:?} but the task makes {:?}",
+                config.input_dims(),
+                (task.seq_len, task.embed_dim)
+            )));
+        }
+        Ok(config)
+    }
+
+    /// The run as JSON (what checkpoints record).
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({
+            "model": self.model.to_value(),
+            "task": self.task,
+            "train": self.train,
+        })
+    }
+
+    /// Learning rate at `step`: linear warm-up, then cosine down to `min_lr`.
+    pub fn lr(&self, step: usize) -> f64 {
+        let t = &self.train;
+        if step < t.warmup_steps {
+            return t.lr * (step + 1) as f64 / t.warmup_steps as f64;
+        }
+        let span = (t.steps - t.warmup_steps.min(t.steps)).max(1) as f64;
+        let progress = ((step - t.warmup_steps) as f64 / span).min(1.0);
+        t.min_lr + 0.5 * (t.lr - t.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+fn object(value: Value) -> serde_json::Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => unreachable!("configs serialise to objects"),
+    }
+}
+
+/// A model with a linear classification head: `[B, T, E]` → logits `[B, classes]`.
+#[derive(Module, Debug)]
+pub struct Classifier {
+    /// The sequence model.
+    pub model: Model,
+    /// `output_size → classes`.
+    pub head: Linear,
+}
+
+impl Classifier {
+    /// Logits for `x [B, T, E]`.
+    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
+        Ok(self.head.forward(self.model.forward(x)?))
+    }
+}
+
+impl Walk for Classifier {
+    fn walk(&mut self, w: &mut Walker) {
+        w.scope("model", |w| self.model.walk(w));
+        w.linear("head", "head", &mut self.head);
+    }
+}
+
+/// Loss and accuracy over some batches.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Stats {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Fraction of correct argmax predictions.
+    pub accuracy: f64,
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    /// What is being trained.
+    pub run: RunConfig,
+    /// The model and head.
+    pub model: Classifier,
+    optim: ModuleOptimizer,
+    /// Steps done.
+    pub step: usize,
+    device: Device,
+}
+
+/// A checkpoint's header key for the format marker.
+const FORMAT: &str = "edifice-checkpoint-1";
+/// The U8 tensor that holds the optimizer state.
+const OPTIMIZER: &str = "__optimizer__";
+
+impl Trainer {
+    /// A fresh run: weights initialised from the seed.
+    pub fn new(run: RunConfig) -> Result<Self, Error> {
+        let device = Device::flex().autodiff();
+        device.seed(run.train.seed);
+        let model = run.model.init(&device)?;
+        let head = dense(run.model.output_size(), run.task.classes, &device);
+        let optim = Self::optimizer(&run);
+        Ok(Self {
+            run,
+            model: Classifier { model, head },
+            optim,
+            step: 0,
+            device,
+        })
+    }
+
+    fn optimizer(run: &RunConfig) -> ModuleOptimizer {
+        let clip = (run.train.grad_clip > 0.0)
+            .then(|| burn::grad_clipping::GradientClippingConfig::Norm(run.train.grad_clip));
+        AdamWConfig::new()
+            .with_weight_decay(run.train.weight_decay)
+            .with_grad_clipping(clip)
+            .init()
+    }
+
+    fn tensors(&self, batch: &crate::tasks::Batch) -> (Tensor<3>, Tensor<1, Int>) {
+        let x = Tensor::<3>::from_data(TensorData::new(batch.x.clone(), batch.dims), &self.device);
+        let y = Tensor::<1, Int>::from_data(
+            TensorData::new(batch.y.clone(), [batch.y.len()]),
+            &self.device,
+        );
+        (x, y)
+    }
+
+    fn stats(logits: Tensor<2>, y: Tensor<1, Int>, device: &Device) -> (Tensor<1>, f64) {
+        let n = y.dims()[0];
+        let correct: i64 = logits
+            .clone()
+            .argmax(1)
+            .reshape([n])
+            .equal(y.clone())
+            .int()
+            .sum()
+            .into_scalar::<i64>();
+        let loss = CrossEntropyLossConfig::new()
+            .init(device)
+            .forward(logits, y);
+        (loss, correct as f64 / n as f64)
+    }
+
+    /// One optimizer step on training batch `self.step`.
+    pub fn train_step(&mut self) -> Result<Stats, Error> {
+        let t = &self.run.train;
+        self.device.seed(mix(t.seed, self.step as u64));
+        let batch = self
+            .run
+            .task
+            .batch(t.seed, Split::Train, self.step as u64, t.batch_size);
+        let (x, y) = self.tensors(&batch);
+        let logits = self.model.forward(x)?;
+        let (loss, accuracy) = Self::stats(logits, y, &self.device);
+        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let lr = self.run.lr(self.step);
+        let model = self.model.clone();
+        self.model = self.optim.step(lr, model, grads);
+        self.step += 1;
+        Ok(Stats {
+            loss: loss_value,
+            accuracy,
+        })
+    }
+
+    /// Loss and accuracy on the held-out batches (dropout off, no gradients).
+    pub fn evaluate(&self) -> Result<Stats, Error> {
+        let t = &self.run.train;
+        let model = self.model.valid();
+        let device = Device::flex();
+        let (mut loss, mut accuracy) = (0.0, 0.0);
+        for index in 0..t.eval_batches {
+            let batch = self
+                .run
+                .task
+                .batch(t.seed, Split::Eval, index as u64, t.batch_size);
+            let x = Tensor::<3>::from_data(TensorData::new(batch.x.clone(), batch.dims), &device);
+            let y = Tensor::<1, Int>::from_data(
+                TensorData::new(batch.y.clone(), [batch.y.len()]),
+                &device,
+            );
+            let (l, a) = Self::stats(model.forward(x)?, y, &device);
+            loss += l.into_scalar::<f32>() as f64;
+            accuracy += a;
+        }
+        let n = t.eval_batches as f64;
+        Ok(Stats {
+            loss: loss / n,
+            accuracy: accuracy / n,
+        })
+    }
+
+    /// Writes a checkpoint (weights, optimizer state, step, run config) to
+    /// `path` atomically: a temporary file beside it, fsync, rename.
+    pub fn save(&mut self, path: &Path) -> Result<(), Error> {
+        let io =
+            |e: std::io::Error| Error::Checkpoint(format!("cannot write {}: {e}", path.display()));
+        let tensors = weights::tensors(&mut self.model);
+        let ids = weights::param_ids(&mut self.model);
+        let optimizer = self.optim.into_bytes().map_err(|e| {
+            Error::Checkpoint(format!("cannot serialise the optimizer state: {e:?}"))
+        })?;
+        let blobs = BTreeMap::from([(OPTIMIZER.to_string(), optimizer.to_vec())]);
+        let metadata = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("step".to_string(), self.step.to_string()),
+            ("run".to_string(), self.run.to_value().to_string()),
+            (
+                "param_ids".to_string(),
+                serde_json::to_string(&ids).expect("serialisable"),
+            ),
+        ]);
+        let bytes = weights::to_safetensors_with(&tensors, &blobs, Some(metadata))?;
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        file.write_all(&bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Resumes from a checkpoint written by [`Trainer::save`]. With
+    /// `expected`, the checkpoint's run config must equal it except for
+    /// `steps`, which is taken from `expected`.
+    pub fn load(path: &Path, expected: Option<&RunConfig>) -> Result<Self, Error> {
+        let bad = |what: String| Error::Checkpoint(format!("{}: {what}", path.display()));
+        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let (tensors, mut blobs, meta) =
+            weights::from_safetensors_with(&bytes).map_err(|e| bad(e.to_string()))?;
+        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(bad(format!(
+                "not an edifice checkpoint (no `format = {FORMAT}` in its header)"
+            )));
+        }
+        let field = |key: &str| {
+            meta.get(key)
+                .ok_or_else(|| bad(format!("header lacks `{key}`")))
+        };
+        let step: usize = field("step")?
+            .parse()
+            .map_err(|_| bad("bad `step`".into()))?;
+        let run_value: Value =
+            serde_json::from_str(field("run")?).map_err(|e| bad(format!("bad `run`: {e}")))?;
+        let ids: BTreeMap<String, u64> = serde_json::from_str(field("param_ids")?)
+            .map_err(|e| bad(format!("bad `param_ids`: {e}")))?;
+        let run = RunConfig::from_value(run_value.clone())
+            .map_err(|e| bad(format!("its run config: {e}")))?;
+        if let Some(expected) = expected {
+            // `steps` may grow on resume (the schedule then follows the new
+            // total); everything else must match.
+            let without_steps = |mut v: Value| {
+                if let Some(train) = v.get_mut("train").and_then(Value::as_object_mut) {
+                    train.remove("steps");
+                }
+                v
+            };
+            if without_steps(expected.to_value()) != without_steps(run_value.clone()) {
+                return Err(bad(format!(
+                    "it was written by a different run config ({run_value}), not {}",
+                    expected.to_value()
+                )));
+            }
+        }
+        let mut trainer = Self::new(run)?;
+        weights::load_tensors_with_ids(&mut trainer.model, tensors, Some(&ids))
+            .map_err(|e| bad(e.to_string()))?;
+        let optimizer = blobs
+            .remove(OPTIMIZER)
+            .ok_or_else(|| bad("no optimizer state".into()))?;
+        let optim = std::mem::replace(&mut trainer.optim, Self::optimizer(&trainer.run));
+        trainer.optim = optim
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(optimizer))
+            .map_err(|e| bad(format!("bad optimizer state: {e:?}")))?;
+        trainer.step = step;
+        if let Some(expected) = expected {
+            trainer.run.train.steps = expected.train.steps;
+        }
+        Ok(trainer)
+    }
+}
+
+/// Mixes a seed and a step into the dropout seed of that step.
+fn mix(seed: u64, step: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ step.wrapping_add(1).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}
+
+/// Which task a name means (for the CLI's `--task`).
+pub fn task_kind(name: &str) -> Result<TaskKind, Error> {
+    match name {
+        "lookback" => Ok(TaskKind::Lookback),
+        "recall" => Ok(TaskKind::Recall),
+        "frames" => Ok(TaskKind::Frames),
+        other => Err(Error::Config(format!(
+            "unknown task `{other}`; expected lookback, recall or frames"
+        ))),
+    }
+}
