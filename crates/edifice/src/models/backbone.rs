@@ -133,6 +133,46 @@ impl<A: BlockAttention> Walk for Backbone<A> {
     }
 }
 
+/// A backbone run on sequences of one length: DualChunk, RingAttention and
+/// shifted sparse attention are this with their own attention.
+#[derive(Module, Debug)]
+pub struct SequenceModel<A: BlockAttention> {
+    /// Projection, blocks, final norm.
+    pub backbone: Backbone<A>,
+    seq_len: usize,
+    name: String,
+}
+
+impl<A: BlockAttention> SequenceModel<A> {
+    /// Wraps `backbone` for inputs of `seq_len` frames; `name` is the
+    /// model's config name, for error messages.
+    pub fn new(backbone: Backbone<A>, seq_len: usize, name: &str) -> Self {
+        Self {
+            backbone,
+            seq_len,
+            name: name.into(),
+        }
+    }
+
+    /// `[B, seq_len, embed_dim]` → every timestep `[B, seq_len, hidden_size]`
+    /// (Edifice's `output_mode: :all`).
+    pub fn forward_all(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        check_len(&x, self.seq_len, &self.name)?;
+        self.backbone.forward(x)
+    }
+
+    /// `[B, seq_len, embed_dim]` → last timestep `[B, hidden_size]`.
+    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
+        Ok(last_timestep(self.forward_all(x)?))
+    }
+}
+
+impl<A: BlockAttention> Walk for SequenceModel<A> {
+    fn walk(&mut self, w: &mut Walker) {
+        self.backbone.walk(w);
+    }
+}
+
 /// `[B, T, H]` → `[B, H]`: the last timestep.
 pub fn last_timestep(x: Tensor<3>) -> Tensor<2> {
     let [b, t, h] = x.dims();

@@ -2,15 +2,14 @@
 //! is [`DualChunkAttention`] (intra-chunk causal + inter-chunk over chunk
 //! means, mixed by a learned gate). `[B, seq_len, embed_dim]` → `[B, hidden_size]`.
 
-use burn::module::Module;
 use burn::prelude::*;
 
-use super::backbone::{check_len, last_timestep, Backbone, BlockAttention};
+use super::backbone::{Backbone, BlockAttention, SequenceModel};
 use crate::layers::{
     validate_dropout, validate_heads, validate_positive, Combine, DualChunkAttention,
     DualChunkAttentionConfig,
 };
-use crate::weights::{Source, Walk, Walker};
+use crate::weights::{Source, Walker};
 use crate::Error;
 
 /// Options of `Edifice.Attention.DualChunk.build` (Edifice's names and defaults).
@@ -100,10 +99,7 @@ impl DualChunkConfig {
             device,
             |_| attn.init(device),
         )?;
-        Ok(DualChunk {
-            backbone,
-            seq_len: self.seq_len(),
-        })
+        Ok(SequenceModel::new(backbone, self.seq_len(), "dual_chunk"))
     }
 }
 
@@ -130,30 +126,5 @@ pub fn walk_dual_chunk_attention(attn: &mut DualChunkAttention, w: &mut Walker, 
     w.linear("out", &format!("{axon}_out"), &mut attn.out);
 }
 
-/// The DualChunk model.
-#[derive(Module, Debug)]
-pub struct DualChunk {
-    /// Projection, blocks, final norm.
-    pub backbone: Backbone<DualChunkAttention>,
-    seq_len: usize,
-}
-
-impl DualChunk {
-    /// `[B, seq_len, embed_dim]` → every timestep `[B, seq_len, hidden_size]`
-    /// (Edifice's `output_mode: :all`).
-    pub fn forward_all(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        check_len(&x, self.seq_len, "dual_chunk")?;
-        self.backbone.forward(x)
-    }
-
-    /// `[B, seq_len, embed_dim]` → last timestep `[B, hidden_size]`.
-    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
-        Ok(last_timestep(self.forward_all(x)?))
-    }
-}
-
-impl Walk for DualChunk {
-    fn walk(&mut self, w: &mut Walker) {
-        self.backbone.walk(w);
-    }
-}
+/// The dual_chunk model: the shared backbone with [`DualChunkAttention`] blocks.
+pub type DualChunk = SequenceModel<DualChunkAttention>;

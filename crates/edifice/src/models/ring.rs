@@ -2,14 +2,13 @@
 //! attention is exact causal attention computed in ring order
 //! ([`Schedule::Ring`]). `[B, window_size, embed_dim]` → `[B, hidden_size]`.
 
-use burn::module::Module;
 use burn::prelude::*;
 use edifice_kernels::{Pattern, PatternKind};
 
-use super::backbone::{check_len, last_timestep, Backbone, BlockAttention};
+use super::backbone::{Backbone, BlockAttention, SequenceModel};
 use crate::kernel::{AttnSpec, Schedule};
 use crate::layers::{validate_dropout, validate_heads, validate_positive, PatternAttention};
-use crate::weights::{Walk, Walker};
+use crate::weights::Walker;
 use crate::Error;
 
 /// Options of `Edifice.Attention.RingAttention.build`. As in Edifice, the
@@ -83,10 +82,7 @@ impl RingConfig {
             device,
             |_| Ok(PatternAttention::new(h, heads, spec.clone(), device)),
         )?;
-        Ok(Ring {
-            backbone,
-            seq_len: self.window_size,
-        })
+        Ok(SequenceModel::new(backbone, self.window_size, "ring"))
     }
 }
 
@@ -101,29 +97,5 @@ impl BlockAttention for PatternAttention {
     }
 }
 
-/// The RingAttention model.
-#[derive(Module, Debug)]
-pub struct Ring {
-    /// Projection, blocks, final norm.
-    pub backbone: Backbone<PatternAttention>,
-    seq_len: usize,
-}
-
-impl Ring {
-    /// `[B, window_size, embed_dim]` → every timestep `[B, window_size, hidden_size]`.
-    pub fn forward_all(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        check_len(&x, self.seq_len, "ring")?;
-        self.backbone.forward(x)
-    }
-
-    /// `[B, window_size, embed_dim]` → last timestep `[B, hidden_size]`.
-    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
-        Ok(last_timestep(self.forward_all(x)?))
-    }
-}
-
-impl Walk for Ring {
-    fn walk(&mut self, w: &mut Walker) {
-        self.backbone.walk(w);
-    }
-}
+/// The ring model: the shared backbone with [`PatternAttention`] blocks.
+pub type Ring = SequenceModel<PatternAttention>;

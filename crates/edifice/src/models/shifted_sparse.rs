@@ -14,14 +14,12 @@
 //!
 //! Edifice has no such module; this is ours, built on the same kernel.
 
-use burn::module::Module;
 use burn::prelude::*;
 use edifice_kernels::{Pattern, PatternKind};
 
-use super::backbone::{check_len, last_timestep, Backbone};
+use super::backbone::{Backbone, SequenceModel};
 use crate::kernel::AttnSpec;
 use crate::layers::{validate_dropout, validate_heads, validate_positive, PatternAttention};
-use crate::weights::{Walk, Walker};
 use crate::Error;
 
 /// Which sparse pattern the heads use.
@@ -168,36 +166,9 @@ impl ShiftedSparseConfig {
             device,
             |_| Ok(PatternAttention::new(h, heads, spec.clone(), device)),
         )?;
-        Ok(ShiftedSparse {
-            backbone,
-            seq_len: self.seq_len,
-        })
+        Ok(SequenceModel::new(backbone, self.seq_len, "shifted_sparse"))
     }
 }
 
-/// The shifted sparse attention model.
-#[derive(Module, Debug)]
-pub struct ShiftedSparse {
-    /// Projection, blocks, final norm.
-    pub backbone: Backbone<PatternAttention>,
-    seq_len: usize,
-}
-
-impl ShiftedSparse {
-    /// `[B, seq_len, embed_dim]` → every timestep `[B, seq_len, hidden_size]`.
-    pub fn forward_all(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        check_len(&x, self.seq_len, "shifted_sparse")?;
-        self.backbone.forward(x)
-    }
-
-    /// `[B, seq_len, embed_dim]` → last timestep `[B, hidden_size]`.
-    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
-        Ok(last_timestep(self.forward_all(x)?))
-    }
-}
-
-impl Walk for ShiftedSparse {
-    fn walk(&mut self, w: &mut Walker) {
-        self.backbone.walk(w);
-    }
-}
+/// The shifted_sparse model: the shared backbone with [`PatternAttention`] blocks.
+pub type ShiftedSparse = SequenceModel<PatternAttention>;
