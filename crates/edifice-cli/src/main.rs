@@ -4,6 +4,7 @@ mod alloc;
 mod attn;
 mod bench;
 mod bench_model;
+mod curves;
 mod model;
 mod patterns;
 mod tensors;
@@ -43,6 +44,8 @@ enum Command {
     Patterns(patterns::PatternsArgs),
     /// Train a model on a built-in task (the default run needs no file).
     Train(train::TrainArgs),
+    /// Evaluate a training checkpoint on its task's held-out data.
+    Eval(train::EvalArgs),
 }
 
 /// Keeps large blocks on the heap instead of glibc's per-call mmap: model
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => model::convert(args),
         Command::Patterns(args) => patterns::run(args),
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => train::eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,7 +20,7 @@ pub struct TrainArgs {
     /// without it, the built-in default run.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Output folder: checkpoint.safetensors, metrics.jsonl.
+    /// Output folder: checkpoint.safetensors, metrics.jsonl, curves.png.
     #[arg(long, default_value = "runs/default")]
     out: PathBuf,
     /// Continue from the checkpoint in --out (same run config).
@@ -156,6 +156,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
                        "seconds": started.elapsed().as_secs_f64()}),
             )?;
             trainer.save(&checkpoint)?;
+            metrics.flush().context("cannot write metrics.jsonl")?;
+            crate::curves::draw(
+                &args.out.join("metrics.jsonl"),
+                &args.out.join("curves.png"),
+            )?;
             let line = format!(
                 "step {}/{steps}: eval loss {:.4}, accuracy {:.3}",
                 trainer.step, eval.loss, eval.accuracy
@@ -183,7 +188,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => trainer.evaluate()?,
     };
     println!(
-        "done: {} steps of {} on {} (seq_len {}) in {:.1} s; held-out accuracy {:.3}, loss {:.4}; checkpoint {}",
+        "done: {} steps of {} on {} (seq_len {}) in {:.1} s; held-out accuracy {:.3}, loss {:.4}; checkpoint {} (curves.png beside it)",
         steps,
         trainer.run.model.name(),
         format!("{:?}", trainer.run.task.kind).to_lowercase(),
@@ -193,5 +198,48 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eval.loss,
         checkpoint.display()
     );
+    Ok(())
+}
+
+/// `edifice eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A checkpoint written by `edifice train`.
+    checkpoint: PathBuf,
+    /// Held-out batches (default: the run's eval_batches).
+    #[arg(long)]
+    batches: Option<usize>,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let mut trainer = Trainer::load(&args.checkpoint, None)?;
+    if let Some(b) = args.batches {
+        anyhow::ensure!(b > 0, "--batches must be at least 1");
+        trainer.run.train.eval_batches = b;
+    }
+    let stats = trainer.evaluate()?;
+    let run = &trainer.run;
+    if args.json {
+        println!(
+            "{}",
+            json!({"step": trainer.step, "model": run.model.name(), "task": run.task, "loss": stats.loss,
+                   "accuracy": stats.accuracy, "batches": run.train.eval_batches})
+        );
+    } else {
+        println!(
+            "{} after {} steps on {} (seq_len {}): held-out accuracy {:.3}, loss {:.4} over {} batches of {}",
+            run.model.name(),
+            trainer.step,
+            format!("{:?}", run.task.kind).to_lowercase(),
+            run.task.seq_len,
+            stats.accuracy,
+            stats.loss,
+            run.train.eval_batches,
+            run.train.batch_size
+        );
+    }
     Ok(())
 }
