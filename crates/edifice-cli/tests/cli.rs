@@ -69,6 +69,14 @@ impl Dir {
     fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+    /// Weights, input and output files in the directory.
+    fn wxy(&self) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            self.path("w.safetensors"),
+            self.path("x.safetensors"),
+            self.path("y.safetensors"),
+        )
+    }
 }
 
 impl Drop for Dir {
@@ -375,11 +383,7 @@ fn edifice_golden_models_through_convert_and_forward() {
         let dir = Dir::new(case);
         let cfg = dir.path("model.toml");
         std::fs::write(&cfg, config).unwrap();
-        let (w, x, y) = (
-            dir.path("w.safetensors"),
-            dir.path("x.safetensors"),
-            dir.path("y.safetensors"),
-        );
+        let (w, x, y) = dir.wxy();
         let g = golden(case);
         run_ok(&[
             "convert",
@@ -421,11 +425,7 @@ fn init_inspect_forward_all_timesteps_and_errors() {
     let dir = Dir::new("models");
     let cfg = dir.path("ring.json");
     std::fs::write(&cfg, r#"{"model": "ring", "embed_dim": 6, "hidden_size": 8, "num_heads": 2, "num_layers": 1, "window_size": 4, "num_chunks": 2}"#).unwrap();
-    let (w, x, y) = (
-        dir.path("w.safetensors"),
-        dir.path("x.safetensors"),
-        dir.path("y.safetensors"),
-    );
+    let (w, x, y) = dir.wxy();
     let (cfg, w_s, x_s, y_s) = (
         cfg.to_str().unwrap(),
         w.to_str().unwrap(),
@@ -563,11 +563,7 @@ fn shifted_sparse_through_the_cli() {
     let dir = Dir::new("sparse");
     let cfg = dir.path("sparse.toml");
     std::fs::write(&cfg, "model = \"shifted_sparse\"\nembed_dim = 6\nhidden_size = 8\nnum_heads = 2\nnum_layers = 1\nseq_len = 12\nglobal_tokens = 2\n").unwrap();
-    let (w, x, y) = (
-        dir.path("w.safetensors"),
-        dir.path("x.safetensors"),
-        dir.path("y.safetensors"),
-    );
+    let (w, x, y) = dir.wxy();
     let (cfg, w, x_s, y_s) = (
         cfg.to_str().unwrap(),
         w.to_str().unwrap(),
