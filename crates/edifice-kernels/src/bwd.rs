@@ -28,8 +28,8 @@ use rayon::prelude::*;
 use crate::pattern::{KeySpan, Rows};
 use crate::simd::{Simd, WithSimd};
 use crate::tile::{
-    load_transposed, masked_scores, scores, Bounds, PerWorker, RankUpdate, RowsAre, TilePos,
-    S_ROWS, TILE_K, TILE_Q,
+    contiguous_rows, load_transposed, masked_scores, scores, Bounds, PerWorker, RankUpdate,
+    RowsAre, TilePos, S_ROWS, TILE_K, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
@@ -62,6 +62,8 @@ pub(crate) struct Scratch {
     /// Per row: `lse · log2 e` (`+inf` for rows that read nothing) and δ.
     lse2: Vec<f32>,
     delta: Vec<f32>,
+    /// A stepped tile's K rows made contiguous, `[TILE_K, D]`.
+    k: Vec<f32>,
 }
 
 impl Scratch {
@@ -74,12 +76,14 @@ impl Scratch {
             acc: vec![0.0; TILE_Q * d],
             lse2: vec![0.0; TILE_Q],
             delta: vec![0.0; TILE_Q],
+            k: vec![0.0; TILE_K * d],
         }
     }
 
     /// Bytes a thread holds for head dimension `d`.
     pub(crate) fn bytes(d: usize) -> usize {
-        (3 * d * TILE_Q + 2 * S_ROWS * TILE_Q + 2 * TILE_Q) * std::mem::size_of::<f32>()
+        (3 * d * TILE_Q + TILE_K * d + 2 * S_ROWS * TILE_Q + 2 * TILE_Q)
+            * std::mem::size_of::<f32>()
     }
 
     /// Loads the query-side operands of query tile `t` of (batch, head).
@@ -281,8 +285,8 @@ impl WithSimd for QueryGrad<'_> {
                 let update = RankUpdate {
                     a: &sc.ds,
                     rows_are: RowsAre::Queries,
-                    b: k,
-                    b_stride: keys.step * d,
+                    b: contiguous_rows(k, &keys, d, &mut sc.k),
+                    b_stride: d,
                     rows: TILE_Q,
                     red: 0..keys.len,
                     bounds: live,

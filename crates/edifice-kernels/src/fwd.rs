@@ -29,7 +29,8 @@ use rayon::prelude::*;
 use crate::pattern::Rows;
 use crate::simd::{Simd, WithSimd};
 use crate::tile::{
-    load_transposed, masked_scores, Bounds, PerWorker, RankUpdate, RowsAre, TilePos, S_ROWS, TILE_Q,
+    contiguous_rows, load_transposed, masked_scores, Bounds, PerWorker, RankUpdate, RowsAre,
+    TilePos, S_ROWS, TILE_K, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
@@ -46,6 +47,8 @@ pub(crate) struct Scratch {
     m: Vec<f32>,
     l: Vec<f32>,
     alpha: Vec<f32>,
+    /// A stepped tile's V rows made contiguous, `[TILE_K, D]`.
+    v: Vec<f32>,
 }
 
 impl Scratch {
@@ -57,12 +60,13 @@ impl Scratch {
             m: vec![0.0; TILE_Q],
             l: vec![0.0; TILE_Q],
             alpha: vec![0.0; TILE_Q],
+            v: vec![0.0; TILE_K * d],
         }
     }
 
     /// Bytes a thread holds for head dimension `d`.
     pub(crate) fn bytes(d: usize) -> usize {
-        (2 * d * TILE_Q + S_ROWS * TILE_Q + 3 * TILE_Q) * std::mem::size_of::<f32>()
+        (2 * d * TILE_Q + TILE_K * d + S_ROWS * TILE_Q + 3 * TILE_Q) * std::mem::size_of::<f32>()
     }
 }
 
@@ -183,8 +187,8 @@ impl WithSimd for QueryTile<'_> {
                 let update = RankUpdate {
                     a: &sc.s,
                     rows_are: RowsAre::Queries,
-                    b: v,
-                    b_stride: keys.step * d,
+                    b: contiguous_rows(v, &keys, d, &mut sc.v),
+                    b_stride: d,
                     rows: TILE_Q,
                     red: 0..keys.len,
                     bounds: live,

@@ -251,6 +251,26 @@ pub(crate) enum RowsAre {
 ///
 /// for rows `r < rows`, with `a(r, t)` read from the key-major score buffer
 /// as [`RowsAre`] says, and `out` rows `out_stride` apart and `D` wide.
+/// The `keys.len` rows of a key tile (`src` starts at its first key, rows
+/// `keys.step · d` apart) as a contiguous `[len, d]` slice: `src` itself for
+/// contiguous keys, else a copy in `buf`. Update kernels read a tile's rows
+/// once per block of query rows, and rows a power-of-two stride apart (a
+/// strided pattern's keys) fall into a few L1 sets and thrash.
+pub(crate) fn contiguous_rows<'a>(
+    src: &'a [f32],
+    keys: &KeySpan,
+    d: usize,
+    buf: &'a mut [f32],
+) -> &'a [f32] {
+    if keys.step == 1 {
+        return src;
+    }
+    for (t, row) in buf.chunks_exact_mut(d).take(keys.len).enumerate() {
+        row.copy_from_slice(&src[t * keys.step * d..][..d]);
+    }
+    &buf[..keys.len * d]
+}
+
 pub(crate) struct RankUpdate<'a> {
     pub a: &'a [f32],
     pub rows_are: RowsAre,
