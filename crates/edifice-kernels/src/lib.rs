@@ -124,7 +124,7 @@ impl AttnShape {
                 "head dimension D must be at least 1".into(),
             ));
         }
-        if self.heads_kv == 0 || self.heads_q % self.heads_kv != 0 {
+        if self.heads_kv == 0 || !self.heads_q.is_multiple_of(self.heads_kv) {
             return Err(KernelError::Shape(format!(
                 "query heads ({}) must be a positive multiple of key/value heads ({})",
                 self.heads_q, self.heads_kv
@@ -175,7 +175,7 @@ impl Attention {
     /// Forces an instruction set (for tests and benchmarks). One the CPU
     /// lacks, or whose vectors do not divide `D`, falls back to scalar code.
     pub fn with_isa(mut self, isa: Isa) -> Self {
-        self.isa = if self.shape.head_dim % isa.lanes() == 0 {
+        self.isa = if self.shape.head_dim.is_multiple_of(isa.lanes()) {
             isa
         } else {
             Isa::Scalar

@@ -264,7 +264,7 @@ fn span_hits_residue(keys: &KeySpan, stride: usize, residue: usize) -> bool {
     if keys.step == 1 {
         let first = keys.start + (residue + stride - keys.start % stride) % stride;
         first <= keys.last()
-    } else if keys.step % stride == 0 {
+    } else if keys.step.is_multiple_of(stride) {
         keys.start % stride == residue
     } else {
         true
@@ -464,6 +464,7 @@ impl Pattern {
     ///
     /// `scores` is key-major: the score of row `rows.first + i` and key
     /// `keys.key(t)` is `scores[t * ld + i]`. At most [`MAX_TILE_ROWS`] rows.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn mask_tile(
         &self,
         shape: &AttnShape,
@@ -674,7 +675,7 @@ impl Pattern {
             }
             PatternKind::Strided { stride, local } => {
                 let residue = head % stride;
-                if keys.step % stride == 0 && keys.start % stride == residue {
+                if keys.step.is_multiple_of(*stride) && keys.start % stride == residue {
                     TileKind::Full
                 } else {
                     let (min, max) = distance_range(rows, c, d);

@@ -75,7 +75,7 @@ pub fn forward(
         )));
     }
     let n = shape.len_q;
-    if chunks == 0 || n % chunks != 0 {
+    if chunks == 0 || !n.is_multiple_of(chunks) {
         return Err(KernelError::Shape(format!(
             "ring attention needs a sequence length divisible by the number of chunks, got {n} and {chunks}"
         )));

@@ -333,7 +333,7 @@ impl Isa {
     pub fn best_for(head_dim: usize) -> Isa {
         Isa::available()
             .into_iter()
-            .find(|isa| head_dim % isa.lanes() == 0)
+            .find(|isa| head_dim.is_multiple_of(isa.lanes()))
             .unwrap_or(Isa::Scalar)
     }
 

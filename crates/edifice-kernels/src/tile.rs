@@ -7,6 +7,11 @@
 //! * scores and their derivatives (`Sᵀ`, `Pᵀ`, `dPᵀ`, `dSᵀ`): key-major
 //!   `[S_ROWS, TILE_Q]`, so per-query reductions are vertical vector ops;
 //! * key-side operands (`K`, `V`) are read in place, rows `step · D` apart.
+//!
+//! Register blocks are indexed loops over fixed-size arrays on purpose:
+//! iterator adaptors and closures here are not reliably inlined into the
+//! target-feature functions (see `RankUpdate::block`).
+#![allow(clippy::needless_range_loop)]
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -189,7 +194,7 @@ fn scores_blocked<S: Simd, const MR: usize, const NV: usize>(
 ) {
     let stride = keys.step * d;
     let width = NV * S::LANES;
-    debug_assert!(TILE_Q % width == 0 && S_ROWS % MR == 0);
+    debug_assert!(TILE_Q.is_multiple_of(width) && S_ROWS.is_multiple_of(MR));
     debug_assert!((keys.len - 1) * stride + d <= a.len());
     for i0 in (0..TILE_Q).step_by(width) {
         let live = bounds.map_or(0..keys.len, |b| b.union(i0..i0 + width));
@@ -308,7 +313,7 @@ impl RankUpdate<'_> {
     ) {
         const MR: usize = 4;
         let nv = if S::LANES == 8 { 2 } else { 4 };
-        debug_assert!(d % S::LANES == 0);
+        debug_assert!(d.is_multiple_of(S::LANES));
         let vectors = d / S::LANES;
         let mut c0 = 0;
         while c0 < vectors {

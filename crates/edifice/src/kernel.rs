@@ -91,7 +91,7 @@ impl AttnSpec {
                     self.pattern
                 )));
             }
-            if shape.len_q != shape.len_k || chunks == 0 || shape.len_q % chunks != 0 {
+            if shape.len_q != shape.len_k || chunks == 0 || !shape.len_q.is_multiple_of(chunks) {
                 return Err(Error::Shape(format!(
                     "ring attention needs Nq = Nk divisible by num_chunks, got Nq {}, Nk {}, {chunks} chunks",
                     shape.len_q, shape.len_k

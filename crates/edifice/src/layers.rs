@@ -113,7 +113,7 @@ pub(crate) fn validate_positive(values: &[(&str, usize)]) -> Result<(), Error> {
 }
 
 pub(crate) fn validate_heads(hidden: usize, heads: usize) -> Result<(), Error> {
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         return Err(Error::Config(format!(
             "hidden_size {hidden} is not divisible by num_heads {heads}"
         )));
@@ -173,7 +173,7 @@ impl SelfAttentionConfig {
         ])?;
         validate_heads(self.hidden_size, self.num_heads)?;
         validate_dropout(self.dropout)?;
-        if self.rope && (self.hidden_size / self.num_heads) % 2 != 0 {
+        if self.rope && !(self.hidden_size / self.num_heads).is_multiple_of(2) {
             return Err(Error::Config(
                 "rope needs an even head dim (hidden_size / num_heads)".into(),
             ));

@@ -296,8 +296,9 @@ impl Trainer {
     }
 
     fn optimizer(run: &RunConfig) -> ModuleOptimizer {
-        let clip = (run.train.grad_clip > 0.0)
-            .then(|| burn::grad_clipping::GradientClippingConfig::Norm(run.train.grad_clip));
+        let clip = (run.train.grad_clip > 0.0).then_some(
+            burn::grad_clipping::GradientClippingConfig::Norm(run.train.grad_clip),
+        );
         AdamWConfig::new()
             .with_weight_decay(run.train.weight_decay)
             .with_grad_clipping(clip)

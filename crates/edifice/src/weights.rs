@@ -343,13 +343,19 @@ pub fn to_safetensors(tensors: &BTreeMap<String, Values>) -> Result<Vec<u8>, Err
 /// Raw byte tensors (U8) stored beside the f32 ones, e.g. optimizer state.
 pub type Blobs = BTreeMap<String, Vec<u8>>;
 
+/// A safetensors header's free-form metadata.
+pub type Metadata = std::collections::HashMap<String, String>;
+
+/// One tensor on its way to a file: name, dtype, shape, little-endian bytes.
+type Encoded<'a> = (String, Dtype, Vec<usize>, std::borrow::Cow<'a, [u8]>);
+
 /// [`to_safetensors`] plus U8 `blobs` and header `metadata`.
 pub fn to_safetensors_with(
     tensors: &BTreeMap<String, Values>,
     blobs: &Blobs,
-    metadata: Option<std::collections::HashMap<String, String>>,
+    metadata: Option<Metadata>,
 ) -> Result<Vec<u8>, Error> {
-    let bytes: Vec<(String, Dtype, Vec<usize>, std::borrow::Cow<[u8]>)> = tensors
+    let bytes: Vec<Encoded> = tensors
         .iter()
         .map(|(name, (shape, values))| {
             let raw: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -388,14 +394,7 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<BTreeMap<String, Values>, Error>
 /// metadata. Any other dtype is an error naming the tensor.
 pub fn from_safetensors_with(
     bytes: &[u8],
-) -> Result<
-    (
-        BTreeMap<String, Values>,
-        Blobs,
-        std::collections::HashMap<String, String>,
-    ),
-    Error,
-> {
+) -> Result<(BTreeMap<String, Values>, Blobs, Metadata), Error> {
     let file = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::Weights(format!("not a valid safetensors file: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(bytes)

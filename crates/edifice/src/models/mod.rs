@@ -277,8 +277,10 @@ fn parse<T: serde::de::DeserializeOwned>(model: &str, value: Value) -> Result<T,
 /// Options whose values name enum variants.
 const ENUM_OPTIONS: &[&str] = &["combine", "pattern", "kind"];
 
-/// One of the models.
+/// One of the models. (Variants differ in size; there is one per run, so
+/// boxing would buy nothing.)
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Model {
     /// See [`DualChunk`].
     DualChunk(DualChunk),

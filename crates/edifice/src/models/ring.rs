@@ -50,7 +50,7 @@ impl RingConfig {
         ])?;
         validate_heads(self.hidden_size, self.num_heads)?;
         validate_dropout(self.dropout)?;
-        if self.window_size % self.num_chunks != 0 {
+        if !self.window_size.is_multiple_of(self.num_chunks) {
             return Err(Error::Config(format!(
                 "window_size {} is not a multiple of num_chunks {}",
                 self.window_size, self.num_chunks
