@@ -709,3 +709,51 @@ fn killed_and_resumed_run_ends_like_an_uninterrupted_one() {
         assert!(da == db, "weights of `{na}` differ after kill + resume");
     }
 }
+
+/// Ctrl-C (SIGINT) evaluates, saves a checkpoint and exits cleanly; the run
+/// then resumes from the step it stopped at.
+#[test]
+fn sigint_saves_and_exits_cleanly() {
+    let dir = Dir::new("sigint");
+    let out = dir.path("run");
+    let args = [
+        "train",
+        "--quiet",
+        "--seq-len",
+        "24",
+        "--batch-size",
+        "8",
+        "--steps",
+        "100000",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let child = edifice()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ckpt = out.join("checkpoint.safetensors");
+    let start = std::time::Instant::now();
+    while !ckpt.exists() && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    let log = String::from_utf8(output.stdout).unwrap();
+    let step: usize = log
+        .split("interrupted at step ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no interruption message in {log:?}"));
+    assert!((100..100000).contains(&step), "{log}");
+    let eval = run_ok(&["eval", ckpt.to_str().unwrap(), "--json", "--batches", "1"]);
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(eval["step"], step);
+}
