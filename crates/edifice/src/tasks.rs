@@ -34,6 +34,17 @@ pub enum TaskKind {
     Frames,
 }
 
+impl TaskKind {
+    /// The task's name in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Lookback => "lookback",
+            TaskKind::Recall => "recall",
+            TaskKind::Frames => "frames",
+        }
+    }
+}
+
 /// Training or held-out data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {

@@ -36,7 +36,7 @@ use serde_json::Value;
 
 use crate::layers::dense;
 use crate::models::overlay;
-use crate::tasks::{Split, TaskConfig, TaskKind};
+use crate::tasks::{Batch, Split, TaskConfig};
 use crate::weights::{self, Walk, Walker};
 use crate::{Error, Model, ModelConfig};
 
@@ -305,12 +305,11 @@ impl Trainer {
             .init()
     }
 
-    fn tensors(&self, batch: &crate::tasks::Batch) -> (Tensor<3>, Tensor<1, Int>) {
-        let x = Tensor::<3>::from_data(TensorData::new(batch.x.clone(), batch.dims), &self.device);
-        let y = Tensor::<1, Int>::from_data(
-            TensorData::new(batch.y.clone(), [batch.y.len()]),
-            &self.device,
-        );
+    /// A batch as `x [B, T, E]` and labels `[B]` on `device`.
+    fn tensors(batch: &Batch, device: &Device) -> (Tensor<3>, Tensor<1, Int>) {
+        let x = Tensor::<3>::from_data(TensorData::new(batch.x.clone(), batch.dims), device);
+        let y =
+            Tensor::<1, Int>::from_data(TensorData::new(batch.y.clone(), [batch.y.len()]), device);
         (x, y)
     }
 
@@ -338,7 +337,7 @@ impl Trainer {
             .run
             .task
             .batch(t.seed, Split::Train, self.step as u64, t.batch_size);
-        let (x, y) = self.tensors(&batch);
+        let (x, y) = Self::tensors(&batch, &self.device);
         let logits = self.model.forward(x)?;
         let (loss, accuracy) = Self::stats(logits, y, &self.device);
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
@@ -364,11 +363,7 @@ impl Trainer {
                 .run
                 .task
                 .batch(t.seed, Split::Eval, index as u64, t.batch_size);
-            let x = Tensor::<3>::from_data(TensorData::new(batch.x.clone(), batch.dims), &device);
-            let y = Tensor::<1, Int>::from_data(
-                TensorData::new(batch.y.clone(), [batch.y.len()]),
-                &device,
-            );
+            let (x, y) = Self::tensors(&batch, &device);
             let (l, a) = Self::stats(model.forward(x)?, y, &device);
             loss += l.into_scalar::<f32>() as f64;
             accuracy += a;
@@ -479,16 +474,4 @@ impl Trainer {
 fn mix(seed: u64, step: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ step.wrapping_add(1).wrapping_mul(0xBF58_476D_1CE4_E5B9)
-}
-
-/// Which task a name means (for the CLI's `--task`).
-pub fn task_kind(name: &str) -> Result<TaskKind, Error> {
-    match name {
-        "lookback" => Ok(TaskKind::Lookback),
-        "recall" => Ok(TaskKind::Recall),
-        "frames" => Ok(TaskKind::Frames),
-        other => Err(Error::Config(format!(
-            "unknown task `{other}`; expected lookback, recall or frames"
-        ))),
-    }
 }

@@ -255,23 +255,25 @@ impl<'a> Walker<'a> {
     }
 }
 
+/// Walks `model` from the root in `mode`.
+fn walk(model: &mut impl Walk, mode: Mode) {
+    model.walk(&mut Walker {
+        prefix: String::new(),
+        mode,
+    });
+}
+
 /// Every parameter of `model`, in walk order.
 pub fn entries(model: &mut impl Walk) -> Vec<Entry> {
     let mut out = Vec::new();
-    model.walk(&mut Walker {
-        prefix: String::new(),
-        mode: Mode::List(&mut out),
-    });
+    walk(model, Mode::List(&mut out));
     out
 }
 
 /// The model's parameters in our layout, by name.
 pub fn tensors(model: &mut impl Walk) -> BTreeMap<String, Values> {
     let mut out = BTreeMap::new();
-    model.walk(&mut Walker {
-        prefix: String::new(),
-        mode: Mode::Save(&mut out),
-    });
+    walk(model, Mode::Save(&mut out));
     out
 }
 
@@ -279,13 +281,13 @@ pub fn tensors(model: &mut impl Walk) -> BTreeMap<String, Values> {
 /// parameter got none), by our name.
 pub fn gradients(model: &mut impl Walk, grads: &Gradients) -> Vec<(String, Option<Vec<f32>>)> {
     let mut out = Vec::new();
-    model.walk(&mut Walker {
-        prefix: String::new(),
-        mode: Mode::Grads {
+    walk(
+        model,
+        Mode::Grads {
             grads,
             out: &mut out,
         },
-    });
+    );
     out
 }
 
@@ -300,10 +302,7 @@ pub fn load_tensors(model: &mut impl Walk, tensors: BTreeMap<String, Values>) ->
 /// Each parameter's id (what optimizer state is keyed by), by name.
 pub fn param_ids(model: &mut impl Walk) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    model.walk(&mut Walker {
-        prefix: String::new(),
-        mode: Mode::Ids(&mut out),
-    });
+    walk(model, Mode::Ids(&mut out));
     out
 }
 
@@ -315,14 +314,14 @@ pub fn load_tensors_with_ids(
     ids: Option<&BTreeMap<String, u64>>,
 ) -> Result<(), Error> {
     let mut problems = Vec::new();
-    model.walk(&mut Walker {
-        prefix: String::new(),
-        mode: Mode::Load {
+    walk(
+        model,
+        Mode::Load {
             tensors: &mut tensors,
             problems: &mut problems,
             ids,
         },
-    });
+    );
     problems.extend(
         tensors
             .keys()
