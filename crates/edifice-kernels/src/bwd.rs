@@ -28,8 +28,8 @@ use rayon::prelude::*;
 use crate::pattern::{KeySpan, Rows};
 use crate::simd::{Simd, WithSimd};
 use crate::tile::{
-    contiguous_rows, load_transposed, masked_scores, scores, Bounds, PerWorker, RankUpdate,
-    RowsAre, TilePos, S_ROWS, TILE_K, TILE_Q,
+    contiguous_rows, load_transposed, masked_scores, scores, Bounds, Gathered, KeyRows, PerWorker,
+    RankUpdate, RowsAre, TilePos, S_ROWS, TILE_K, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
@@ -49,43 +49,58 @@ pub(crate) struct Inputs<'a> {
 }
 
 /// Per-thread working memory of the backward kernel.
-#[derive(Default)]
 pub(crate) struct Scratch {
+    /// The current query tile's operands and one key tile's P and dS.
+    grad: TileGrad,
+    /// dQ accumulator, `[TILE_Q, D]`.
+    acc: Vec<f32>,
+    /// A stepped tile's K rows made contiguous, `[TILE_K, D]`, when they
+    /// are not in `gathered`.
+    k: Vec<f32>,
+    gathered: Gathered,
+}
+
+/// The query-side operands of one query tile and the recomputed `Pᵀ` and
+/// `dSᵀ` of one key tile.
+struct TileGrad {
     /// `Qᵀ · scale · log2 e` and `dOᵀ`, `[D, TILE_Q]`.
     qt: Vec<f32>,
     dot: Vec<f32>,
     /// `Pᵀ`, then kept; `dPᵀ`, turned into `dSᵀ`; both `[S_ROWS, TILE_Q]`.
     p: Vec<f32>,
     ds: Vec<f32>,
-    /// dQ accumulator, `[TILE_Q, D]`.
-    acc: Vec<f32>,
     /// Per row: `lse · log2 e` (`+inf` for rows that read nothing) and δ.
     lse2: Vec<f32>,
     delta: Vec<f32>,
-    /// A stepped tile's K rows made contiguous, `[TILE_K, D]`.
-    k: Vec<f32>,
 }
 
 impl Scratch {
-    fn new(d: usize) -> Self {
+    fn new(d: usize, gather_rows: usize) -> Self {
         Scratch {
-            qt: vec![0.0; d * TILE_Q],
-            dot: vec![0.0; d * TILE_Q],
-            p: vec![0.0; S_ROWS * TILE_Q],
-            ds: vec![0.0; S_ROWS * TILE_Q],
+            grad: TileGrad {
+                qt: vec![0.0; d * TILE_Q],
+                dot: vec![0.0; d * TILE_Q],
+                p: vec![0.0; S_ROWS * TILE_Q],
+                ds: vec![0.0; S_ROWS * TILE_Q],
+                lse2: vec![0.0; TILE_Q],
+                delta: vec![0.0; TILE_Q],
+            },
             acc: vec![0.0; TILE_Q * d],
-            lse2: vec![0.0; TILE_Q],
-            delta: vec![0.0; TILE_Q],
             k: vec![0.0; TILE_K * d],
+            gathered: Gathered::new(gather_rows, d),
         }
     }
 
-    /// Bytes a thread holds for head dimension `d`.
-    pub(crate) fn bytes(d: usize) -> usize {
+    /// Bytes a thread holds for head dimension `d` and `gather_rows` rows
+    /// of [`Gathered`].
+    pub(crate) fn bytes(d: usize, gather_rows: usize) -> usize {
         (3 * d * TILE_Q + TILE_K * d + 2 * S_ROWS * TILE_Q + 2 * TILE_Q)
             * std::mem::size_of::<f32>()
+            + Gathered::bytes(gather_rows, d)
     }
+}
 
+impl TileGrad {
     /// Loads the query-side operands of query tile `t` of (batch, head).
     fn prepare(
         &mut self,
@@ -132,19 +147,18 @@ impl Scratch {
         Rows::new(s, first, first + n_rows - 1)
     }
 
-    /// Recomputes `Pᵀ` (into `p`) and `dSᵀ` (into `ds`) for one key tile.
-    /// `k` and `v` start at the tile's first key. Returns the row bounds of
-    /// a partial tile.
+    /// Recomputes `Pᵀ` (into `p`) and `dSᵀ` (into `ds`) for one key tile
+    /// from its K and V rows. Returns the row bounds of a partial tile.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn grad_tile<'b, S: Simd>(
+    fn tile<'b, S: Simd>(
         &mut self,
         simd: S,
         pos: &TilePos,
         keys: &KeySpan,
         full: bool,
-        k: &[f32],
-        v: &[f32],
+        k: KeyRows,
+        v: KeyRows,
         bounds: &'b mut Bounds,
     ) -> Option<&'b Bounds> {
         let d = pos.att.shape().head_dim;
@@ -178,6 +192,7 @@ impl Scratch {
 pub(crate) fn backward(
     att: &Attention,
     map: &TileMap,
+    gather_rows: usize,
     x: &Inputs,
     dq: &mut [f32],
     dk: &mut [f32],
@@ -187,7 +202,7 @@ pub(crate) fn backward(
     let d = s.head_dim;
 
     if s.len_q > 0 && !dq.is_empty() {
-        let scratch = PerWorker::new(|| Scratch::new(d));
+        let scratch = PerWorker::new(|| Scratch::new(d, gather_rows));
         dq.par_chunks_mut(s.len_q * d)
             .enumerate()
             .for_each(|(bh, dq_head)| {
@@ -213,7 +228,8 @@ pub(crate) fn backward(
     }
 
     if s.len_k > 0 && !dk.is_empty() {
-        let scratch = PerWorker::new(|| Scratch::new(d));
+        // dK/dV tasks own their keys: they read them in place.
+        let scratch = PerWorker::new(|| Scratch::new(d, 0));
         // A strided span clipped to CHUNK_K positions keeps CHUNK_K / step
         // keys; widening the chunk by the step keeps its tiles TILE_K wide.
         let chunk = CHUNK_K * map.max_step();
@@ -265,7 +281,9 @@ impl WithSimd for QueryGrad<'_> {
         let shape = self.att.shape();
         let d = shape.head_dim;
         let sc = self.sc;
-        let rows = sc.prepare(self.att, self.x, self.batch, self.head, self.tile);
+        let rows = sc
+            .grad
+            .prepare(self.att, self.x, self.batch, self.head, self.tile);
         let kv_base = shape.kv_offset(self.batch, shape.kv_head(self.head));
         let class = self.att.pattern().class_of(shape, self.batch, self.head);
         let pos = TilePos {
@@ -277,23 +295,28 @@ impl WithSimd for QueryGrad<'_> {
         let mut bounds = Bounds::new();
         let mut acc = std::mem::take(&mut sc.acc);
         acc.fill(0.0);
-        for block in self.map.row(class, self.tile) {
-            for keys in self.map.tiles(block) {
-                let at = kv_base + keys.start * d;
-                let (k, v) = (&self.x.k[at..], &self.x.v[at..]);
-                let live = sc.grad_tile(simd, &pos, &keys, block.full, k, v, &mut bounds);
-                let update = RankUpdate {
-                    a: &sc.ds,
-                    rows_are: RowsAre::Queries,
-                    b: contiguous_rows(k, &keys, d, &mut sc.k),
-                    b_stride: d,
-                    rows: TILE_Q,
-                    red: 0..keys.len,
-                    bounds: live,
-                    alpha: None,
-                };
-                update.apply(simd, d, &mut acc, d);
-            }
+        for (full, keys) in self.map.row_tiles(class, self.tile) {
+            let at = kv_base + keys.start * d;
+            let gathered = sc
+                .gathered
+                .rows(simd, self.x.k, self.x.v, kv_base, &keys, d);
+            let (k, v) = gathered.unwrap_or((
+                KeyRows::in_place(&self.x.k[at..], &keys, d),
+                KeyRows::in_place(&self.x.v[at..], &keys, d),
+            ));
+            let live = sc.grad.tile(simd, &pos, &keys, full, k, v, &mut bounds);
+            let k = contiguous_rows(k, keys.len, d, &mut sc.k);
+            let update = RankUpdate {
+                a: &sc.grad.ds,
+                rows_are: RowsAre::Queries,
+                b: k.data,
+                b_stride: k.stride,
+                rows: TILE_Q,
+                red: 0..keys.len,
+                bounds: live,
+                alpha: None,
+            };
+            update.apply(simd, d, &mut acc, d);
         }
         let scale = self.att.scale();
         for (out, a) in self.dq.iter_mut().zip(&acc) {
@@ -359,7 +382,7 @@ impl WithSimd for KeyGrad<'_> {
                         continue;
                     };
                     let pos = pos.get_or_insert_with(|| {
-                        let rows = sc.prepare(self.att, self.x, self.batch, head, t);
+                        let rows = sc.grad.prepare(self.att, self.x, self.batch, head, t);
                         TilePos {
                             att: self.att,
                             batch: self.batch,
@@ -377,17 +400,21 @@ impl WithSimd for KeyGrad<'_> {
                             len: TILE_K.min(span.len - t0),
                         };
                         let at = kv_base + keys.start * d;
-                        let (k, v) = (&self.x.k[at..], &self.x.v[at..]);
-                        sc.grad_tile(simd, pos, &keys, block.full, k, v, &mut bounds);
+                        let (k, v) = (
+                            KeyRows::in_place(&self.x.k[at..], &keys, d),
+                            KeyRows::in_place(&self.x.v[at..], &keys, d),
+                        );
+                        sc.grad
+                            .tile(simd, pos, &keys, block.full, k, v, &mut bounds);
                         let out_at = (keys.start - self.first_key) * d;
                         let out_stride = keys.step * d;
-                        by_keys(&sc.p, do_rows, keys.len, n_rows).apply(
+                        by_keys(&sc.grad.p, do_rows, keys.len, n_rows).apply(
                             simd,
                             d,
                             &mut self.dv[out_at..],
                             out_stride,
                         );
-                        by_keys(&sc.ds, q_rows, keys.len, n_rows).apply(
+                        by_keys(&sc.grad.ds, q_rows, keys.len, n_rows).apply(
                             simd,
                             d,
                             &mut self.dk[out_at..],

@@ -18,19 +18,21 @@
 //! softmax's per-query max and sum are vertical vector operations, the
 //! Q·Kᵀ micro-kernel broadcasts K and streams the transposed query tile, and
 //! the P·V micro-kernel broadcasts P and streams rows of V. Nothing is
-//! transposed per key tile, and strided key tiles (step > 1) are read in
-//! place by row stride.
+//! transposed per key tile; strided key tiles (step > 1) are read from the
+//! worker's [`Gathered`] copy of their rows.
 //!
 //! Extra memory: the tile map plus, per thread, one [`Scratch`]
-//! (`(2·D + TILE_K + 3) · TILE_Q` f32), independent of `Nq × Nk`.
+//! (`(2·D + TILE_K + 3) · TILE_Q` f32, and for strided patterns the
+//! gathered K and V rows, at most [`Attention::with_gather_budget`] bytes),
+//! independent of `Nq × Nk`.
 
 use rayon::prelude::*;
 
 use crate::pattern::Rows;
 use crate::simd::{Simd, WithSimd};
 use crate::tile::{
-    contiguous_rows, load_transposed, masked_scores, Bounds, PerWorker, RankUpdate, RowsAre,
-    TilePos, S_ROWS, TILE_K, TILE_Q,
+    contiguous_rows, load_transposed, masked_scores, Bounds, Gathered, KeyRows, PerWorker,
+    RankUpdate, RowsAre, TilePos, S_ROWS, TILE_K, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
@@ -47,12 +49,14 @@ pub(crate) struct Scratch {
     m: Vec<f32>,
     l: Vec<f32>,
     alpha: Vec<f32>,
-    /// A stepped tile's V rows made contiguous, `[TILE_K, D]`.
+    /// A stepped tile's V rows made contiguous, `[TILE_K, D]`, when they
+    /// are not in `gathered`.
     v: Vec<f32>,
+    gathered: Gathered,
 }
 
 impl Scratch {
-    fn new(d: usize) -> Self {
+    fn new(d: usize, gather_rows: usize) -> Self {
         Scratch {
             qt: vec![0.0; d * TILE_Q],
             s: vec![0.0; S_ROWS * TILE_Q],
@@ -61,19 +65,24 @@ impl Scratch {
             l: vec![0.0; TILE_Q],
             alpha: vec![0.0; TILE_Q],
             v: vec![0.0; TILE_K * d],
+            gathered: Gathered::new(gather_rows, d),
         }
     }
 
-    /// Bytes a thread holds for head dimension `d`.
-    pub(crate) fn bytes(d: usize) -> usize {
+    /// Bytes a thread holds for head dimension `d` and `gather_rows` rows
+    /// of [`Gathered`].
+    pub(crate) fn bytes(d: usize, gather_rows: usize) -> usize {
         (2 * d * TILE_Q + TILE_K * d + S_ROWS * TILE_Q + 3 * TILE_Q) * std::mem::size_of::<f32>()
+            + Gathered::bytes(gather_rows, d)
     }
 }
 
 /// Runs the forward pass. Inputs are validated by [`Attention::forward`].
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     att: &Attention,
     map: &TileMap,
+    gather_rows: usize,
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -85,7 +94,7 @@ pub(crate) fn forward(
     if nq == 0 || lse.is_empty() {
         return;
     }
-    let scratch = PerWorker::new(|| Scratch::new(d));
+    let scratch = PerWorker::new(|| Scratch::new(d, gather_rows));
     o.par_chunks_mut(nq * d)
         .zip(lse.par_chunks_mut(nq))
         .enumerate()
@@ -162,40 +171,40 @@ impl WithSimd for QueryTile<'_> {
             rows,
         };
         let mut bounds = Bounds::new();
-        for block in self.map.row(class, self.tile) {
-            for keys in self.map.tiles(block) {
-                let at = kv_base + keys.start * d;
-                let (k, v) = (&self.k[at..], &self.v[at..]);
-                let live = masked_scores(
-                    simd,
-                    &pos,
-                    &keys,
-                    block.full,
-                    k,
-                    &sc.qt,
-                    &mut bounds,
-                    &mut sc.s,
-                );
-                online_softmax(
-                    simd,
-                    &mut sc.s,
-                    keys.len,
-                    &mut sc.m,
-                    &mut sc.l,
-                    &mut sc.alpha,
-                );
-                let update = RankUpdate {
-                    a: &sc.s,
-                    rows_are: RowsAre::Queries,
-                    b: contiguous_rows(v, &keys, d, &mut sc.v),
-                    b_stride: d,
-                    rows: TILE_Q,
-                    red: 0..keys.len,
-                    bounds: live,
-                    alpha: Some(&sc.alpha),
-                };
-                update.apply(simd, d, &mut sc.acc, d);
-            }
+        for (full, keys) in self.map.row_tiles(class, self.tile) {
+            let at = kv_base + keys.start * d;
+            let (k, v) = match sc.gathered.rows(simd, self.k, self.v, kv_base, &keys, d) {
+                Some(rows) => rows,
+                None => (
+                    KeyRows::in_place(&self.k[at..], &keys, d),
+                    contiguous_rows(
+                        KeyRows::in_place(&self.v[at..], &keys, d),
+                        keys.len,
+                        d,
+                        &mut sc.v,
+                    ),
+                ),
+            };
+            let live = masked_scores(simd, &pos, &keys, full, k, &sc.qt, &mut bounds, &mut sc.s);
+            online_softmax(
+                simd,
+                &mut sc.s,
+                keys.len,
+                &mut sc.m,
+                &mut sc.l,
+                &mut sc.alpha,
+            );
+            let update = RankUpdate {
+                a: &sc.s,
+                rows_are: RowsAre::Queries,
+                b: v.data,
+                b_stride: v.stride,
+                rows: TILE_Q,
+                red: 0..keys.len,
+                bounds: live,
+                alpha: Some(&sc.alpha),
+            };
+            update.apply(simd, d, &mut sc.acc, d);
         }
 
         for i in 0..n_rows {

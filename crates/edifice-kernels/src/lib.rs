@@ -140,6 +140,10 @@ impl AttnShape {
     }
 }
 
+/// Bytes per worker thread a call may spend on gathered strided K and V
+/// rows unless [`Attention::with_gather_budget`] says otherwise.
+pub const DEFAULT_GATHER_BUDGET: usize = 4 << 20;
+
 /// A validated attention: shape, pattern, scale and instruction set.
 #[derive(Clone, Debug)]
 pub struct Attention {
@@ -147,6 +151,7 @@ pub struct Attention {
     pattern: Pattern,
     scale: f32,
     isa: Isa,
+    gather_budget: usize,
 }
 
 impl Attention {
@@ -160,6 +165,7 @@ impl Attention {
             pattern,
             scale: 1.0 / (shape.head_dim as f32).sqrt(),
             isa: Isa::best_for(shape.head_dim),
+            gather_budget: DEFAULT_GATHER_BUDGET,
         })
     }
 
@@ -181,6 +187,27 @@ impl Attention {
             Isa::Scalar
         };
         self
+    }
+
+    /// Caps the bytes per worker thread spent on contiguous copies of a
+    /// strided pattern's K and V rows (default [`DEFAULT_GATHER_BUDGET`]).
+    /// Strided key tiles read from such a copy run faster (their rows are
+    /// `step · D` apart in K and V, which caches and prefetchers handle
+    /// badly); the keys of a class that does not fit are read in place.
+    /// 0 reads every strided tile in place. Results do not depend on it.
+    pub fn with_gather_budget(mut self, bytes: usize) -> Self {
+        self.gather_budget = bytes;
+        self
+    }
+
+    /// Rows of K (and as many of V) a worker gathers for `map`.
+    fn gather_rows(&self, map: &TileMap) -> usize {
+        tile::Gathered::rows_for(
+            map,
+            self.shape.len_k,
+            self.shape.head_dim,
+            self.gather_budget,
+        )
     }
 
     /// The shape.
@@ -211,13 +238,16 @@ impl Attention {
     /// Bytes of working memory a call holds beyond its inputs and outputs,
     /// with `threads` worker threads: the tile map plus per-thread scratch.
     pub fn extra_bytes(&self, threads: usize) -> usize {
-        self.tile_map().bytes() + threads * fwd::Scratch::bytes(self.shape.head_dim)
+        let map = self.tile_map();
+        map.bytes() + threads * fwd::Scratch::bytes(self.shape.head_dim, self.gather_rows(&map))
     }
 
     /// Bytes of working memory a backward call holds beyond its inputs and
     /// outputs, with `threads` worker threads.
     pub fn backward_extra_bytes(&self, threads: usize) -> usize {
-        self.tile_map().bytes() + threads * bwd::Scratch::bytes(self.shape.head_dim)
+        let map = self.tile_map();
+        // The dQ pass (whose scratch gathers) ends before the dK/dV pass.
+        map.bytes() + threads * bwd::Scratch::bytes(self.shape.head_dim, self.gather_rows(&map))
     }
 
     /// Number of allowed (query, key) pairs summed over batches and heads.
@@ -303,7 +333,7 @@ impl Attention {
             lse.len(),
         )?;
         let map = self.tile_map();
-        fwd::forward(self, &map, q, k, v, o, lse);
+        fwd::forward(self, &map, self.gather_rows(&map), q, k, v, o, lse);
         Ok(())
     }
 
@@ -361,7 +391,7 @@ impl Attention {
             lse,
             d_o,
         };
-        bwd::backward(self, &map, &inputs, dq, dk, dv);
+        bwd::backward(self, &map, self.gather_rows(&map), &inputs, dq, dk, dv);
         Ok(())
     }
 

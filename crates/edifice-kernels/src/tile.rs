@@ -6,7 +6,8 @@
 //! * transposed query-side operands (`Qᵀ`, `dOᵀ`): `[D, TILE_Q]`;
 //! * scores and their derivatives (`Sᵀ`, `Pᵀ`, `dPᵀ`, `dSᵀ`): key-major
 //!   `[S_ROWS, TILE_Q]`, so per-query reductions are vertical vector ops;
-//! * key-side operands (`K`, `V`) are read in place, rows `step · D` apart.
+//! * key-side operands (`K`, `V`): [`KeyRows`], read in place (rows `step · D`
+//!   apart) or from a worker's [`Gathered`] copy of a strided class.
 //!
 //! Register blocks are indexed loops over fixed-size arrays on purpose:
 //! iterator adaptors and closures here are not reliably inlined into the
@@ -123,8 +124,7 @@ pub(crate) struct TilePos<'a> {
 
 /// `s[j * TILE_Q + i] = Σ_d a[key j][d] · bt[d * TILE_Q + i]` for the keys of
 /// one tile, with `-inf` wherever the pattern forbids the pair when the tile
-/// is partial (`full == false`). `a` starts at the tile's first key, rows
-/// `keys.step · d` apart.
+/// is partial (`full == false`). `a` holds the tile's K rows.
 ///
 /// Returns the per-row bounds of a partial tile (for the rank updates to
 /// skip dead keys), `None` for a full one.
@@ -135,7 +135,7 @@ pub(crate) fn masked_scores<'b, S: Simd>(
     pos: &TilePos,
     keys: &KeySpan,
     full: bool,
-    a: &[f32],
+    a: KeyRows,
     bt: &[f32],
     bounds: &'b mut Bounds,
     s: &mut [f32],
@@ -166,7 +166,7 @@ pub(crate) fn masked_scores<'b, S: Simd>(
 #[inline(always)]
 pub(crate) fn scores<S: Simd>(
     simd: S,
-    a: &[f32],
+    a: KeyRows,
     keys: &KeySpan,
     bt: &[f32],
     d: usize,
@@ -185,14 +185,14 @@ pub(crate) fn scores<S: Simd>(
 #[inline(always)]
 fn scores_blocked<S: Simd, const MR: usize, const NV: usize>(
     simd: S,
-    a: &[f32],
+    a: KeyRows,
     keys: &KeySpan,
     bt: &[f32],
     d: usize,
     bounds: Option<&Bounds>,
     s: &mut [f32],
 ) {
-    let stride = keys.step * d;
+    let (stride, a) = (a.stride, a.data);
     let width = NV * S::LANES;
     debug_assert!(TILE_Q.is_multiple_of(width) && S_ROWS.is_multiple_of(MR));
     debug_assert!((keys.len - 1) * stride + d <= a.len());
@@ -237,6 +237,148 @@ fn scores_blocked<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
+/// The K or V rows of one key tile: row `t` is `data[t * stride..][..D]`.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyRows<'a> {
+    pub data: &'a [f32],
+    pub stride: usize,
+}
+
+impl<'a> KeyRows<'a> {
+    /// The rows of `keys` read in place (`src` starts at its first key).
+    pub(crate) fn in_place(src: &'a [f32], keys: &KeySpan, d: usize) -> Self {
+        KeyRows {
+            data: src,
+            stride: keys.step * d,
+        }
+    }
+}
+
+/// A worker's contiguous copy of the stepped (strided) K and V rows of the
+/// (batch, kv head) it is working on, grown as its query tiles reach further.
+///
+/// A strided pattern's keys are `step · D` floats apart in K and V: hardware
+/// prefetchers do not follow them, and at a power-of-two step they fall into
+/// a fraction of the cache sets (one in eight at step 8, D = 64), so they do
+/// not stay in L2 between the query tiles that re-read them. Consecutive query
+/// tiles of a head read the same stepped keys plus a few more, so a worker
+/// copies each row once per head and every tile after that reads contiguous,
+/// L2-resident rows. Bounded by [`Attention::with_gather_budget`] per worker;
+/// the rows of a class past it are read in place.
+pub(crate) struct Gathered {
+    /// (kv offset, first key, step) of the rows held, and how many.
+    class: Option<(usize, usize, usize)>,
+    len: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Gathered {
+    /// Rows to reserve for `map` over `len_k` keys: enough for a whole class
+    /// at the map's largest step, within `budget` bytes (none when every
+    /// span is contiguous).
+    pub(crate) fn rows_for(map: &crate::TileMap, len_k: usize, d: usize, budget: usize) -> usize {
+        let step = map.max_step();
+        if step == 1 {
+            return 0;
+        }
+        len_k
+            .div_ceil(step)
+            .min(budget / (2 * d * std::mem::size_of::<f32>()))
+    }
+
+    /// Room for `rows` rows of `d` floats of K and of V.
+    pub(crate) fn new(rows: usize, d: usize) -> Self {
+        Gathered {
+            class: None,
+            len: 0,
+            k: vec![0.0; rows * d],
+            v: vec![0.0; rows * d],
+        }
+    }
+
+    /// Bytes held for `rows` rows of `d` floats.
+    pub(crate) fn bytes(rows: usize, d: usize) -> usize {
+        2 * rows * d * std::mem::size_of::<f32>()
+    }
+
+    /// Contiguous K and V rows of the stepped tile `keys` of the kv head at
+    /// `kv_base` in `k` and `v`, copying the rows not held yet; `None` for a
+    /// contiguous tile or one past the budget.
+    #[inline(always)]
+    pub(crate) fn rows<S: Simd>(
+        &mut self,
+        simd: S,
+        k: &[f32],
+        v: &[f32],
+        kv_base: usize,
+        keys: &KeySpan,
+        d: usize,
+    ) -> Option<(KeyRows<'_>, KeyRows<'_>)> {
+        if keys.step == 1 {
+            return None;
+        }
+        let first = keys.start / keys.step;
+        let end = first + keys.len;
+        if end * d > self.k.len() {
+            return None;
+        }
+        let class = (kv_base, keys.start % keys.step, keys.step);
+        if self.class != Some(class) {
+            self.class = Some(class);
+            self.len = 0;
+        }
+        debug_assert!(S::LANES <= d && d.is_multiple_of(S::LANES));
+        for row in self.len..end {
+            let from = kv_base + (class.1 + row * keys.step) * d;
+            let (k_from, v_from) = (&k[from..from + d], &v[from..from + d]);
+            let (k_to, v_to) = (&mut self.k[row * d..][..d], &mut self.v[row * d..][..d]);
+            // Vector moves in line: `copy_from_slice` calls memmove, whose
+            // start-up cost is large against 256-byte rows.
+            for c in (0..d).step_by(S::LANES) {
+                // SAFETY: c + LANES ≤ d, the length of all four rows.
+                unsafe {
+                    simd.store(k_to.as_mut_ptr().add(c), simd.load(k_from.as_ptr().add(c)));
+                    simd.store(v_to.as_mut_ptr().add(c), simd.load(v_from.as_ptr().add(c)));
+                }
+            }
+        }
+        self.len = self.len.max(end);
+        Some((
+            KeyRows {
+                data: &self.k[first * d..end * d],
+                stride: d,
+            },
+            KeyRows {
+                data: &self.v[first * d..end * d],
+                stride: d,
+            },
+        ))
+    }
+}
+
+/// The rows of a key tile as a contiguous `[n_keys, d]` block: `rows`
+/// itself when they already are, else a copy in `buf`. Update kernels read a
+/// tile's rows once per block of query rows, and rows a power-of-two stride
+/// apart (a strided pattern's keys) fall into a few L1 sets and thrash.
+pub(crate) fn contiguous_rows<'a>(
+    rows: KeyRows<'a>,
+    n_keys: usize,
+    d: usize,
+    buf: &'a mut [f32],
+) -> KeyRows<'a> {
+    if rows.stride == d {
+        return rows;
+    }
+    for (t, row) in buf.chunks_exact_mut(d).take(n_keys).enumerate() {
+        row.copy_from_slice(&rows.data[t * rows.stride..][..d]);
+    }
+    KeyRows {
+        data: &buf[..n_keys * d],
+        stride: d,
+    }
+}
+
 /// What the rows of a [`RankUpdate`] are, in the key-major score buffer
 /// `a[j * TILE_Q + i]` that feeds it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -256,26 +398,6 @@ pub(crate) enum RowsAre {
 ///
 /// for rows `r < rows`, with `a(r, t)` read from the key-major score buffer
 /// as [`RowsAre`] says, and `out` rows `out_stride` apart and `D` wide.
-/// The `keys.len` rows of a key tile (`src` starts at its first key, rows
-/// `keys.step · d` apart) as a contiguous `[len, d]` slice: `src` itself for
-/// contiguous keys, else a copy in `buf`. Update kernels read a tile's rows
-/// once per block of query rows, and rows a power-of-two stride apart (a
-/// strided pattern's keys) fall into a few L1 sets and thrash.
-pub(crate) fn contiguous_rows<'a>(
-    src: &'a [f32],
-    keys: &KeySpan,
-    d: usize,
-    buf: &'a mut [f32],
-) -> &'a [f32] {
-    if keys.step == 1 {
-        return src;
-    }
-    for (t, row) in buf.chunks_exact_mut(d).take(keys.len).enumerate() {
-        row.copy_from_slice(&src[t * keys.step * d..][..d]);
-    }
-    &buf[..keys.len * d]
-}
-
 pub(crate) struct RankUpdate<'a> {
     pub a: &'a [f32],
     pub rows_are: RowsAre,

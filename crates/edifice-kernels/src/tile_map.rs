@@ -143,6 +143,15 @@ impl TileMap {
             + self.blocks.capacity() * std::mem::size_of::<KeyBlock>()
     }
 
+    /// The key tiles of query tile `t` in `class`, in order, each with
+    /// whether it is full.
+    #[inline]
+    pub fn row_tiles(&self, class: usize, t: usize) -> impl Iterator<Item = (bool, KeySpan)> + '_ {
+        self.row(class, t)
+            .iter()
+            .flat_map(move |block| self.tiles(block).map(move |keys| (block.full, keys)))
+    }
+
     /// Iterates over the key tiles of one block, `tile_k` keys at a time.
     pub fn tiles(&self, block: &KeyBlock) -> impl Iterator<Item = KeySpan> {
         split_span(block.span(), self.tile_k)

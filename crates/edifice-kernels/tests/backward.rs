@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{data, long_kinds, pattern_strategy, shape_strategy};
+use common::{data, long_kinds, pattern_strategy, shape_strategy, GATHER_BUDGETS};
 use edifice_kernels::{reference, Attention, AttnShape, Isa, Pattern, PatternKind};
 use proptest::prelude::*;
 
@@ -59,15 +59,19 @@ proptest! {
 
     #[test]
     fn backward_matches_reference(
-        (shape, pattern, scale, isa, seed) in shape_strategy().prop_flat_map(|shape| (
+        (shape, pattern, scale, isa, budget, seed) in shape_strategy().prop_flat_map(|shape| (
             Just(shape),
             pattern_strategy(shape),
             prop::option::of(0.01f32..2.0),
             0..Isa::available().len(),
+            prop::sample::select(GATHER_BUDGETS),
             any::<u64>(),
         ))
     ) {
-        let mut att = Attention::new(shape, pattern).unwrap().with_isa(Isa::available()[isa]);
+        let mut att = Attention::new(shape, pattern)
+            .unwrap()
+            .with_isa(Isa::available()[isa])
+            .with_gather_budget(budget);
         if let Some(scale) = scale {
             att = att.with_scale(scale).unwrap();
         }
@@ -89,8 +93,12 @@ fn long_sequences_every_pattern() {
     };
     for kind in long_kinds() {
         for causal in [false, true] {
-            let att = Attention::new(shape, Pattern::new(kind.clone(), causal)).unwrap();
-            assert_grads(&att, 11).unwrap();
+            for &budget in GATHER_BUDGETS {
+                let att = Attention::new(shape, Pattern::new(kind.clone(), causal))
+                    .unwrap()
+                    .with_gather_budget(budget);
+                assert_grads(&att, 11).unwrap();
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{data, long_kinds, pattern_strategy, shape_strategy};
+use common::{data, long_kinds, pattern_strategy, shape_strategy, GATHER_BUDGETS};
 use edifice_kernels::{reference, Attention, AttnShape, Isa, Pattern, PatternKind};
 use proptest::prelude::*;
 
@@ -42,13 +42,14 @@ fn assert_close(att: &Attention, q: &[f32], k: &[f32], v: &[f32]) -> Result<(), 
     Ok(())
 }
 
-fn case() -> impl Strategy<Value = (AttnShape, Pattern, Option<f32>, usize, u64)> {
+fn case() -> impl Strategy<Value = (AttnShape, Pattern, Option<f32>, usize, usize, u64)> {
     shape_strategy().prop_flat_map(|shape| {
         (
             Just(shape),
             pattern_strategy(shape),
             prop::option::of(0.01f32..2.0),
             0..Isa::available().len(),
+            prop::sample::select(GATHER_BUDGETS),
             any::<u64>(),
         )
     })
@@ -58,8 +59,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn forward_matches_reference((shape, pattern, scale, isa, seed) in case()) {
-        let mut att = Attention::new(shape, pattern).unwrap().with_isa(Isa::available()[isa]);
+    fn forward_matches_reference((shape, pattern, scale, isa, budget, seed) in case()) {
+        let mut att = Attention::new(shape, pattern)
+            .unwrap()
+            .with_isa(Isa::available()[isa])
+            .with_gather_budget(budget);
         if let Some(scale) = scale {
             att = att.with_scale(scale).unwrap();
         }
@@ -87,10 +91,13 @@ fn long_sequences_every_pattern() {
     for kind in long_kinds() {
         for causal in [false, true] {
             for isa in Isa::available() {
-                let att = Attention::new(shape, Pattern::new(kind.clone(), causal))
-                    .unwrap()
-                    .with_isa(isa);
-                assert_close(&att, &q, &k, &v).unwrap();
+                for &budget in GATHER_BUDGETS {
+                    let att = Attention::new(shape, Pattern::new(kind.clone(), causal))
+                        .unwrap()
+                        .with_isa(isa)
+                        .with_gather_budget(budget);
+                    assert_close(&att, &q, &k, &v).unwrap();
+                }
             }
         }
     }

@@ -14,6 +14,10 @@ pub fn data(n: usize, seed: u64) -> Vec<f32> {
     edifice_kernels::reference::uniform(n, (seed ^ (seed >> 32)) as u32)
 }
 
+/// Per-worker budgets for gathered strided rows: none (every strided tile
+/// read in place), a few rows (classes cut off part way), and the default.
+pub const GATHER_BUDGETS: &[usize] = &[0, 1024, edifice_kernels::DEFAULT_GATHER_BUDGET];
+
 /// One of each pattern kind, sized for sequences of a few hundred.
 pub fn long_kinds() -> Vec<PatternKind> {
     vec![
