@@ -3,9 +3,9 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use edifice_kernels::reference::uniform;
-use edifice_kernels::{Attention, AttnShape, Pattern, PatternKind};
+use edifice_kernels::{Attention, AttnShape, BackwardSchedule, Pattern, PatternKind};
 use serde::Serialize;
 
 use crate::alloc;
@@ -54,12 +54,34 @@ pub struct KernelArgs {
     /// Also time forward + backward (gradients of q, k and v).
     #[arg(long)]
     backward: bool,
+    /// How the backward pass splits its work: `auto` (one pass when there are
+    /// at least four (batch, head) pairs per thread), `one-pass` or `two-pass`.
+    #[arg(long, value_enum, default_value_t = Schedule::Auto)]
+    backward_schedule: Schedule,
     /// Print the standard pattern set, one per line, and exit.
     #[arg(long)]
     list_patterns: bool,
     /// Largest N for the peers (burn materialises N × N scores per head).
     #[arg(long, default_value_t = 4096)]
     peers_max_n: usize,
+}
+
+/// [`BackwardSchedule`] on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+enum Schedule {
+    Auto,
+    OnePass,
+    TwoPass,
+}
+
+impl From<Schedule> for BackwardSchedule {
+    fn from(s: Schedule) -> Self {
+        match s {
+            Schedule::Auto => BackwardSchedule::Auto,
+            Schedule::OnePass => BackwardSchedule::OnePass,
+            Schedule::TwoPass => BackwardSchedule::TwoPass,
+        }
+    }
 }
 
 /// The standard set: dense, causal and four sparse patterns.
@@ -185,7 +207,8 @@ fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
                 len_k: n,
                 head_dim: args.head_dim,
             };
-            let att = Attention::new(shape, pattern.clone())?;
+            let att = Attention::new(shape, pattern.clone())?
+                .with_backward_schedule(args.backward_schedule.into());
             let q = uniform(shape.q_len(), 1);
             let k = uniform(shape.kv_len(), 2);
             let v = uniform(shape.kv_len(), 3);

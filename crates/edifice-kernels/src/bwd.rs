@@ -9,15 +9,23 @@
 //! dQ = scale · dS·K                dK = scale · dSᵀ·Q
 //! ```
 //!
-//! Two passes, each writing only what it owns, so there are no locks, no
-//! atomics and the result is deterministic:
-//! * dQ: one task per (batch, query head, query tile), walking that tile's
-//!   row of the tile map like the forward pass;
-//! * dK, dV: one task per (batch, kv head, chunk of [`CHUNK_K`] keys, times
-//!   the largest step of a strided span so its tiles stay full),
-//!   walking every query tile of the heads that share the kv head and
-//!   keeping the part of each key block that falls in the chunk. dK and dV
-//!   of grouped heads are summed in the same task.
+//! Every task writes only what it owns, so there are no locks, no atomics
+//! and the result is deterministic. Two schedules
+//! ([`BackwardSchedule`](crate::BackwardSchedule)):
+//! * two passes:
+//!   * dQ: one task per (batch, query head, query tile), walking that tile's
+//!     row of the tile map like the forward pass;
+//!   * dK, dV: one task per (batch, kv head, chunk of [`CHUNK_K`] keys, times
+//!     the largest step of a strided span so its tiles stay full),
+//!     walking every query tile of the heads that share the kv head and
+//!     keeping the part of each key block that falls in the chunk. dK and dV
+//!     of grouped heads are summed in the same task.
+//!
+//!   Each pass recomputes P and dP: seven tile products per (query tile,
+//!   key tile) pair.
+//! * one pass: one task per (batch, kv head) runs the dK/dV task over each
+//!   of its chunks in turn and also adds `dS·K` into the dQ rows it owns:
+//!   five tile products per pair, parallel over (batch, kv head) only.
 //!
 //! Empty tiles are never visited and the predicate runs only on partial
 //! ones, as in the forward pass. Extra memory: one scratch per thread
@@ -201,6 +209,32 @@ pub(crate) fn backward(
     let s = att.shape();
     let d = s.head_dim;
 
+    if att.one_pass_backward() && !dq.is_empty() && !dk.is_empty() {
+        let scratch = PerWorker::new(|| Scratch::new(d, 0));
+        let group = s.heads_q / s.heads_kv;
+        dq.par_chunks_mut(group * s.len_q * d)
+            .zip(dk.par_chunks_mut(s.len_k * d))
+            .zip(dv.par_chunks_mut(s.len_k * d))
+            .enumerate()
+            .for_each(|(bh, ((dq, dk), dv))| {
+                scratch.with(|sc| {
+                    let task = HeadGrad {
+                        att,
+                        map,
+                        x,
+                        batch: bh / s.heads_kv,
+                        kv_head: bh % s.heads_kv,
+                        dq,
+                        dk,
+                        dv,
+                        sc,
+                    };
+                    att.isa().run(task)
+                })
+            });
+        return;
+    }
+
     if s.len_q > 0 && !dq.is_empty() {
         let scratch = PerWorker::new(|| Scratch::new(d, gather_rows));
         dq.par_chunks_mut(s.len_q * d)
@@ -252,6 +286,7 @@ pub(crate) fn backward(
                                 first_key: c * chunk,
                                 dk: &mut *dk_chunk,
                                 dv: &mut *dv_chunk,
+                                dq: None,
                                 sc,
                             };
                             att.isa().run(task)
@@ -345,7 +380,8 @@ fn clip(span: KeySpan, lo: usize, hi: usize) -> Option<KeySpan> {
     })
 }
 
-/// dK and dV of one chunk of keys of one kv head.
+/// dK and dV of one chunk of keys of one kv head; in the one-pass schedule
+/// also this chunk's share of dQ.
 struct KeyGrad<'a> {
     att: &'a Attention,
     map: &'a TileMap,
@@ -355,6 +391,9 @@ struct KeyGrad<'a> {
     first_key: usize,
     dk: &'a mut [f32],
     dv: &'a mut [f32],
+    /// dQ of the kv head's query heads, `[group, Nq, D]`, to which `dS·K`
+    /// (unscaled) is added.
+    dq: Option<&'a mut [f32]>,
     sc: &'a mut Scratch,
 }
 
@@ -369,6 +408,7 @@ impl WithSimd for KeyGrad<'_> {
         let group = shape.heads_q / shape.heads_kv;
         let kv_base = shape.kv_offset(self.batch, self.kv_head);
         let sc = self.sc;
+        let mut dq = self.dq;
         self.dk.fill(0.0);
         self.dv.fill(0.0);
         for head in self.kv_head * group..(self.kv_head + 1) * group {
@@ -404,8 +444,25 @@ impl WithSimd for KeyGrad<'_> {
                             KeyRows::in_place(&self.x.k[at..], &keys, d),
                             KeyRows::in_place(&self.x.v[at..], &keys, d),
                         );
-                        sc.grad
+                        let live = sc
+                            .grad
                             .tile(simd, pos, &keys, block.full, k, v, &mut bounds);
+                        if let Some(dq) = dq.as_deref_mut() {
+                            let k = contiguous_rows(k, keys.len, d, &mut sc.k);
+                            let update = RankUpdate {
+                                a: &sc.grad.ds,
+                                rows_are: RowsAre::Queries,
+                                b: k.data,
+                                b_stride: k.stride,
+                                rows: n_rows,
+                                red: 0..keys.len,
+                                bounds: live,
+                                alpha: None,
+                            };
+                            let first =
+                                (head - self.kv_head * group) * shape.len_q + pos.rows.first;
+                            update.apply(simd, d, &mut dq[first * d..], d);
+                        }
                         let out_at = (keys.start - self.first_key) * d;
                         let out_stride = keys.step * d;
                         by_keys(&sc.grad.p, do_rows, keys.len, n_rows).apply(
@@ -426,6 +483,55 @@ impl WithSimd for KeyGrad<'_> {
         }
         let scale = self.att.scale();
         self.dk.iter_mut().for_each(|x| *x *= scale);
+    }
+}
+
+/// dQ, dK and dV of one (batch, kv head) in one sweep over its key chunks:
+/// each (query tile, key tile) pair recomputes P and dS once and feeds all
+/// three gradients.
+struct HeadGrad<'a> {
+    att: &'a Attention,
+    map: &'a TileMap,
+    x: &'a Inputs<'a>,
+    batch: usize,
+    kv_head: usize,
+    /// `[group, Nq, D]`, `[Nk, D]`, `[Nk, D]`.
+    dq: &'a mut [f32],
+    dk: &'a mut [f32],
+    dv: &'a mut [f32],
+    sc: &'a mut Scratch,
+}
+
+impl WithSimd for HeadGrad<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let d = self.att.shape().head_dim;
+        let chunk = CHUNK_K * self.map.max_step();
+        self.dq.fill(0.0);
+        for (c, (dk, dv)) in self
+            .dk
+            .chunks_mut(chunk * d)
+            .zip(self.dv.chunks_mut(chunk * d))
+            .enumerate()
+        {
+            KeyGrad {
+                att: self.att,
+                map: self.map,
+                x: self.x,
+                batch: self.batch,
+                kv_head: self.kv_head,
+                first_key: c * chunk,
+                dk,
+                dv,
+                dq: Some(&mut *self.dq),
+                sc: &mut *self.sc,
+            }
+            .with_simd(simd);
+        }
+        let scale = self.att.scale();
+        self.dq.iter_mut().for_each(|x| *x *= scale);
     }
 }
 

@@ -144,6 +144,22 @@ impl AttnShape {
 /// rows unless [`Attention::with_gather_budget`] says otherwise.
 pub const DEFAULT_GATHER_BUDGET: usize = 4 << 20;
 
+/// How [`Attention::backward`] splits its work over threads. Every schedule
+/// gives the same gradients up to f32 rounding, deterministically.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackwardSchedule {
+    /// One pass when there are at least four (batch, kv head) pairs per
+    /// worker thread, else two.
+    #[default]
+    Auto,
+    /// One task per (batch, kv head) computes dQ, dK and dV in one sweep,
+    /// computing P and dS once per tile pair (five tile products).
+    OnePass,
+    /// dQ per query tile, then dK and dV per chunk of keys: more parallelism,
+    /// but P and dP are recomputed in each pass (seven tile products).
+    TwoPass,
+}
+
 /// A validated attention: shape, pattern, scale and instruction set.
 #[derive(Clone, Debug)]
 pub struct Attention {
@@ -152,6 +168,7 @@ pub struct Attention {
     scale: f32,
     isa: Isa,
     gather_budget: usize,
+    backward_schedule: BackwardSchedule,
 }
 
 impl Attention {
@@ -166,6 +183,7 @@ impl Attention {
             scale: 1.0 / (shape.head_dim as f32).sqrt(),
             isa: Isa::best_for(shape.head_dim),
             gather_budget: DEFAULT_GATHER_BUDGET,
+            backward_schedule: BackwardSchedule::Auto,
         })
     }
 
@@ -198,6 +216,23 @@ impl Attention {
     pub fn with_gather_budget(mut self, bytes: usize) -> Self {
         self.gather_budget = bytes;
         self
+    }
+
+    /// Chooses how the backward pass splits its work.
+    pub fn with_backward_schedule(mut self, schedule: BackwardSchedule) -> Self {
+        self.backward_schedule = schedule;
+        self
+    }
+
+    /// Whether the backward pass runs as one pass, on the current rayon pool.
+    pub(crate) fn one_pass_backward(&self) -> bool {
+        match self.backward_schedule {
+            BackwardSchedule::OnePass => true,
+            BackwardSchedule::TwoPass => false,
+            BackwardSchedule::Auto => {
+                self.shape.batch * self.shape.heads_kv >= 4 * rayon::current_num_threads()
+            }
+        }
     }
 
     /// Rows of K (and as many of V) a worker gathers for `map`.

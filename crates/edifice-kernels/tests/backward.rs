@@ -5,8 +5,17 @@
 mod common;
 
 use common::{data, long_kinds, pattern_strategy, shape_strategy, GATHER_BUDGETS};
-use edifice_kernels::{reference, Attention, AttnShape, Isa, Pattern, PatternKind};
+use edifice_kernels::{
+    reference, Attention, AttnShape, BackwardSchedule, Isa, Pattern, PatternKind,
+};
 use proptest::prelude::*;
+
+/// Both explicit schedules, and the automatic choice.
+const SCHEDULES: &[BackwardSchedule] = &[
+    BackwardSchedule::OnePass,
+    BackwardSchedule::TwoPass,
+    BackwardSchedule::Auto,
+];
 
 /// The bar: within 1e-4 of the reference, relative to max |grad|.
 const TOL: f64 = 1e-4;
@@ -59,19 +68,21 @@ proptest! {
 
     #[test]
     fn backward_matches_reference(
-        (shape, pattern, scale, isa, budget, seed) in shape_strategy().prop_flat_map(|shape| (
+        (shape, pattern, scale, isa, budget, schedule, seed) in shape_strategy().prop_flat_map(|shape| (
             Just(shape),
             pattern_strategy(shape),
             prop::option::of(0.01f32..2.0),
             0..Isa::available().len(),
             prop::sample::select(GATHER_BUDGETS),
+            prop::sample::select(SCHEDULES),
             any::<u64>(),
         ))
     ) {
         let mut att = Attention::new(shape, pattern)
             .unwrap()
             .with_isa(Isa::available()[isa])
-            .with_gather_budget(budget);
+            .with_gather_budget(budget)
+            .with_backward_schedule(schedule);
         if let Some(scale) = scale {
             att = att.with_scale(scale).unwrap();
         }
@@ -94,10 +105,13 @@ fn long_sequences_every_pattern() {
     for kind in long_kinds() {
         for causal in [false, true] {
             for &budget in GATHER_BUDGETS {
-                let att = Attention::new(shape, Pattern::new(kind.clone(), causal))
-                    .unwrap()
-                    .with_gather_budget(budget);
-                assert_grads(&att, 11).unwrap();
+                for &schedule in SCHEDULES {
+                    let att = Attention::new(shape, Pattern::new(kind.clone(), causal))
+                        .unwrap()
+                        .with_gather_budget(budget)
+                        .with_backward_schedule(schedule);
+                    assert_grads(&att, 11).unwrap();
+                }
             }
         }
     }
