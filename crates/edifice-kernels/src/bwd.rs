@@ -46,6 +46,10 @@ use crate::Attention;
 /// into whole tiles).
 pub const CHUNK_K: usize = 4 * TILE_K;
 
+/// Bytes of K, V, dK and dV per chunk of keys in the one-pass schedule
+/// (1024 keys at D = 64: measured 5% faster than [`CHUNK_K`] there).
+const ONE_PASS_CHUNK_BYTES: usize = 1 << 20;
+
 /// The tensors of one backward call (shapes as in [`Attention::backward`]).
 pub(crate) struct Inputs<'a> {
     pub q: &'a [f32],
@@ -508,7 +512,10 @@ impl WithSimd for HeadGrad<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let d = self.att.shape().head_dim;
-        let chunk = CHUNK_K * self.map.max_step();
+        // Longer chunks share each query tile's set-up (transposes, δ) among
+        // more key tiles; K, V, dK and dV of a chunk stay within L2.
+        let keys = (ONE_PASS_CHUNK_BYTES / (4 * d * std::mem::size_of::<f32>())) / TILE_K * TILE_K;
+        let chunk = keys.max(CHUNK_K) * self.map.max_step();
         self.dq.fill(0.0);
         for (c, (dk, dv)) in self
             .dk
