@@ -36,8 +36,8 @@ use rayon::prelude::*;
 use crate::pattern::{KeySpan, Rows};
 use crate::simd::{Simd, WithSimd};
 use crate::tile::{
-    contiguous_rows, load_transposed, masked_scores, scores, Bounds, Gathered, KeyRows, PerWorker,
-    RankUpdate, RowsAre, TilePos, S_ROWS, TILE_K, TILE_Q,
+    contiguous_rows, copy_row, load_transposed, masked_scores, scores, Bounds, Gathered, KeyRows,
+    PerWorker, RankUpdate, RowsAre, TilePos, S_ROWS, TILE_K, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
@@ -69,7 +69,92 @@ pub(crate) struct Scratch {
     /// A stepped tile's K rows made contiguous, `[TILE_K, D]`, when they
     /// are not in `gathered`.
     k: Vec<f32>,
+    /// dQ pass: a worker's copy of a head's stepped K and V rows.
     gathered: Gathered,
+    /// dK/dV tasks: the chunk's stepped keys of one class, with gradients.
+    class: ChunkClass,
+}
+
+/// The keys of one stepped class (`residue + m · step`) inside a dK/dV
+/// task's chunk: their K and V rows copied contiguous, and their dK and dV
+/// accumulated contiguous, added into the chunk's strided rows when the
+/// head is done. Strided rows are `step · D` apart and alias in the caches;
+/// every query tile of the head re-reads them.
+struct ChunkClass {
+    /// (residue, step, first m) of the keys held; `None`: nothing held.
+    held: Option<(usize, usize, usize)>,
+    rows: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+impl ChunkClass {
+    fn new(rows: usize, d: usize) -> Self {
+        ChunkClass {
+            held: None,
+            rows: 0,
+            k: vec![0.0; rows * d],
+            v: vec![0.0; rows * d],
+            dk: vec![0.0; rows * d],
+            dv: vec![0.0; rows * d],
+        }
+    }
+
+    /// Takes in the class of `keys` (stepped, inside `first_key..end_key`)
+    /// if nothing is held yet and it fits; returns the row of `keys.start`
+    /// when `keys` belongs to the class held.
+    #[allow(clippy::too_many_arguments)]
+    fn row_of<S: Simd>(
+        &mut self,
+        simd: S,
+        x: &Inputs,
+        kv_base: usize,
+        keys: &KeySpan,
+        first_key: usize,
+        end_key: usize,
+        d: usize,
+    ) -> Option<usize> {
+        let (residue, step) = (keys.start % keys.step, keys.step);
+        if self.held.is_none() && step > 1 {
+            let first_m = first_key.saturating_sub(residue).div_ceil(step);
+            let end_m = end_key.saturating_sub(residue).div_ceil(step);
+            let rows = end_m.saturating_sub(first_m);
+            if rows * d <= self.k.len() {
+                for r in 0..rows {
+                    let from = kv_base + (residue + (first_m + r) * step) * d;
+                    copy_row(simd, &x.k[from..from + d], &mut self.k[r * d..][..d]);
+                    copy_row(simd, &x.v[from..from + d], &mut self.v[r * d..][..d]);
+                }
+                self.dk[..rows * d].fill(0.0);
+                self.dv[..rows * d].fill(0.0);
+                self.held = Some((residue, step, first_m));
+                self.rows = rows;
+            }
+        }
+        match self.held {
+            Some((r, s, first_m)) if r == residue && s == step => Some(keys.start / step - first_m),
+            _ => None,
+        }
+    }
+
+    /// Adds the held keys' dK and dV into the chunk's rows (`dk`, `dv` start
+    /// at `first_key`) and lets the class go.
+    fn flush(&mut self, dk: &mut [f32], dv: &mut [f32], first_key: usize, d: usize) {
+        let Some((residue, step, first_m)) = self.held.take() else {
+            return;
+        };
+        for r in 0..self.rows {
+            let at = (residue + (first_m + r) * step - first_key) * d;
+            for (out, g) in dk[at..at + d].iter_mut().zip(&self.dk[r * d..][..d]) {
+                *out += g;
+            }
+            for (out, g) in dv[at..at + d].iter_mut().zip(&self.dv[r * d..][..d]) {
+                *out += g;
+            }
+        }
+    }
 }
 
 /// The query-side operands of one query tile and the recomputed `Pᵀ` and
@@ -87,7 +172,9 @@ struct TileGrad {
 }
 
 impl Scratch {
-    fn new(d: usize, gather_rows: usize) -> Self {
+    /// Scratch with room for `gather_rows` rows of a head's stepped keys
+    /// (dQ pass) and `class_rows` of a chunk's (dK/dV tasks).
+    fn new(d: usize, gather_rows: usize, class_rows: usize) -> Self {
         Scratch {
             grad: TileGrad {
                 qt: vec![0.0; d * TILE_Q],
@@ -100,13 +187,13 @@ impl Scratch {
             acc: vec![0.0; TILE_Q * d],
             k: vec![0.0; TILE_K * d],
             gathered: Gathered::new(gather_rows, d),
+            class: ChunkClass::new(class_rows, d),
         }
     }
 
-    /// Bytes a thread holds for head dimension `d` and `gather_rows` rows
-    /// of [`Gathered`].
-    pub(crate) fn bytes(d: usize, gather_rows: usize) -> usize {
-        (3 * d * TILE_Q + TILE_K * d + 2 * S_ROWS * TILE_Q + 2 * TILE_Q)
+    /// Bytes a thread holds for head dimension `d` (see [`Scratch::new`]).
+    pub(crate) fn bytes(d: usize, gather_rows: usize, class_rows: usize) -> usize {
+        (3 * d * TILE_Q + TILE_K * d + 2 * S_ROWS * TILE_Q + 2 * TILE_Q + 4 * class_rows * d)
             * std::mem::size_of::<f32>()
             + Gathered::bytes(gather_rows, d)
     }
@@ -200,11 +287,58 @@ impl TileGrad {
     }
 }
 
+/// How one backward call splits its work, and the scratch that takes.
+pub(crate) struct Plan {
+    one_pass: bool,
+    /// Key positions per dK/dV task (a whole number of tiles of the map's
+    /// largest step).
+    chunk: usize,
+    /// Rows of a head's stepped keys a dQ-pass worker gathers.
+    gather_rows: usize,
+    /// Rows of a chunk's stepped class a dK/dV task gathers.
+    class_rows: usize,
+}
+
+impl Plan {
+    pub(crate) fn new(att: &Attention, map: &TileMap, gather_rows: usize, budget: usize) -> Self {
+        let d = att.shape().head_dim;
+        let one_pass = att.one_pass_backward();
+        let keys = if one_pass {
+            // Longer chunks share each query tile's set-up (transposes, δ)
+            // among more key tiles; K, V, dK and dV of a chunk stay in L2.
+            (ONE_PASS_CHUNK_BYTES / (4 * d * std::mem::size_of::<f32>()) / TILE_K * TILE_K)
+                .max(CHUNK_K)
+        } else {
+            CHUNK_K
+        };
+        let step = map.max_step();
+        let class_rows = if step > 1 {
+            keys.min(budget / (4 * d * std::mem::size_of::<f32>()))
+        } else {
+            0
+        };
+        Plan {
+            one_pass,
+            // A strided span clipped to `keys` positions keeps keys / step
+            // keys; widening the chunk by the step keeps its tiles full.
+            chunk: keys * step,
+            gather_rows: if one_pass { 0 } else { gather_rows },
+            class_rows,
+        }
+    }
+
+    /// Bytes of scratch per worker thread (the two passes run one after
+    /// the other, so the larger of theirs).
+    pub(crate) fn scratch_bytes(&self, d: usize) -> usize {
+        Scratch::bytes(d, self.gather_rows, 0).max(Scratch::bytes(d, 0, self.class_rows))
+    }
+}
+
 /// Runs the backward pass. Inputs are validated by [`Attention::backward`].
 pub(crate) fn backward(
     att: &Attention,
     map: &TileMap,
-    gather_rows: usize,
+    plan: &Plan,
     x: &Inputs,
     dq: &mut [f32],
     dk: &mut [f32],
@@ -212,9 +346,10 @@ pub(crate) fn backward(
 ) {
     let s = att.shape();
     let d = s.head_dim;
+    let chunk = plan.chunk;
 
-    if att.one_pass_backward() && !dq.is_empty() && !dk.is_empty() {
-        let scratch = PerWorker::new(|| Scratch::new(d, 0));
+    if plan.one_pass && !dq.is_empty() && !dk.is_empty() {
+        let scratch = PerWorker::new(|| Scratch::new(d, 0, plan.class_rows));
         let group = s.heads_q / s.heads_kv;
         dq.par_chunks_mut(group * s.len_q * d)
             .zip(dk.par_chunks_mut(s.len_k * d))
@@ -228,6 +363,7 @@ pub(crate) fn backward(
                         x,
                         batch: bh / s.heads_kv,
                         kv_head: bh % s.heads_kv,
+                        chunk,
                         dq,
                         dk,
                         dv,
@@ -240,7 +376,7 @@ pub(crate) fn backward(
     }
 
     if s.len_q > 0 && !dq.is_empty() {
-        let scratch = PerWorker::new(|| Scratch::new(d, gather_rows));
+        let scratch = PerWorker::new(|| Scratch::new(d, plan.gather_rows, 0));
         dq.par_chunks_mut(s.len_q * d)
             .enumerate()
             .for_each(|(bh, dq_head)| {
@@ -266,11 +402,7 @@ pub(crate) fn backward(
     }
 
     if s.len_k > 0 && !dk.is_empty() {
-        // dK/dV tasks own their keys: they read them in place.
-        let scratch = PerWorker::new(|| Scratch::new(d, 0));
-        // A strided span clipped to CHUNK_K positions keeps CHUNK_K / step
-        // keys; widening the chunk by the step keeps its tiles TILE_K wide.
-        let chunk = CHUNK_K * map.max_step();
+        let scratch = PerWorker::new(|| Scratch::new(d, 0, plan.class_rows));
         dk.par_chunks_mut(s.len_k * d)
             .zip(dv.par_chunks_mut(s.len_k * d))
             .enumerate()
@@ -444,10 +576,40 @@ impl WithSimd for KeyGrad<'_> {
                             len: TILE_K.min(span.len - t0),
                         };
                         let at = kv_base + keys.start * d;
-                        let (k, v) = (
-                            KeyRows::in_place(&self.x.k[at..], &keys, d),
-                            KeyRows::in_place(&self.x.v[at..], &keys, d),
+                        let held = sc.class.row_of(
+                            simd,
+                            self.x,
+                            kv_base,
+                            &keys,
+                            self.first_key,
+                            end_key,
+                            d,
                         );
+                        let (k, v, dk, dv, out_stride) = match held {
+                            Some(r) => (
+                                KeyRows {
+                                    data: &sc.class.k[r * d..],
+                                    stride: d,
+                                },
+                                KeyRows {
+                                    data: &sc.class.v[r * d..],
+                                    stride: d,
+                                },
+                                &mut sc.class.dk[r * d..],
+                                &mut sc.class.dv[r * d..],
+                                d,
+                            ),
+                            None => {
+                                let out_at = (keys.start - self.first_key) * d;
+                                (
+                                    KeyRows::in_place(&self.x.k[at..], &keys, d),
+                                    KeyRows::in_place(&self.x.v[at..], &keys, d),
+                                    &mut self.dk[out_at..],
+                                    &mut self.dv[out_at..],
+                                    keys.step * d,
+                                )
+                            }
+                        };
                         let live = sc
                             .grad
                             .tile(simd, pos, &keys, block.full, k, v, &mut bounds);
@@ -467,23 +629,14 @@ impl WithSimd for KeyGrad<'_> {
                                 (head - self.kv_head * group) * shape.len_q + pos.rows.first;
                             update.apply(simd, d, &mut dq[first * d..], d);
                         }
-                        let out_at = (keys.start - self.first_key) * d;
-                        let out_stride = keys.step * d;
-                        by_keys(&sc.grad.p, do_rows, keys.len, n_rows).apply(
-                            simd,
-                            d,
-                            &mut self.dv[out_at..],
-                            out_stride,
-                        );
-                        by_keys(&sc.grad.ds, q_rows, keys.len, n_rows).apply(
-                            simd,
-                            d,
-                            &mut self.dk[out_at..],
-                            out_stride,
-                        );
+                        by_keys(&sc.grad.p, do_rows, keys.len, n_rows)
+                            .apply(simd, d, dv, out_stride);
+                        by_keys(&sc.grad.ds, q_rows, keys.len, n_rows)
+                            .apply(simd, d, dk, out_stride);
                     }
                 }
             }
+            sc.class.flush(self.dk, self.dv, self.first_key, d);
         }
         let scale = self.att.scale();
         self.dk.iter_mut().for_each(|x| *x *= scale);
@@ -499,6 +652,8 @@ struct HeadGrad<'a> {
     x: &'a Inputs<'a>,
     batch: usize,
     kv_head: usize,
+    /// Key positions per chunk.
+    chunk: usize,
     /// `[group, Nq, D]`, `[Nk, D]`, `[Nk, D]`.
     dq: &'a mut [f32],
     dk: &'a mut [f32],
@@ -512,10 +667,7 @@ impl WithSimd for HeadGrad<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let d = self.att.shape().head_dim;
-        // Longer chunks share each query tile's set-up (transposes, δ) among
-        // more key tiles; K, V, dK and dV of a chunk stay within L2.
-        let keys = (ONE_PASS_CHUNK_BYTES / (4 * d * std::mem::size_of::<f32>())) / TILE_K * TILE_K;
-        let chunk = keys.max(CHUNK_K) * self.map.max_step();
+        let chunk = self.chunk;
         self.dq.fill(0.0);
         for (c, (dk, dv)) in self
             .dk

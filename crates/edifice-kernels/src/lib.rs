@@ -245,6 +245,11 @@ impl Attention {
         )
     }
 
+    /// How the backward pass over `map` splits its work.
+    fn backward_plan(&self, map: &TileMap) -> bwd::Plan {
+        bwd::Plan::new(self, map, self.gather_rows(map), self.gather_budget)
+    }
+
     /// The shape.
     pub fn shape(&self) -> &AttnShape {
         &self.shape
@@ -281,8 +286,7 @@ impl Attention {
     /// outputs, with `threads` worker threads.
     pub fn backward_extra_bytes(&self, threads: usize) -> usize {
         let map = self.tile_map();
-        // The dQ pass (whose scratch gathers) ends before the dK/dV pass.
-        map.bytes() + threads * bwd::Scratch::bytes(self.shape.head_dim, self.gather_rows(&map))
+        map.bytes() + threads * self.backward_plan(&map).scratch_bytes(self.shape.head_dim)
     }
 
     /// Number of allowed (query, key) pairs summed over batches and heads.
@@ -426,7 +430,7 @@ impl Attention {
             lse,
             d_o,
         };
-        bwd::backward(self, &map, self.gather_rows(&map), &inputs, dq, dk, dv);
+        bwd::backward(self, &map, &self.backward_plan(&map), &inputs, dq, dk, dv);
         Ok(())
     }
 

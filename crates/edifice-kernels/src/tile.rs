@@ -331,17 +331,8 @@ impl Gathered {
         debug_assert!(S::LANES <= d && d.is_multiple_of(S::LANES));
         for row in self.len..end {
             let from = kv_base + (class.1 + row * keys.step) * d;
-            let (k_from, v_from) = (&k[from..from + d], &v[from..from + d]);
-            let (k_to, v_to) = (&mut self.k[row * d..][..d], &mut self.v[row * d..][..d]);
-            // Vector moves in line: `copy_from_slice` calls memmove, whose
-            // start-up cost is large against 256-byte rows.
-            for c in (0..d).step_by(S::LANES) {
-                // SAFETY: c + LANES ≤ d, the length of all four rows.
-                unsafe {
-                    simd.store(k_to.as_mut_ptr().add(c), simd.load(k_from.as_ptr().add(c)));
-                    simd.store(v_to.as_mut_ptr().add(c), simd.load(v_from.as_ptr().add(c)));
-                }
-            }
+            copy_row(simd, &k[from..from + d], &mut self.k[row * d..][..d]);
+            copy_row(simd, &v[from..from + d], &mut self.v[row * d..][..d]);
         }
         self.len = self.len.max(end);
         Some((
@@ -376,6 +367,18 @@ pub(crate) fn contiguous_rows<'a>(
     KeyRows {
         data: &buf[..n_keys * d],
         stride: d,
+    }
+}
+
+/// `to = from` for one row of `D` floats, in vector moves in line:
+/// `copy_from_slice` calls memmove, whose start-up cost is large against
+/// 256-byte rows.
+#[inline(always)]
+pub(crate) fn copy_row<S: Simd>(simd: S, from: &[f32], to: &mut [f32]) {
+    assert!(from.len() == to.len() && from.len().is_multiple_of(S::LANES));
+    for c in (0..from.len()).step_by(S::LANES) {
+        // SAFETY: c + LANES ≤ len, the length of both rows.
+        unsafe { simd.store(to.as_mut_ptr().add(c), simd.load(from.as_ptr().add(c))) }
     }
 }
 
