@@ -37,7 +37,7 @@ use crate::pattern::{KeySpan, Rows};
 use crate::simd::{Simd, WithSimd};
 use crate::tile::{
     contiguous_rows, copy_row, load_transposed, masked_scores, scores, Bounds, Gathered, KeyRows,
-    PerWorker, RankUpdate, RowsAre, TilePos, S_ROWS, TILE_K, TILE_Q,
+    PerWorker, RankUpdate, TilePos, S_ROWS, TILE_K, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
@@ -477,17 +477,8 @@ impl WithSimd for QueryGrad<'_> {
             ));
             let live = sc.grad.tile(simd, &pos, &keys, full, k, v, &mut bounds);
             let k = contiguous_rows(k, keys.len, d, &mut sc.k);
-            let update = RankUpdate {
-                a: &sc.grad.ds,
-                rows_are: RowsAre::Queries,
-                b: k.data,
-                b_stride: k.stride,
-                rows: TILE_Q,
-                red: 0..keys.len,
-                bounds: live,
-                alpha: None,
-            };
-            update.apply(simd, d, &mut acc, d);
+            RankUpdate::by_queries(&sc.grad.ds, k, keys.len, TILE_Q, live, None)
+                .apply(simd, d, &mut acc, d);
         }
         let scale = self.att.scale();
         for (out, a) in self.dq.iter_mut().zip(&acc) {
@@ -615,23 +606,14 @@ impl WithSimd for KeyGrad<'_> {
                             .tile(simd, pos, &keys, block.full, k, v, &mut bounds);
                         if let Some(dq) = dq.as_deref_mut() {
                             let k = contiguous_rows(k, keys.len, d, &mut sc.k);
-                            let update = RankUpdate {
-                                a: &sc.grad.ds,
-                                rows_are: RowsAre::Queries,
-                                b: k.data,
-                                b_stride: k.stride,
-                                rows: n_rows,
-                                red: 0..keys.len,
-                                bounds: live,
-                                alpha: None,
-                            };
                             let first =
                                 (head - self.kv_head * group) * shape.len_q + pos.rows.first;
-                            update.apply(simd, d, &mut dq[first * d..], d);
+                            RankUpdate::by_queries(&sc.grad.ds, k, keys.len, n_rows, live, None)
+                                .apply(simd, d, &mut dq[first * d..], d);
                         }
-                        by_keys(&sc.grad.p, do_rows, keys.len, n_rows)
+                        RankUpdate::by_keys(&sc.grad.p, do_rows, keys.len, n_rows)
                             .apply(simd, d, dv, out_stride);
-                        by_keys(&sc.grad.ds, q_rows, keys.len, n_rows)
+                        RankUpdate::by_keys(&sc.grad.ds, q_rows, keys.len, n_rows)
                             .apply(simd, d, dk, out_stride);
                     }
                 }
@@ -691,20 +673,5 @@ impl WithSimd for HeadGrad<'_> {
         }
         let scale = self.att.scale();
         self.dq.iter_mut().for_each(|x| *x *= scale);
-    }
-}
-
-/// `out[j, :] += Σ_i a[j·TILE_Q + i] · b[i, :]` over the `n_rows` query rows
-/// of a tile: `Pᵀ·dO` into dV and `dSᵀ·Q` into dK, rows `j` of one key tile.
-fn by_keys<'a>(a: &'a [f32], b: &'a [f32], n_keys: usize, n_rows: usize) -> RankUpdate<'a> {
-    RankUpdate {
-        a,
-        rows_are: RowsAre::Keys,
-        b,
-        b_stride: b.len() / n_rows,
-        rows: n_keys,
-        red: 0..n_rows,
-        bounds: None,
-        alpha: None,
     }
 }

@@ -32,7 +32,7 @@ use crate::pattern::Rows;
 use crate::simd::{Simd, WithSimd};
 use crate::tile::{
     contiguous_rows, load_transposed, masked_scores, Bounds, Gathered, KeyRows, PerWorker,
-    RankUpdate, RowsAre, TilePos, S_ROWS, TILE_K, TILE_Q,
+    RankUpdate, TilePos, S_ROWS, TILE_K, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
@@ -194,16 +194,7 @@ impl WithSimd for QueryTile<'_> {
                 &mut sc.l,
                 &mut sc.alpha,
             );
-            let update = RankUpdate {
-                a: &sc.s,
-                rows_are: RowsAre::Queries,
-                b: v.data,
-                b_stride: v.stride,
-                rows: TILE_Q,
-                red: 0..keys.len,
-                bounds: live,
-                alpha: Some(&sc.alpha),
-            };
+            let update = RankUpdate::by_queries(&sc.s, v, keys.len, TILE_Q, live, Some(&sc.alpha));
             update.apply(simd, d, &mut sc.acc, d);
         }
 

@@ -385,7 +385,7 @@ pub(crate) fn copy_row<S: Simd>(simd: S, from: &[f32], to: &mut [f32]) {
 /// What the rows of a [`RankUpdate`] are, in the key-major score buffer
 /// `a[j * TILE_Q + i]` that feeds it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RowsAre {
+enum RowsAre {
     /// Rows are queries `i`, the sum runs over keys `j` (P·V, dS·K).
     Queries,
     /// Rows are keys `j`, the sum runs over queries `i` (Pᵀ·dO, dSᵀ·Q).
@@ -402,21 +402,61 @@ pub(crate) enum RowsAre {
 /// for rows `r < rows`, with `a(r, t)` read from the key-major score buffer
 /// as [`RowsAre`] says, and `out` rows `out_stride` apart and `D` wide.
 pub(crate) struct RankUpdate<'a> {
-    pub a: &'a [f32],
-    pub rows_are: RowsAre,
-    pub b: &'a [f32],
-    pub b_stride: usize,
-    pub rows: usize,
+    a: &'a [f32],
+    rows_are: RowsAre,
+    b: &'a [f32],
+    b_stride: usize,
+    rows: usize,
     /// The reduction range...
-    pub red: Range<usize>,
+    red: Range<usize>,
     /// ...narrowed per block of rows to the keys they read (rows are query
     /// rows of a partial tile).
-    pub bounds: Option<&'a Bounds>,
+    bounds: Option<&'a Bounds>,
     /// Per-row factor on `out` before the update (`None`: 1).
-    pub alpha: Option<&'a [f32]>,
+    alpha: Option<&'a [f32]>,
 }
 
-impl RankUpdate<'_> {
+impl<'a> RankUpdate<'a> {
+    /// `out[i, :] = alpha[i] · out[i, :] + Σ_j a[j·TILE_Q + i] · rows[j, :]`
+    /// for the first `n_rows` query rows of a tile over its `n_keys` keys:
+    /// P·V (forward) and dS·K (dQ). `bounds` narrows each block of rows to
+    /// the keys they read.
+    pub(crate) fn by_queries(
+        a: &'a [f32],
+        rows: KeyRows<'a>,
+        n_keys: usize,
+        n_rows: usize,
+        bounds: Option<&'a Bounds>,
+        alpha: Option<&'a [f32]>,
+    ) -> Self {
+        RankUpdate {
+            a,
+            rows_are: RowsAre::Queries,
+            b: rows.data,
+            b_stride: rows.stride,
+            rows: n_rows,
+            red: 0..n_keys,
+            bounds,
+            alpha,
+        }
+    }
+
+    /// `out[j, :] += Σ_i a[j·TILE_Q + i] · b[i, :]` over the `n_rows` query
+    /// rows of a tile (`b` holds them contiguous): Pᵀ·dO into dV and dSᵀ·Q
+    /// into dK, rows `j` of one key tile.
+    pub(crate) fn by_keys(a: &'a [f32], b: &'a [f32], n_keys: usize, n_rows: usize) -> Self {
+        RankUpdate {
+            a,
+            rows_are: RowsAre::Keys,
+            b,
+            b_stride: b.len() / n_rows,
+            rows: n_keys,
+            red: 0..n_rows,
+            bounds: None,
+            alpha: None,
+        }
+    }
+
     /// Applies the update to `out` (`d` columns; rows `out_stride` apart).
     #[inline(always)]
     pub(crate) fn apply<S: Simd>(&self, simd: S, d: usize, out: &mut [f32], out_stride: usize) {
