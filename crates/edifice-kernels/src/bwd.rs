@@ -28,8 +28,11 @@
 //!   five tile products per pair, parallel over (batch, kv head) only.
 //!
 //! Empty tiles are never visited and the predicate runs only on partial
-//! ones, as in the forward pass. Extra memory: one scratch per thread
-//! (`(3·D + 2·TILE_K + 2) · TILE_Q` f32), independent of `Nq × Nk`.
+//! ones, as in the forward pass. Strided keys are read from contiguous
+//! copies (a dQ worker's [`Gathered`] rows of its head; a dK/dV task's
+//! [`ChunkClass`] of its chunk). Extra memory: one scratch per thread
+//! (`(3·D + 2·TILE_K + 2) · TILE_Q` f32, plus those copies within
+//! [`Attention::with_gather_budget`]), independent of `Nq × Nk`.
 
 use rayon::prelude::*;
 

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::{AttnShape, KernelError};
 
-/// The most query rows one tile may have ([`Pattern::mask_tile`]'s bound).
+/// The most query rows one tile may have (the bound of the kernel's per-tile masking).
 pub const MAX_TILE_ROWS: usize = 128;
 
 /// Keys per tile up to which a union masks through its members' own rules
