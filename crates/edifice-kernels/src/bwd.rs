@@ -108,6 +108,7 @@ impl ChunkClass {
     /// Takes in the class of `keys` (stepped, inside `first_key..end_key`)
     /// if nothing is held yet and it fits; returns the row of `keys.start`
     /// when `keys` belongs to the class held.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn row_of<S: Simd>(
         &mut self,
@@ -144,6 +145,7 @@ impl ChunkClass {
 
     /// Adds the held keys' dK and dV into the chunk's rows (`dk`, `dv` start
     /// at `first_key`) and lets the class go.
+    #[inline(always)]
     fn flush(&mut self, dk: &mut [f32], dv: &mut [f32], first_key: usize, d: usize) {
         let Some((residue, step, first_m)) = self.held.take() else {
             return;
