@@ -323,14 +323,13 @@ impl Gathered {
         if end * d > self.k.len() {
             return None;
         }
-        let class = (kv_base, keys.start % keys.step, keys.step);
-        if self.class != Some(class) {
-            self.class = Some(class);
+        let residue = keys.start % keys.step;
+        if self.class != Some((kv_base, residue, keys.step)) {
+            self.class = Some((kv_base, residue, keys.step));
             self.len = 0;
         }
-        debug_assert!(S::LANES <= d && d.is_multiple_of(S::LANES));
         for row in self.len..end {
-            let from = kv_base + (class.1 + row * keys.step) * d;
+            let from = kv_base + (residue + row * keys.step) * d;
             copy_row(simd, &k[from..from + d], &mut self.k[row * d..][..d]);
             copy_row(simd, &v[from..from + d], &mut self.v[row * d..][..d]);
         }
