@@ -381,16 +381,17 @@ pub(crate) fn backward(
             .enumerate()
             .for_each(|(bh, ((dq, dk), dv))| {
                 scratch.with(|sc| {
-                    let task = HeadGrad {
+                    let task = KeyGrad {
                         att,
                         map,
                         x,
                         batch: bh / s.heads_kv,
                         kv_head: bh % s.heads_kv,
+                        first_key: 0,
                         chunk,
-                        dq,
                         dk,
                         dv,
+                        dq: Some(dq),
                         sc,
                     };
                     att.isa().run(task)
@@ -444,6 +445,7 @@ pub(crate) fn backward(
                                 batch: bh / s.heads_kv,
                                 kv_head: bh % s.heads_kv,
                                 first_key: c * chunk,
+                                chunk,
                                 dk: &mut *dk_chunk,
                                 dv: &mut *dv_chunk,
                                 dq: None,
@@ -531,8 +533,9 @@ fn clip(span: KeySpan, lo: usize, hi: usize) -> Option<KeySpan> {
     })
 }
 
-/// dK and dV of one chunk of keys of one kv head; in the one-pass schedule
-/// also this chunk's share of dQ.
+/// dK and dV of the keys `first_key..` of one kv head, one chunk of `chunk`
+/// key positions after another (two passes: one chunk per task; one pass:
+/// the whole head, and dQ too).
 struct KeyGrad<'a> {
     att: &'a Attention,
     map: &'a TileMap,
@@ -540,6 +543,7 @@ struct KeyGrad<'a> {
     batch: usize,
     kv_head: usize,
     first_key: usize,
+    chunk: usize,
     dk: &'a mut [f32],
     dv: &'a mut [f32],
     /// dQ of the kv head's query heads, `[group, Nq, D]`, to which `dS·K`
@@ -555,151 +559,119 @@ impl WithSimd for KeyGrad<'_> {
     fn with_simd<S: Simd>(self, simd: S) {
         let shape = self.att.shape();
         let d = shape.head_dim;
-        let end_key = self.first_key + self.dk.len() / d;
         let group = shape.heads_q / shape.heads_kv;
         let kv_base = shape.kv_offset(self.batch, self.kv_head);
         let sc = self.sc;
         let mut dq = self.dq;
-        self.dk.fill(0.0);
-        self.dv.fill(0.0);
-        for head in self.kv_head * group..(self.kv_head + 1) * group {
-            let class = self.att.pattern().class_of(shape, self.batch, head);
-            let row0 = (self.batch * shape.heads_q + head) * shape.len_q;
-            for t in 0..self.map.q_tiles() {
-                let mut pos = None;
-                let mut bounds = Bounds::new();
-                for block in self.map.row(class, t) {
-                    let Some(span) = clip(block.span(), self.first_key, end_key) else {
-                        continue;
-                    };
-                    // Not `get_or_insert_with`: a closure is compiled out of
-                    // this target-feature context (measured 12% of a chunk-64
-                    // backward in baseline code).
-                    if pos.is_none() {
-                        let rows = sc.grad.prepare(self.att, self.x, self.batch, head, t);
-                        pos = Some(TilePos {
-                            att: self.att,
-                            batch: self.batch,
-                            head,
-                            rows,
-                        });
-                    }
-                    let Some(pos) = &pos else { unreachable!() };
-                    let n_rows = pos.rows.last - pos.rows.first + 1;
-                    let q_rows = &self.x.q[(row0 + pos.rows.first) * d..][..n_rows * d];
-                    let do_rows = &self.x.d_o[(row0 + pos.rows.first) * d..][..n_rows * d];
-                    for t0 in (0..span.len).step_by(TILE_K) {
-                        let keys = KeySpan {
-                            start: span.key(t0),
-                            step: span.step,
-                            len: TILE_K.min(span.len - t0),
-                        };
-                        let at = kv_base + keys.start * d;
-                        let held = sc.class.row_of(
-                            simd,
-                            self.x,
-                            kv_base,
-                            &keys,
-                            self.first_key,
-                            end_key,
-                            d,
-                        );
-                        let (k, v, dk, dv, out_stride) = match held {
-                            Some(r) => (
-                                KeyRows {
-                                    data: &sc.class.k[r * d..],
-                                    stride: d,
-                                },
-                                KeyRows {
-                                    data: &sc.class.v[r * d..],
-                                    stride: d,
-                                },
-                                &mut sc.class.dk[r * d..],
-                                &mut sc.class.dv[r * d..],
-                                d,
-                            ),
-                            None => {
-                                let out_at = (keys.start - self.first_key) * d;
-                                (
-                                    KeyRows::in_place(&self.x.k[at..], &keys, d),
-                                    KeyRows::in_place(&self.x.v[at..], &keys, d),
-                                    &mut self.dk[out_at..],
-                                    &mut self.dv[out_at..],
-                                    keys.step * d,
-                                )
-                            }
-                        };
-                        let live = sc
-                            .grad
-                            .tile(simd, pos, &keys, block.full, k, v, &mut bounds);
-                        if let Some(dq) = dq.as_deref_mut() {
-                            let k = contiguous_rows(k, keys.len, d, &mut sc.k);
-                            let first =
-                                (head - self.kv_head * group) * shape.len_q + pos.rows.first;
-                            RankUpdate::by_queries(&sc.grad.ds, k, keys.len, n_rows, live, None)
-                                .apply(simd, d, &mut dq[first * d..], d);
-                        }
-                        RankUpdate::by_keys(&sc.grad.p, do_rows, keys.len, n_rows)
-                            .apply(simd, d, dv, out_stride);
-                        RankUpdate::by_keys(&sc.grad.ds, q_rows, keys.len, n_rows)
-                            .apply(simd, d, dk, out_stride);
-                    }
-                }
-            }
-            sc.class.flush(self.dk, self.dv, self.first_key, d);
+        if let Some(dq) = dq.as_deref_mut() {
+            dq.fill(0.0);
         }
-        let scale = self.att.scale();
-        self.dk.iter_mut().for_each(|x| *x *= scale);
-    }
-}
-
-/// dQ, dK and dV of one (batch, kv head) in one sweep over its key chunks:
-/// each (query tile, key tile) pair recomputes P and dS once and feeds all
-/// three gradients.
-struct HeadGrad<'a> {
-    att: &'a Attention,
-    map: &'a TileMap,
-    x: &'a Inputs<'a>,
-    batch: usize,
-    kv_head: usize,
-    /// Key positions per chunk.
-    chunk: usize,
-    /// `[group, Nq, D]`, `[Nk, D]`, `[Nk, D]`.
-    dq: &'a mut [f32],
-    dk: &'a mut [f32],
-    dv: &'a mut [f32],
-    sc: &'a mut Scratch,
-}
-
-impl WithSimd for HeadGrad<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
-        let d = self.att.shape().head_dim;
-        let chunk = self.chunk;
-        self.dq.fill(0.0);
-        for (c, (dk, dv)) in self
+        let (chunk, scale) = (self.chunk, self.att.scale());
+        let chunks = self
             .dk
             .chunks_mut(chunk * d)
-            .zip(self.dv.chunks_mut(chunk * d))
-            .enumerate()
-        {
-            KeyGrad {
-                att: self.att,
-                map: self.map,
-                x: self.x,
-                batch: self.batch,
-                kv_head: self.kv_head,
-                first_key: c * chunk,
-                dk,
-                dv,
-                dq: Some(&mut *self.dq),
-                sc: &mut *self.sc,
+            .zip(self.dv.chunks_mut(chunk * d));
+        for (c, (dk_chunk, dv_chunk)) in chunks.enumerate() {
+            let first_key = self.first_key + c * chunk;
+            let end_key = first_key + dk_chunk.len() / d;
+            dk_chunk.fill(0.0);
+            dv_chunk.fill(0.0);
+            for head in self.kv_head * group..(self.kv_head + 1) * group {
+                let class = self.att.pattern().class_of(shape, self.batch, head);
+                let row0 = (self.batch * shape.heads_q + head) * shape.len_q;
+                for t in 0..self.map.q_tiles() {
+                    let mut pos = None;
+                    let mut bounds = Bounds::new();
+                    for block in self.map.row(class, t) {
+                        let Some(span) = clip(block.span(), first_key, end_key) else {
+                            continue;
+                        };
+                        // Not `get_or_insert_with`: a closure is compiled out of
+                        // this target-feature context (measured 12% of a chunk-64
+                        // backward in baseline code).
+                        if pos.is_none() {
+                            let rows = sc.grad.prepare(self.att, self.x, self.batch, head, t);
+                            pos = Some(TilePos {
+                                att: self.att,
+                                batch: self.batch,
+                                head,
+                                rows,
+                            });
+                        }
+                        let Some(pos) = &pos else { unreachable!() };
+                        let n_rows = pos.rows.last - pos.rows.first + 1;
+                        let q_rows = &self.x.q[(row0 + pos.rows.first) * d..][..n_rows * d];
+                        let do_rows = &self.x.d_o[(row0 + pos.rows.first) * d..][..n_rows * d];
+                        for t0 in (0..span.len).step_by(TILE_K) {
+                            let keys = KeySpan {
+                                start: span.key(t0),
+                                step: span.step,
+                                len: TILE_K.min(span.len - t0),
+                            };
+                            let at = kv_base + keys.start * d;
+                            let held = sc
+                                .class
+                                .row_of(simd, self.x, kv_base, &keys, first_key, end_key, d);
+                            let (k, v, dk, dv, out_stride) = match held {
+                                Some(r) => (
+                                    KeyRows {
+                                        data: &sc.class.k[r * d..],
+                                        stride: d,
+                                    },
+                                    KeyRows {
+                                        data: &sc.class.v[r * d..],
+                                        stride: d,
+                                    },
+                                    &mut sc.class.dk[r * d..],
+                                    &mut sc.class.dv[r * d..],
+                                    d,
+                                ),
+                                None => {
+                                    let out_at = (keys.start - first_key) * d;
+                                    (
+                                        KeyRows::in_place(&self.x.k[at..], &keys, d),
+                                        KeyRows::in_place(&self.x.v[at..], &keys, d),
+                                        &mut dk_chunk[out_at..],
+                                        &mut dv_chunk[out_at..],
+                                        keys.step * d,
+                                    )
+                                }
+                            };
+                            let live =
+                                sc.grad
+                                    .tile(simd, pos, &keys, block.full, k, v, &mut bounds);
+                            if let Some(dq) = dq.as_deref_mut() {
+                                let k = contiguous_rows(k, keys.len, d, &mut sc.k);
+                                let first =
+                                    (head - self.kv_head * group) * shape.len_q + pos.rows.first;
+                                RankUpdate::by_queries(
+                                    &sc.grad.ds,
+                                    k,
+                                    keys.len,
+                                    n_rows,
+                                    live,
+                                    None,
+                                )
+                                .apply(
+                                    simd,
+                                    d,
+                                    &mut dq[first * d..],
+                                    d,
+                                );
+                            }
+                            RankUpdate::by_keys(&sc.grad.p, do_rows, keys.len, n_rows)
+                                .apply(simd, d, dv, out_stride);
+                            RankUpdate::by_keys(&sc.grad.ds, q_rows, keys.len, n_rows)
+                                .apply(simd, d, dk, out_stride);
+                        }
+                    }
+                }
+                sc.class.flush(dk_chunk, dv_chunk, first_key, d);
             }
-            .with_simd(simd);
+            dk_chunk.iter_mut().for_each(|x| *x *= scale);
         }
-        let scale = self.att.scale();
-        self.dq.iter_mut().for_each(|x| *x *= scale);
+        if let Some(dq) = dq {
+            dq.iter_mut().for_each(|x| *x *= scale);
+        }
     }
 }
