@@ -350,6 +350,16 @@ fn golden(case: &str) -> PathBuf {
         .join(format!("../../tests/golden/edifice/{case}.safetensors"))
 }
 
+/// Waits (up to a minute) until a training run in `out` has written its
+/// first checkpoint.
+fn wait_for_checkpoint(out: &Path) {
+    let ckpt = out.join("checkpoint.safetensors");
+    let start = std::time::Instant::now();
+    while !ckpt.exists() && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn run_ok(args: &[&str]) -> String {
     let out = edifice().args(args).output().unwrap();
     assert!(
@@ -678,11 +688,7 @@ fn killed_and_resumed_run_ends_like_an_uninterrupted_one() {
         .spawn()
         .unwrap();
     // Kill once the first checkpoint (step 100) exists and before the end.
-    let ckpt = b.join("checkpoint.safetensors");
-    let start = std::time::Instant::now();
-    while !ckpt.exists() && start.elapsed().as_secs() < 60 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_checkpoint(&b);
     child.kill().unwrap();
     child.wait().unwrap();
     let resume: Vec<String> = args(&b)
@@ -733,11 +739,7 @@ fn sigint_saves_and_exits_cleanly() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let ckpt = out.join("checkpoint.safetensors");
-    let start = std::time::Instant::now();
-    while !ckpt.exists() && start.elapsed().as_secs() < 60 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_checkpoint(&out);
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -753,6 +755,7 @@ fn sigint_saves_and_exits_cleanly() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no interruption message in {log:?}"));
     assert!((100..100000).contains(&step), "{log}");
+    let ckpt = out.join("checkpoint.safetensors");
     let eval = run_ok(&["eval", ckpt.to_str().unwrap(), "--json", "--batches", "1"]);
     let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
     assert_eq!(eval["step"], step);
