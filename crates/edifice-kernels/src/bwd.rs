@@ -39,8 +39,8 @@ use rayon::prelude::*;
 use crate::pattern::{KeySpan, Rows};
 use crate::simd::{Simd, WithSimd};
 use crate::tile::{
-    contiguous_rows, copy_row, load_transposed, masked_scores, scores, Bounds, Gathered, KeyRows,
-    PerWorker, RankUpdate, TilePos, S_ROWS, TILE_K, TILE_Q,
+    contiguous_rows, copy_stepped, load_transposed, masked_scores, scores, Bounds, Gathered,
+    KeyRows, PerWorker, RankUpdate, TilePos, S_ROWS, TILE_K, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
@@ -126,11 +126,23 @@ impl ChunkClass {
             let end_m = end_key.saturating_sub(residue).div_ceil(step);
             let rows = end_m.saturating_sub(first_m);
             if rows * d <= self.k.len() {
-                for r in 0..rows {
-                    let from = kv_base + (residue + (first_m + r) * step) * d;
-                    copy_row(simd, &x.k[from..from + d], &mut self.k[r * d..][..d]);
-                    copy_row(simd, &x.v[from..from + d], &mut self.v[r * d..][..d]);
-                }
+                let first = residue + first_m * step;
+                copy_stepped(
+                    simd,
+                    &x.k[kv_base..],
+                    first,
+                    step,
+                    d,
+                    &mut self.k[..rows * d],
+                );
+                copy_stepped(
+                    simd,
+                    &x.v[kv_base..],
+                    first,
+                    step,
+                    d,
+                    &mut self.v[..rows * d],
+                );
                 self.dk[..rows * d].fill(0.0);
                 self.dv[..rows * d].fill(0.0);
                 self.held = Some((residue, step, first_m));
@@ -150,13 +162,12 @@ impl ChunkClass {
         let Some((residue, step, first_m)) = self.held.take() else {
             return;
         };
-        for r in 0..self.rows {
-            let at = (residue + (first_m + r) * step - first_key) * d;
-            for (out, g) in dk[at..at + d].iter_mut().zip(&self.dk[r * d..][..d]) {
-                *out += g;
-            }
-            for (out, g) in dv[at..at + d].iter_mut().zip(&self.dv[r * d..][..d]) {
-                *out += g;
+        for (out, held) in [(dk, &self.dk), (dv, &self.dv)] {
+            for (r, g) in held.chunks_exact(d).take(self.rows).enumerate() {
+                let at = (residue + (first_m + r) * step - first_key) * d;
+                for (o, g) in out[at..at + d].iter_mut().zip(g) {
+                    *o += g;
+                }
             }
         }
     }
@@ -324,8 +335,9 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn new(att: &Attention, map: &TileMap, gather_rows: usize, budget: usize) -> Self {
+    pub(crate) fn new(att: &Attention, map: &TileMap) -> Self {
         let d = att.shape().head_dim;
+        let budget = att.gather_budget;
         let one_pass = att.one_pass_backward();
         let keys = if one_pass {
             // Longer chunks share each query tile's set-up (transposes, δ)
@@ -346,7 +358,7 @@ impl Plan {
             // A strided span clipped to `keys` positions keeps keys / step
             // keys; widening the chunk by the step keeps its tiles full.
             chunk: keys * step,
-            gather_rows: if one_pass { 0 } else { gather_rows },
+            gather_rows: if one_pass { 0 } else { att.gather_rows(map) },
             class_rows,
         }
     }
@@ -602,12 +614,7 @@ impl WithSimd for KeyGrad<'_> {
                         let n_rows = pos.rows.last - pos.rows.first + 1;
                         let q_rows = &self.x.q[(row0 + pos.rows.first) * d..][..n_rows * d];
                         let do_rows = &self.x.d_o[(row0 + pos.rows.first) * d..][..n_rows * d];
-                        for t0 in (0..span.len).step_by(TILE_K) {
-                            let keys = KeySpan {
-                                start: span.key(t0),
-                                step: span.step,
-                                len: TILE_K.min(span.len - t0),
-                            };
+                        for keys in span.tiles(TILE_K) {
                             let at = kv_base + keys.start * d;
                             let held = sc
                                 .class

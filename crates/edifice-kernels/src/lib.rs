@@ -236,18 +236,13 @@ impl Attention {
     }
 
     /// Rows of K (and as many of V) a worker gathers for `map`.
-    fn gather_rows(&self, map: &TileMap) -> usize {
+    pub(crate) fn gather_rows(&self, map: &TileMap) -> usize {
         tile::Gathered::rows_for(
             map,
             self.shape.len_k,
             self.shape.head_dim,
             self.gather_budget,
         )
-    }
-
-    /// How the backward pass over `map` splits its work.
-    fn backward_plan(&self, map: &TileMap) -> bwd::Plan {
-        bwd::Plan::new(self, map, self.gather_rows(map), self.gather_budget)
     }
 
     /// The shape.
@@ -286,7 +281,7 @@ impl Attention {
     /// outputs, with `threads` worker threads.
     pub fn backward_extra_bytes(&self, threads: usize) -> usize {
         let map = self.tile_map();
-        map.bytes() + threads * self.backward_plan(&map).scratch_bytes(self.shape.head_dim)
+        map.bytes() + threads * bwd::Plan::new(self, &map).scratch_bytes(self.shape.head_dim)
     }
 
     /// Number of allowed (query, key) pairs summed over batches and heads.
@@ -430,7 +425,7 @@ impl Attention {
             lse,
             d_o,
         };
-        bwd::backward(self, &map, &self.backward_plan(&map), &inputs, dq, dk, dv);
+        bwd::backward(self, &map, &bwd::Plan::new(self, &map), &inputs, dq, dk, dv);
         Ok(())
     }
 

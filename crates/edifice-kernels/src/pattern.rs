@@ -212,6 +212,16 @@ impl KeySpan {
     pub fn key(&self, t: usize) -> usize {
         self.start + t * self.step
     }
+
+    /// The span as consecutive tiles of at most `tile_k` keys.
+    #[inline]
+    pub fn tiles(self, tile_k: usize) -> impl Iterator<Item = KeySpan> {
+        (0..self.len).step_by(tile_k).map(move |t| KeySpan {
+            start: self.key(t),
+            step: self.step,
+            len: tile_k.min(self.len - t),
+        })
+    }
 }
 
 /// A band of query rows: rows `first..=last`, at aligned positions `a..=b`.

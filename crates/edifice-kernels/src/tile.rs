@@ -266,7 +266,8 @@ impl<'a> KeyRows<'a> {
 /// L2-resident rows. Bounded by [`Attention::with_gather_budget`] per worker;
 /// the rows of a class past it are read in place.
 pub(crate) struct Gathered {
-    /// (kv offset, first key, step) of the rows held, and how many.
+    /// (kv offset, residue, step) of the class whose rows are held, and
+    /// how many rows (from the class's first key on).
     class: Option<(usize, usize, usize)>,
     len: usize,
     k: Vec<f32>,
@@ -328,12 +329,16 @@ impl Gathered {
             self.class = Some((kv_base, residue, keys.step));
             self.len = 0;
         }
-        for row in self.len..end {
-            let from = kv_base + (residue + row * keys.step) * d;
-            copy_row(simd, &k[from..from + d], &mut self.k[row * d..][..d]);
-            copy_row(simd, &v[from..from + d], &mut self.v[row * d..][..d]);
+        if end > self.len {
+            let first = residue + self.len * keys.step;
+            let (k_to, v_to) = (
+                &mut self.k[self.len * d..end * d],
+                &mut self.v[self.len * d..end * d],
+            );
+            copy_stepped(simd, &k[kv_base..], first, keys.step, d, k_to);
+            copy_stepped(simd, &v[kv_base..], first, keys.step, d, v_to);
+            self.len = end;
         }
-        self.len = self.len.max(end);
         Some((
             KeyRows {
                 data: &self.k[first * d..end * d],
@@ -369,15 +374,27 @@ pub(crate) fn contiguous_rows<'a>(
     }
 }
 
-/// `to = from` for one row of `D` floats, in vector moves in line:
+/// Copies rows `first`, `first + step`, … of `src` (rows of `d` floats)
+/// into the consecutive rows of `to`, as many as `to` holds: a strided
+/// class's keys made contiguous. Vector moves in line, since
 /// `copy_from_slice` calls memmove, whose start-up cost is large against
 /// 256-byte rows.
 #[inline(always)]
-pub(crate) fn copy_row<S: Simd>(simd: S, from: &[f32], to: &mut [f32]) {
-    assert!(from.len() == to.len() && from.len().is_multiple_of(S::LANES));
-    for c in (0..from.len()).step_by(S::LANES) {
-        // SAFETY: c + LANES ≤ len, the length of both rows.
-        unsafe { simd.store(to.as_mut_ptr().add(c), simd.load(from.as_ptr().add(c))) }
+pub(crate) fn copy_stepped<S: Simd>(
+    simd: S,
+    src: &[f32],
+    first: usize,
+    step: usize,
+    d: usize,
+    to: &mut [f32],
+) {
+    assert!(d.is_multiple_of(S::LANES));
+    for (r, row) in to.chunks_exact_mut(d).enumerate() {
+        let from = &src[(first + r * step) * d..][..d];
+        for c in (0..d).step_by(S::LANES) {
+            // SAFETY: c + LANES ≤ d, the length of both rows.
+            unsafe { simd.store(row.as_mut_ptr().add(c), simd.load(from.as_ptr().add(c))) }
+        }
     }
 }
 

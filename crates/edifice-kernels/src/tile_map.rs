@@ -154,17 +154,8 @@ impl TileMap {
 
     /// Iterates over the key tiles of one block, `tile_k` keys at a time.
     pub fn tiles(&self, block: &KeyBlock) -> impl Iterator<Item = KeySpan> {
-        split_span(block.span(), self.tile_k)
+        block.span().tiles(self.tile_k)
     }
-}
-
-/// Splits a span into consecutive tiles of at most `tile_k` keys.
-fn split_span(span: KeySpan, tile_k: usize) -> impl Iterator<Item = KeySpan> {
-    (0..span.len).step_by(tile_k).map(move |t| KeySpan {
-        start: span.key(t),
-        step: span.step,
-        len: tile_k.min(span.len - t),
-    })
 }
 
 /// Classifies the tiles of one span and appends them as merged runs.
@@ -180,7 +171,7 @@ fn push_span(
     blocks: &mut Vec<KeyBlock>,
 ) {
     let mut open: Option<KeyBlock> = None;
-    for tile in split_span(*span, tile_k) {
+    for tile in span.tiles(tile_k) {
         let kind = pattern.classify(shape, batch, head, rows, &tile);
         let full = kind == TileKind::Full;
         match (&mut open, kind) {
