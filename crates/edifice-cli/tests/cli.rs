@@ -350,6 +350,27 @@ fn golden(case: &str) -> PathBuf {
         .join(format!("../../tests/golden/edifice/{case}.safetensors"))
 }
 
+/// `edifice train` arguments for a small quiet run of `steps` steps into
+/// `out` (sequences of 24 frames, batches of 8).
+fn small_train(out: &Path, steps: usize) -> Vec<String> {
+    let steps = steps.to_string();
+    [
+        "train",
+        "--quiet",
+        "--seq-len",
+        "24",
+        "--batch-size",
+        "8",
+        "--steps",
+        &steps,
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([out.to_str().unwrap().to_string()])
+    .collect()
+}
+
 /// Waits (up to a minute) until a training run in `out` has written its
 /// first checkpoint.
 fn wait_for_checkpoint(out: &Path) {
@@ -664,23 +685,7 @@ fn train_writes_metrics_and_checkpoints_and_resumes() {
 fn killed_and_resumed_run_ends_like_an_uninterrupted_one() {
     let dir = Dir::new("kill");
     let (a, b) = (dir.path("a"), dir.path("b"));
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--quiet",
-            "--seq-len",
-            "24",
-            "--batch-size",
-            "8",
-            "--steps",
-            "300",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([out.to_str().unwrap().to_string()])
-        .collect()
-    };
+    let args = |out: &Path| small_train(out, 300);
     run_ok(&args(&a).iter().map(String::as_str).collect::<Vec<_>>());
     let mut child = edifice()
         .args(args(&b))
@@ -722,18 +727,7 @@ fn killed_and_resumed_run_ends_like_an_uninterrupted_one() {
 fn sigint_saves_and_exits_cleanly() {
     let dir = Dir::new("sigint");
     let out = dir.path("run");
-    let args = [
-        "train",
-        "--quiet",
-        "--seq-len",
-        "24",
-        "--batch-size",
-        "8",
-        "--steps",
-        "100000",
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let args = small_train(&out, 100_000);
     let child = edifice()
         .args(args)
         .stdout(std::process::Stdio::piped())

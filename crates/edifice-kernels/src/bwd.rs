@@ -127,22 +127,9 @@ impl ChunkClass {
             let rows = end_m.saturating_sub(first_m);
             if rows * d <= self.k.len() {
                 let first = residue + first_m * step;
-                copy_stepped(
-                    simd,
-                    &x.k[kv_base..],
-                    first,
-                    step,
-                    d,
-                    &mut self.k[..rows * d],
-                );
-                copy_stepped(
-                    simd,
-                    &x.v[kv_base..],
-                    first,
-                    step,
-                    d,
-                    &mut self.v[..rows * d],
-                );
+                for (src, to) in [(x.k, &mut self.k), (x.v, &mut self.v)] {
+                    copy_stepped(simd, &src[kv_base..], first, step, d, &mut to[..rows * d]);
+                }
                 self.dk[..rows * d].fill(0.0);
                 self.dv[..rows * d].fill(0.0);
                 self.held = Some((residue, step, first_m));

@@ -331,12 +331,10 @@ impl Gathered {
         }
         if end > self.len {
             let first = residue + self.len * keys.step;
-            let (k_to, v_to) = (
-                &mut self.k[self.len * d..end * d],
-                &mut self.v[self.len * d..end * d],
-            );
-            copy_stepped(simd, &k[kv_base..], first, keys.step, d, k_to);
-            copy_stepped(simd, &v[kv_base..], first, keys.step, d, v_to);
+            for (src, to) in [(k, &mut self.k), (v, &mut self.v)] {
+                let to = &mut to[self.len * d..end * d];
+                copy_stepped(simd, &src[kv_base..], first, keys.step, d, to);
+            }
             self.len = end;
         }
         Some((
