@@ -143,6 +143,8 @@ def main():
     ap.add_argument("--backward", action="store_true",
                     help="also time forward + backward (gradients of q, k, v) for N up to --backward-max-n")
     ap.add_argument("--backward-max-n", type=int, default=4096)
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                    help="storage type of q, k, v (bf16: f32 accumulation on both sides)")
     ap.add_argument("--out", default=str(ROOT / "bench-out" / "bench_vs_torch.json"))
     ap.add_argument("--models", action="store_true", help="compare the models (see above) instead of the kernel")
     ap.add_argument("--batch", type=int, default=32, help="--models: training batch size")
@@ -170,6 +172,7 @@ def main():
             binary, "bench", "kernel", "--json",
             "--threads", str(args.threads), "--sizes", str(n), "--patterns", spec,
             "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--min-time", str(args.min_time),
+            "--dtype", args.dtype,
         ]
         if args.peers:
             cmd.append("--peers")
@@ -210,9 +213,10 @@ def main():
                     keep(rec)
                 p = ours[0]["allowed_pairs"]
                 grads = args.backward and n <= args.backward_max_n
-                q = torch.from_numpy(inputs(h * n * d, 1)).view(1, h, n, d)
-                k = torch.from_numpy(inputs(h * n * d, 2)).view(1, h, n, d)
-                v = torch.from_numpy(inputs(h * n * d, 3)).view(1, h, n, d)
+                dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+                q = torch.from_numpy(inputs(h * n * d, 1)).view(1, h, n, d).to(dtype)
+                k = torch.from_numpy(inputs(h * n * d, 2)).view(1, h, n, d).to(dtype)
+                v = torch.from_numpy(inputs(h * n * d, 3)).view(1, h, n, d).to(dtype)
 
                 def record(name, secs, pass_="forward", **extra):
                     # Forward + backward counts 3.5x the forward FLOPs (2 + 5 matmuls), as edifice does.
@@ -228,7 +232,7 @@ def main():
                 def fwd_bwd(attend):
                     """Times attend(q, k, v) followed by its backward pass."""
                     qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
-                    g = torch.from_numpy(inputs(h * n * d, 4)).view(1, h, n, d)
+                    g = torch.from_numpy(inputs(h * n * d, 4)).view(1, h, n, d).to(q.dtype)
 
                     def step():
                         qg.grad = kg.grad = vg.grad = None
@@ -271,7 +275,7 @@ def main():
                   if (name, pass_) in {(r["impl_name"], r["pass"]) for r in records}]
         if not any(r["pass"] == pass_ for r in records):
             continue
-        print(f"\n{pass_}: threads={args.threads} B=1 H={h} D={d} f32; best of {args.rounds} rounds; useful GFLOP/s "
+        print(f"\n{pass_}: threads={args.threads} B=1 H={h} D={d} {args.dtype}; best of {args.rounds} rounds; useful GFLOP/s "
               f"(4 x allowed pairs x D{' x 3.5' if pass_ != 'forward' else ''} / time); "
               f"ratio = edifice throughput / other's")
         print("| pattern | N | edifice GFLOP/s | " + " | ".join(f"{o} GFLOP/s | edifice / {o}" for o in others) + " |")

@@ -4,19 +4,23 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use edifice_kernels::{Attention, AttnShape, BoolMask, Pattern, PatternKind};
+use edifice_kernels::{bf16, Attention, AttnShape, BoolMask, Pattern, PatternKind};
+use safetensors::Dtype;
 
-use crate::tensors::{write_f32, TensorFile};
+use crate::tensors::{write, Encoded, Stored, TensorFile};
 
 #[derive(Args)]
 pub struct AttnArgs {
-    /// safetensors file with f32 tensors q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D]
-    /// (and `mask` [Nq, Nk] or [B, Hq, Nq, Nk], BOOL or U8, for `--pattern mask`;
-    /// and optionally `do` [B, Hq, Nq, D], the gradient of a loss with respect to o).
+    /// safetensors file with tensors q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D],
+    /// all F32 or all BF16 (and `mask` [Nq, Nk] or [B, Hq, Nq, Nk], BOOL or U8,
+    /// for `--pattern mask`; and optionally `do` [B, Hq, Nq, D], the gradient of
+    /// a loss with respect to o, in q's dtype). BF16 is computed with f32
+    /// accumulation.
     #[arg(long)]
     input: PathBuf,
-    /// Where to write o [B, Hq, Nq, D] and lse [B, Hq, Nq] (f32), and, when the
-    /// input has `do`, dq, dk and dv (shaped like q, k and v).
+    /// Where to write o [B, Hq, Nq, D] (q's dtype) and lse [B, Hq, Nq] (F32),
+    /// and, when the input has `do`, dq, dk and dv (shaped like q, k and v, in
+    /// q's dtype).
     #[arg(long)]
     output: PathBuf,
     /// full, window:W, chunk:C, strided:S:L, shifted:G or mask.
@@ -32,9 +36,18 @@ pub struct AttnArgs {
 
 pub fn run(args: AttnArgs) -> Result<()> {
     let file = TensorFile::read(&args.input)?;
-    let (q, qd) = file.f32("q", 4)?;
-    let (k, kd) = file.f32("k", 4)?;
-    let (v, vd) = file.f32("v", 4)?;
+    match file.dtype("q")? {
+        Dtype::BF16 => run_as::<bf16>(&args, &file),
+        _ => run_as::<f32>(&args, &file),
+    }
+}
+
+/// `attn` with q, k, v, o (and do, dq, dk, dv) stored as `E`; q's dtype
+/// picks `E` and the other tensors must have it too.
+fn run_as<E: Stored>(args: &AttnArgs, file: &TensorFile) -> Result<()> {
+    let (q, qd) = file.floats::<E>("q", 4)?;
+    let (k, kd) = file.floats::<E>("k", 4)?;
+    let (v, vd) = file.floats::<E>("v", 4)?;
     if kd != vd {
         bail!("k has dims {kd:?} but v has dims {vd:?}; they must match");
     }
@@ -60,19 +73,20 @@ pub fn run(args: AttnArgs) -> Result<()> {
         att = att.with_scale(scale)?;
     }
     let (o, lse) = att.forward_vec(&q, &k, &v)?;
-    let mut out: Vec<(&str, Vec<usize>, &[f32])> =
-        vec![("o", qd.clone(), &o), ("lse", qd[..3].to_vec(), &lse)];
-    let grads;
+    let mut out = vec![
+        Encoded::new("o", &qd, &o),
+        Encoded::new("lse", &qd[..3], &lse),
+    ];
     if file.has("do") {
-        let (d_o, dod) = file.f32("do", 4)?;
+        let (d_o, dod) = file.floats::<E>("do", 4)?;
         if dod != qd {
             bail!("do has dims {dod:?} but q has dims {qd:?}; they must match");
         }
-        grads = att.backward_vec(&q, &k, &v, &o, &lse, &d_o)?;
-        out.push(("dq", qd.clone(), &grads.0));
-        out.push(("dk", kd.clone(), &grads.1));
-        out.push(("dv", kd.clone(), &grads.2));
+        let (dq, dk, dv) = att.backward_vec(&q, &k, &v, &o, &lse, &d_o)?;
+        out.push(Encoded::new("dq", &qd, &dq));
+        out.push(Encoded::new("dk", &kd, &dk));
+        out.push(Encoded::new("dv", &kd, &dv));
     }
-    write_f32(&args.output, &out).context("writing the output")?;
+    write(&args.output, &out).context("writing the output")?;
     Ok(())
 }

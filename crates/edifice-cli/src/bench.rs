@@ -5,7 +5,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use edifice_kernels::reference::uniform;
-use edifice_kernels::{Attention, AttnShape, BackwardSchedule, Pattern, PatternKind};
+use edifice_kernels::{
+    bf16, Attention, AttnShape, BackwardSchedule, Element, Isa, Pattern, PatternKind,
+};
 use serde::Serialize;
 
 use crate::alloc;
@@ -58,12 +60,46 @@ pub struct KernelArgs {
     /// at least four (batch, head) pairs per thread), `one-pass` or `two-pass`.
     #[arg(long, value_enum, default_value_t = Schedule::Auto)]
     backward_schedule: Schedule,
+    /// Storage type of q, k, v and o (bf16: f32 accumulation).
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
+    /// Instruction set (default: the widest the CPU has for the head
+    /// dimension). `avx512-bf16` makes bf16 use `vdpbf16ps` pair products.
+    #[arg(long, value_enum)]
+    isa: Option<IsaArg>,
     /// Print the standard pattern set, one per line, and exit.
     #[arg(long)]
     list_patterns: bool,
     /// Largest N for the peers (burn materialises N × N scores per head).
     #[arg(long, default_value_t = 4096)]
     peers_max_n: usize,
+}
+
+/// The storage type on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+enum Dtype {
+    F32,
+    Bf16,
+}
+
+/// [`Isa`] on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+enum IsaArg {
+    Avx512Bf16,
+    Avx512,
+    Avx2,
+    Scalar,
+}
+
+impl From<IsaArg> for Isa {
+    fn from(isa: IsaArg) -> Self {
+        match isa {
+            IsaArg::Avx512Bf16 => Isa::Avx512Bf16,
+            IsaArg::Avx512 => Isa::Avx512,
+            IsaArg::Avx2 => Isa::Avx2,
+            IsaArg::Scalar => Isa::Scalar,
+        }
+    }
 }
 
 /// [`BackwardSchedule`] on the command line.
@@ -107,6 +143,8 @@ struct Record {
     head_dim: usize,
     threads: usize,
     isa: String,
+    /// Storage type of q, k, v and o.
+    dtype: String,
     /// Median wall time of one call.
     ms: f64,
     /// Useful FLOPs over the median time: 4 × allowed pairs × D for the
@@ -207,66 +245,18 @@ fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
                 len_k: n,
                 head_dim: args.head_dim,
             };
-            let att = Attention::new(shape, pattern.clone())?
+            let mut att = Attention::new(shape, pattern.clone())?
                 .with_backward_schedule(args.backward_schedule.into());
-            let q = uniform(shape.q_len(), 1);
-            let k = uniform(shape.kv_len(), 2);
-            let v = uniform(shape.kv_len(), 3);
-            let mut o = vec![0.0; shape.q_len()];
-            let mut lse = vec![0.0; shape.lse_len()];
-            let (result, extra_bytes) =
-                alloc::measure(|| att.forward(&q, &k, &v, &mut o, &mut lse));
-            result?;
-            let (secs, iters) = time_it(args.min_time, || {
-                att.forward(&q, &k, &v, &mut o, &mut lse)
-                    .expect("validated above")
-            });
-            let allowed_pairs = att.allowed_pairs();
-            let record = Record {
-                impl_name: "edifice".into(),
-                pass: "forward".into(),
-                pattern: spec.clone(),
-                n,
-                batch: args.batch,
-                heads: args.heads,
-                head_dim: args.head_dim,
-                threads,
-                isa: format!("{:?}", att.isa()),
-                ms: secs * 1e3,
-                gflops: 4.0 * allowed_pairs as f64 * args.head_dim as f64 / secs / 1e9,
-                allowed_pairs,
-                extra_bytes,
-                iters,
-            };
-            let mut found = vec![record];
-            if args.backward {
-                let d_o = uniform(shape.q_len(), 4);
-                let (mut dq, mut dk, mut dv) = (
-                    vec![0.0; shape.q_len()],
-                    vec![0.0; shape.kv_len()],
-                    vec![0.0; shape.kv_len()],
-                );
-                let mut step = || -> Result<(), edifice_kernels::KernelError> {
-                    att.forward(&q, &k, &v, &mut o, &mut lse)?;
-                    att.backward(&q, &k, &v, &o, &lse, &d_o, &mut dq, &mut dk, &mut dv)
-                };
-                let (result, extra_bytes) = alloc::measure(&mut step);
-                result?;
-                let (secs, iters) = time_it(args.min_time, || step().expect("validated above"));
-                found.push(Record {
-                    pass: "forward+backward".into(),
-                    ms: secs * 1e3,
-                    gflops: 3.5 * found[0].gflops * found[0].ms / (secs * 1e3),
-                    extra_bytes,
-                    iters,
-                    impl_name: found[0].impl_name.clone(),
-                    pattern: found[0].pattern.clone(),
-                    isa: found[0].isa.clone(),
-                    ..found[0]
-                });
+            if let Some(isa) = args.isa {
+                att = att.with_isa(isa.into());
             }
-            if args.peers && n <= args.peers_max_n && matches!(pattern.kind, PatternKind::Full) {
-                found.extend(peers(args, &found[0], pattern.causal, [&q, &k, &v])?);
+            let mut found = match args.dtype {
+                Dtype::F32 => time_kernel::<f32>(args, &att, spec, threads)?,
+                Dtype::Bf16 => time_kernel::<bf16>(args, &att, spec, threads)?,
+            };
+            let dense = matches!(pattern.kind, PatternKind::Full);
+            if args.peers && n <= args.peers_max_n && dense && matches!(args.dtype, Dtype::F32) {
+                found.extend(peers(args, &found[0], pattern.causal)?);
             }
             for record in found {
                 if !args.json {
@@ -295,14 +285,90 @@ fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
     Ok(())
 }
 
-/// Times the Rust peers on the dense case `ours` was measured on.
-#[cfg(feature = "peers")]
-fn peers(
+/// Inputs of one case: uniform in [-1, 1), the same for every dtype (up to
+/// rounding) and every implementation.
+fn inputs<E: Element>(n: usize, seed: u32) -> Vec<E> {
+    uniform(n, seed).into_iter().map(E::from_f32).collect()
+}
+
+/// Times our kernel's forward pass (and forward + backward with
+/// `--backward`) on one case with storage type `E`.
+fn time_kernel<E: Element>(
     args: &KernelArgs,
-    ours: &Record,
-    causal: bool,
-    [q, k, v]: [&Vec<f32>; 3],
+    att: &Attention,
+    spec: &str,
+    threads: usize,
 ) -> Result<Vec<Record>> {
+    let shape = *att.shape();
+    let q = inputs::<E>(shape.q_len(), 1);
+    let k = inputs::<E>(shape.kv_len(), 2);
+    let v = inputs::<E>(shape.kv_len(), 3);
+    let mut o = vec![E::default(); shape.q_len()];
+    let mut lse = vec![0.0; shape.lse_len()];
+    let (result, extra_bytes) = alloc::measure(|| att.forward(&q, &k, &v, &mut o, &mut lse));
+    result?;
+    let (secs, iters) = time_it(args.min_time, || {
+        att.forward(&q, &k, &v, &mut o, &mut lse)
+            .expect("validated above")
+    });
+    let allowed_pairs = att.allowed_pairs();
+    let record = Record {
+        impl_name: "edifice".into(),
+        pass: "forward".into(),
+        pattern: spec.to_string(),
+        n: shape.len_q,
+        batch: args.batch,
+        heads: args.heads,
+        head_dim: args.head_dim,
+        threads,
+        isa: format!("{:?}", att.isa()),
+        dtype: E::NAME.into(),
+        ms: secs * 1e3,
+        gflops: 4.0 * allowed_pairs as f64 * args.head_dim as f64 / secs / 1e9,
+        allowed_pairs,
+        extra_bytes,
+        iters,
+    };
+    let mut found = vec![record];
+    if args.backward {
+        let d_o = inputs::<E>(shape.q_len(), 4);
+        let (mut dq, mut dk, mut dv) = (
+            vec![E::default(); shape.q_len()],
+            vec![E::default(); shape.kv_len()],
+            vec![E::default(); shape.kv_len()],
+        );
+        let mut step = || -> Result<(), edifice_kernels::KernelError> {
+            att.forward(&q, &k, &v, &mut o, &mut lse)?;
+            att.backward(&q, &k, &v, &o, &lse, &d_o, &mut dq, &mut dk, &mut dv)
+        };
+        let (result, extra_bytes) = alloc::measure(&mut step);
+        result?;
+        let (secs, iters) = time_it(args.min_time, || step().expect("validated above"));
+        found.push(Record {
+            pass: "forward+backward".into(),
+            ms: secs * 1e3,
+            gflops: 3.5 * found[0].gflops * found[0].ms / (secs * 1e3),
+            extra_bytes,
+            iters,
+            impl_name: found[0].impl_name.clone(),
+            pattern: found[0].pattern.clone(),
+            isa: found[0].isa.clone(),
+            dtype: found[0].dtype.clone(),
+            ..found[0]
+        });
+    }
+    Ok(found)
+}
+
+/// Times the Rust peers (f32) on the dense case `ours` was measured on.
+#[cfg(feature = "peers")]
+fn peers(args: &KernelArgs, ours: &Record, causal: bool) -> Result<Vec<Record>> {
+    let (q, k, v) = (
+        inputs::<f32>(ours.batch * ours.heads * ours.n * ours.head_dim, 1),
+        inputs::<f32>(ours.batch * ours.heads * ours.n * ours.head_dim, 2),
+        inputs::<f32>(ours.batch * ours.heads * ours.n * ours.head_dim, 3),
+    );
+    let (q, k, v) = (&q, &k, &v);
     let case = edifice_bench_peers::Case {
         batch: ours.batch,
         heads: ours.heads,
@@ -322,6 +388,7 @@ fn peers(
             impl_name: name.to_string(),
             pass: "forward".into(),
             isa: String::new(),
+            dtype: "f32".into(),
             ms: secs * 1e3,
             gflops: 4.0 * ours.allowed_pairs as f64 * ours.head_dim as f64 / secs / 1e9,
             extra_bytes,
@@ -334,6 +401,6 @@ fn peers(
 }
 
 #[cfg(not(feature = "peers"))]
-fn peers(_: &KernelArgs, _: &Record, _: bool, _: [&Vec<f32>; 3]) -> Result<Vec<Record>> {
+fn peers(_: &KernelArgs, _: &Record, _: bool) -> Result<Vec<Record>> {
     Ok(Vec::new())
 }

@@ -4,8 +4,58 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use edifice_kernels::{bf16, Element};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+
+/// A float type as safetensors stores it (little-endian).
+pub trait Stored: Element {
+    const DTYPE: Dtype;
+    fn decode(bytes: &[u8]) -> Vec<Self>;
+    fn encode(x: &[Self]) -> Vec<u8>;
+}
+
+impl Stored for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+    fn decode(bytes: &[u8]) -> Vec<f32> {
+        edifice::weights::decode_f32(bytes)
+    }
+    fn encode(x: &[f32]) -> Vec<u8> {
+        x.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+}
+
+impl Stored for bf16 {
+    const DTYPE: Dtype = Dtype::BF16;
+    fn decode(bytes: &[u8]) -> Vec<bf16> {
+        bytes
+            .chunks_exact(2)
+            .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])))
+            .collect()
+    }
+    fn encode(x: &[bf16]) -> Vec<u8> {
+        x.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect()
+    }
+}
+
+/// A tensor ready to write: name, dims, dtype and little-endian bytes.
+pub struct Encoded {
+    name: String,
+    dims: Vec<usize>,
+    dtype: Dtype,
+    bytes: Vec<u8>,
+}
+
+impl Encoded {
+    pub fn new<E: Stored>(name: &str, dims: &[usize], data: &[E]) -> Self {
+        Encoded {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+            dtype: E::DTYPE,
+            bytes: E::encode(data),
+        }
+    }
+}
 
 /// A safetensors file read into memory.
 pub struct TensorFile {
@@ -50,15 +100,27 @@ impl TensorFile {
         })
     }
 
+    /// The dtype of tensor `name`.
+    pub fn dtype(&self, name: &str) -> Result<Dtype> {
+        Ok(self.view(name)?.dtype())
+    }
+
     /// Tensor `name` as f32 with its dims; must have `rank` dims.
     pub fn f32(&self, name: &str, rank: usize) -> Result<(Vec<f32>, Vec<usize>)> {
+        self.floats(name, rank)
+    }
+
+    /// Tensor `name` as `E` with its dims; must have dtype `E::DTYPE` and
+    /// `rank` dims.
+    pub fn floats<E: Stored>(&self, name: &str, rank: usize) -> Result<(Vec<E>, Vec<usize>)> {
         let view = self.view(name)?;
         let dims = view.shape().to_vec();
-        if view.dtype() != Dtype::F32 {
+        if view.dtype() != E::DTYPE {
             bail!(
-                "tensor `{name}` in {} has dtype {:?}; expected F32",
+                "tensor `{name}` in {} has dtype {:?}; expected {:?}",
                 self.path,
-                view.dtype()
+                view.dtype(),
+                E::DTYPE
             );
         }
         if dims.len() != rank {
@@ -68,7 +130,7 @@ impl TensorFile {
                 dims.len()
             );
         }
-        Ok((edifice::weights::decode_f32(view.data()), dims))
+        Ok((E::decode(view.data()), dims))
     }
 
     /// Tensor `name` as booleans (dtype BOOL or U8, non-zero = true) with
@@ -89,19 +151,14 @@ impl TensorFile {
     }
 }
 
-/// Writes f32 tensors `(name, dims, data)` to `path`.
-pub fn write_f32(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, data)| data.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
+/// Writes `tensors` to `path`.
+pub fn write(path: &Path, tensors: &[Encoded]) -> Result<()> {
     let views = tensors
         .iter()
-        .zip(&bytes)
-        .map(|((name, dims, _), b)| {
+        .map(|t| {
             Ok((
-                name.to_string(),
-                TensorView::new(Dtype::F32, dims.clone(), b)?,
+                t.name.clone(),
+                TensorView::new(t.dtype, t.dims.clone(), &t.bytes)?,
             ))
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;

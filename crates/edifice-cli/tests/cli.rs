@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use edifice_kernels::{reference, Attention, AttnShape, BoolMask, Pattern, PatternKind};
+use edifice_kernels::{bf16, reference, Attention, AttnShape, BoolMask, Pattern, PatternKind};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
@@ -753,4 +753,88 @@ fn sigint_saves_and_exits_cleanly() {
     let eval = run_ok(&["eval", ckpt.to_str().unwrap(), "--json", "--batches", "1"]);
     let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
     assert_eq!(eval["step"], step);
+}
+
+/// Reads a BF16 tensor widened to f32, asserting its dtype.
+fn read_bf16(path: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.dtype(), Dtype::BF16, "{name}");
+    let v = t
+        .data()
+        .chunks_exact(2)
+        .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+        .collect();
+    (v, t.shape().to_vec())
+}
+
+fn bf16_tensor(
+    name: &'static str,
+    dims: Vec<usize>,
+    x: &[f32],
+) -> (&'static str, Dtype, Vec<usize>, Vec<u8>) {
+    let bytes = x
+        .iter()
+        .flat_map(|&v| bf16::from_f32(v).to_bits().to_le_bytes())
+        .collect();
+    (name, Dtype::BF16, dims, bytes)
+}
+
+/// BF16 q, k, v and do give BF16 o, dq, dk, dv (and f32 lse) that match the
+/// reference on the rounded inputs within the kernel's bf16 tolerances.
+#[test]
+fn attn_accepts_bf16() {
+    let dir = Dir::new("bf16");
+    let s = SHAPE;
+    let round =
+        |x: Vec<f32>| -> Vec<f32> { x.into_iter().map(|v| bf16::from_f32(v).to_f32()).collect() };
+    let (q, k, v, d_o) = (
+        round(data(s.q_len(), 1)),
+        round(data(s.kv_len(), 2)),
+        round(data(s.kv_len(), 3)),
+        round(data(s.q_len(), 4)),
+    );
+    let (q_dims, kv_dims) = (vec![2, 4, 37, 16], vec![2, 2, 50, 16]);
+    let tensors = vec![
+        bf16_tensor("q", q_dims.clone(), &q),
+        bf16_tensor("k", kv_dims.clone(), &k),
+        bf16_tensor("v", kv_dims.clone(), &v),
+        bf16_tensor("do", q_dims.clone(), &d_o),
+    ];
+    write(&dir.path("in.safetensors"), &tensors);
+    let out = run_attn(&dir, &["--pattern", "window:11", "--causal"]);
+    let pattern = Pattern::new(PatternKind::Window { window: 11 }, true);
+    let att = Attention::new(SHAPE, pattern).unwrap();
+    let (o_ref, lse_ref) = reference::forward(&att, &q, &k, &v);
+    let (o, o_dims) = read_bf16(&out, "o");
+    assert_eq!(o_dims, q_dims);
+    for (a, b) in o.iter().zip(&o_ref) {
+        assert!((a - b).abs() <= 1.0 / 256.0, "o {a} vs {b}");
+    }
+    let (lse, _) = read_f32(&out, "lse");
+    for (a, b) in lse.iter().zip(&lse_ref) {
+        assert!((a - b).abs() <= 1e-4, "lse {a} vs {b}");
+    }
+    let want = reference::backward(&att, &q, &k, &v, &d_o);
+    for (name, w, dims) in [
+        ("dq", &want.0, &q_dims),
+        ("dk", &want.1, &kv_dims),
+        ("dv", &want.2, &kv_dims),
+    ] {
+        let (g, g_dims) = read_bf16(&out, name);
+        assert_eq!(&g_dims, dims, "{name}");
+        let scale = w.iter().fold(1e-2f32, |m, x| m.max(x.abs()));
+        for (a, b) in g.iter().zip(w) {
+            assert!((a - b).abs() <= scale / 256.0, "{name} {a} vs {b}");
+        }
+    }
+
+    let mut mixed = tensors;
+    mixed[1] = f32_tensor("k", kv_dims, &k);
+    let err = attn_error(&mixed, &[]);
+    assert!(
+        err.contains("`k`") && err.contains("expected BF16"),
+        "{err}"
+    );
 }

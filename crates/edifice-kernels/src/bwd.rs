@@ -263,10 +263,20 @@ impl TileGrad {
         bounds: &'b mut Bounds,
     ) -> Option<&'b Bounds> {
         let d = pos.att.shape().head_dim;
-        let live = masked_scores(simd, pos, keys, full, k, &self.qt, bounds, &mut self.p);
+        let live = masked_scores(
+            simd,
+            pos,
+            keys,
+            full,
+            k,
+            &self.qt,
+            None,
+            bounds,
+            &mut self.p,
+        );
         // dPᵀ over the whole tile: skipped blocks must be finite, since
         // they are multiplied by P = 0 below.
-        scores(simd, v, keys, &self.dot, d, None, &mut self.ds);
+        scores(simd, v, keys, &self.dot, d, None, None, &mut self.ds);
         for i0 in (0..TILE_Q).step_by(S::LANES) {
             // SAFETY: i0 + LANES ≤ TILE_Q, the length of lse2 and delta and
             // the row length of p and ds, which hold keys.len ≤ S_ROWS rows.

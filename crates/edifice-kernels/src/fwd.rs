@@ -28,19 +28,21 @@
 
 use rayon::prelude::*;
 
+use crate::element::{Element, ForProducts, Products};
 use crate::pattern::Rows;
-use crate::simd::{Simd, WithSimd};
+use crate::simd::{Operand, Simd, WithSimd};
 use crate::tile::{
-    contiguous_rows, load_transposed, masked_scores, Bounds, Gathered, KeyRows, PerWorker,
-    RankUpdate, TilePos, S_ROWS, TILE_K, TILE_Q,
+    masked_scores, Bounds, Gathered, KeyRows, PerWorker, TilePos, S_ROWS, TILE_K, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
 
-/// Per-thread working memory of the forward kernel.
-pub(crate) struct Scratch {
-    /// Pre-scaled transposed query tile, `[D, TILE_Q]`.
-    qt: Vec<f32>,
+/// Per-thread working memory of the forward kernel, for storage type `E`
+/// and its products `P`.
+pub(crate) struct Scratch<E: Element, P: Products<E>> {
+    /// Transposed query tile as operands, `[D / TERMS, TILE_Q]` (f32:
+    /// pre-scaled).
+    qt: Vec<P::Op>,
     /// Scores, then probabilities, key-major: `[TILE_K, TILE_Q]`.
     s: Vec<f32>,
     /// Unnormalised output rows, `[TILE_Q, D]`.
@@ -49,96 +51,124 @@ pub(crate) struct Scratch {
     m: Vec<f32>,
     l: Vec<f32>,
     alpha: Vec<f32>,
-    /// A stepped tile's V rows made contiguous, `[TILE_K, D]`, when they
-    /// are not in `gathered`.
-    v: Vec<f32>,
-    gathered: Gathered,
+    /// A key tile's K rows as operands when they are not used in place
+    /// (widened bf16), `[TILE_K, D]`.
+    k_ops: Vec<P::Op>,
+    /// P·V operands: P packed (pairs; else empty), and a tile's V rows as
+    /// operands, `[TILE_K / TERMS, D]` (f32: a stepped tile's rows made
+    /// contiguous when they are not in `gathered`).
+    p_ops: Vec<P::Op>,
+    v_ops: Vec<P::Op>,
+    gathered: Gathered<E>,
 }
 
-impl Scratch {
+impl<E: Element, P: Products<E>> Scratch<E, P> {
     fn new(d: usize, gather_rows: usize) -> Self {
+        let op = P::Op::zero_value();
         Scratch {
-            qt: vec![0.0; d * TILE_Q],
+            qt: vec![op; d / P::Op::TERMS * TILE_Q],
+            k_ops: vec![op; TILE_K * d],
             s: vec![0.0; S_ROWS * TILE_Q],
             acc: vec![0.0; TILE_Q * d],
             m: vec![0.0; TILE_Q],
             l: vec![0.0; TILE_Q],
             alpha: vec![0.0; TILE_Q],
-            v: vec![0.0; TILE_K * d],
+            p_ops: vec![op; P::p_ops_len()],
+            v_ops: vec![op; TILE_K * d],
             gathered: Gathered::new(gather_rows, d),
         }
     }
+}
 
+impl Scratch<f32, crate::element::Widen> {
     /// Bytes a thread holds for head dimension `d` and `gather_rows` rows
-    /// of [`Gathered`].
+    /// of [`Gathered`] (an upper bound for bf16).
     pub(crate) fn bytes(d: usize, gather_rows: usize) -> usize {
-        (2 * d * TILE_Q + TILE_K * d + S_ROWS * TILE_Q + 3 * TILE_Q) * std::mem::size_of::<f32>()
+        (2 * d * TILE_Q + 2 * TILE_K * d + S_ROWS * TILE_Q + 3 * TILE_Q)
+            * std::mem::size_of::<f32>()
             + Gathered::bytes(gather_rows, d)
     }
 }
 
-/// Runs the forward pass. Inputs are validated by [`Attention::forward`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn forward(
-    att: &Attention,
-    map: &TileMap,
-    gather_rows: usize,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    o: &mut [f32],
-    lse: &mut [f32],
-) {
-    let shape = att.shape();
-    let (nq, d) = (shape.len_q, shape.head_dim);
-    if nq == 0 || lse.is_empty() {
-        return;
-    }
-    let scratch = PerWorker::new(|| Scratch::new(d, gather_rows));
-    o.par_chunks_mut(nq * d)
-        .zip(lse.par_chunks_mut(nq))
-        .enumerate()
-        .for_each(|(bh, (o_head, lse_head))| {
-            o_head
-                .par_chunks_mut(TILE_Q * d)
-                .zip(lse_head.par_chunks_mut(TILE_Q))
-                .enumerate()
-                .for_each(|(t, (o_tile, lse_tile))| {
-                    scratch.with(|scratch| {
-                        att.isa().run(QueryTile {
-                            att,
-                            map,
-                            q,
-                            k,
-                            v,
-                            batch: bh / shape.heads_q,
-                            head: bh % shape.heads_q,
-                            tile: t,
-                            o: o_tile,
-                            lse: lse_tile,
-                            scratch,
+/// One forward call, run with the products its storage type picks
+/// ([`Storage::with_products`](crate::element::sealed::Storage)). Inputs are
+/// validated by [`Attention::forward`].
+pub(crate) struct Forward<'a, E> {
+    pub att: &'a Attention,
+    pub map: &'a TileMap,
+    pub gather_rows: usize,
+    pub q: &'a [E],
+    pub k: &'a [E],
+    pub v: &'a [E],
+    pub o: &'a mut [E],
+    pub lse: &'a mut [f32],
+}
+
+impl<E: Element> ForProducts<E> for Forward<'_, E> {
+    type Output = ();
+
+    fn run<P: Products<E>>(self) {
+        let Forward {
+            att,
+            map,
+            gather_rows,
+            q,
+            k,
+            v,
+            o,
+            lse,
+        } = self;
+        let shape = att.shape();
+        let (nq, d) = (shape.len_q, shape.head_dim);
+        if nq == 0 || lse.is_empty() {
+            return;
+        }
+        let scratch = PerWorker::new(|| Scratch::<E, P>::new(d, gather_rows));
+        o.par_chunks_mut(nq * d)
+            .zip(lse.par_chunks_mut(nq))
+            .enumerate()
+            .for_each(|(bh, (o_head, lse_head))| {
+                o_head
+                    .par_chunks_mut(TILE_Q * d)
+                    .zip(lse_head.par_chunks_mut(TILE_Q))
+                    .enumerate()
+                    .for_each(|(t, (o_tile, lse_tile))| {
+                        scratch.with(|scratch| {
+                            att.isa().run(QueryTile {
+                                att,
+                                map,
+                                q,
+                                k,
+                                v,
+                                batch: bh / shape.heads_q,
+                                head: bh % shape.heads_q,
+                                tile: t,
+                                o: o_tile,
+                                lse: lse_tile,
+                                scratch,
+                            })
                         })
                     })
-                })
-        });
+            });
+    }
 }
 
 /// One task: a query tile of one (batch, head).
-struct QueryTile<'a> {
+struct QueryTile<'a, E: Element, P: Products<E>> {
     att: &'a Attention,
     map: &'a TileMap,
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
+    q: &'a [E],
+    k: &'a [E],
+    v: &'a [E],
     batch: usize,
     head: usize,
     tile: usize,
-    o: &'a mut [f32],
+    o: &'a mut [E],
     lse: &'a mut [f32],
-    scratch: &'a mut Scratch,
+    scratch: &'a mut Scratch<E, P>,
 }
 
-impl WithSimd for QueryTile<'_> {
+impl<E: Element, P: Products<E>> WithSimd for QueryTile<'_, E, P> {
     type Output = ();
 
     #[inline(always)]
@@ -152,7 +182,7 @@ impl WithSimd for QueryTile<'_> {
         let kv_base = shape.kv_offset(self.batch, shape.kv_head(self.head));
         let sc = &mut *self.scratch;
 
-        load_transposed(
+        let factor = P::load_q(
             &self.q[(plane * shape.len_q + first) * d..][..n_rows * d],
             d,
             self.att.scale() * std::f32::consts::LOG2_E,
@@ -177,15 +207,12 @@ impl WithSimd for QueryTile<'_> {
                 Some(rows) => rows,
                 None => (
                     KeyRows::in_place(&self.k[at..], &keys, d),
-                    contiguous_rows(
-                        KeyRows::in_place(&self.v[at..], &keys, d),
-                        keys.len,
-                        d,
-                        &mut sc.v,
-                    ),
+                    KeyRows::in_place(&self.v[at..], &keys, d),
                 ),
             };
-            let live = masked_scores(simd, &pos, &keys, full, k, &sc.qt, &mut bounds, &mut sc.s);
+            let k = P::k_rows(simd, k, keys.len, d, &mut sc.k_ops);
+            let (qt, s) = (&sc.qt, &mut sc.s);
+            let live = masked_scores(simd, &pos, &keys, full, k, qt, factor, &mut bounds, s);
             online_softmax(
                 simd,
                 &mut sc.s,
@@ -194,19 +221,29 @@ impl WithSimd for QueryTile<'_> {
                 &mut sc.l,
                 &mut sc.alpha,
             );
-            let update = RankUpdate::by_queries(&sc.s, v, keys.len, TILE_Q, live, Some(&sc.alpha));
-            update.apply(simd, d, &mut sc.acc, d);
+            P::p_times_v(
+                simd,
+                &sc.s,
+                v,
+                keys.len,
+                d,
+                live,
+                &sc.alpha,
+                &mut sc.p_ops,
+                &mut sc.v_ops,
+                &mut sc.acc,
+            );
         }
 
         for i in 0..n_rows {
             let out = &mut self.o[i * d..(i + 1) * d];
             if sc.m[i] == f32::NEG_INFINITY {
-                out.fill(0.0);
+                out.fill(E::default());
                 self.lse[i] = f32::NEG_INFINITY;
             } else {
                 let inv = 1.0 / sc.l[i];
                 for (o, a) in out.iter_mut().zip(&sc.acc[i * d..(i + 1) * d]) {
-                    *o = a * inv;
+                    *o = E::from_f32(a * inv);
                 }
                 self.lse[i] = (sc.m[i] + sc.l[i].log2()) * std::f32::consts::LN_2;
             }

@@ -11,10 +11,10 @@
 //! # Shapes
 //! | tensor | shape | notes |
 //! |---|---|---|
-//! | `q` | `[B, Hq, Nq, D]` | f32, row-major |
+//! | `q` | `[B, Hq, Nq, D]` | f32 or bf16 ([`Element`]), row-major |
 //! | `k`, `v` | `[B, Hkv, Nk, D]` | `Hq` a multiple of `Hkv`: query head `h` reads kv head `h / (Hq / Hkv)` |
 //! | `o` | `[B, Hq, Nq, D]` | |
-//! | `lse` | `[B, Hq, Nq]` | natural-log Σ exp of the scaled, allowed scores |
+//! | `lse` | `[B, Hq, Nq]` | f32: natural-log Σ exp of the scaled, allowed scores |
 //!
 //! A row with no allowed key gets `o = 0` and `lse = -inf`, never NaN. Queries
 //! are the last `Nq` positions of the key sequence (see [`pattern`]).
@@ -32,11 +32,18 @@
 //! assert!((o[0] - 0.2).abs() < 1e-6);
 //! // Row 0 reads one key (itself), later rows two: lse = ln(count) + score.
 //! assert!((lse[0] - 0.1 * 0.2 * 8.0 / 8f32.sqrt()).abs() < 1e-5);
+//!
+//! // The same call with bf16 storage (f32 accumulation): o comes back bf16.
+//! use edifice_kernels::bf16;
+//! let (q16, kv16) = (vec![bf16::from_f32(0.1); q.len()], vec![bf16::from_f32(0.2); kv.len()]);
+//! let (o16, _) = att.forward_vec(&q16, &kv16, &kv16)?;
+//! assert!((o16[0].to_f32() - 0.2).abs() < 1e-3);
 //! # Ok::<(), edifice_kernels::KernelError>(())
 //! ```
 #![warn(missing_docs)]
 
 mod bwd;
+mod element;
 mod fwd;
 pub mod lstm;
 pub mod pattern;
@@ -47,6 +54,9 @@ mod tile;
 pub mod tile_map;
 
 pub use bwd::CHUNK_K;
+use element::widen;
+pub use element::Element;
+pub use half::bf16;
 pub use pattern::{BoolMask, KeySpan, Pattern, PatternKind, TileKind};
 pub use simd::Isa;
 pub use tile::{TILE_K, TILE_Q};
@@ -352,13 +362,15 @@ impl Attention {
         Ok(())
     }
 
-    /// Computes `o` and `lse` (see the crate docs for shapes).
-    pub fn forward(
+    /// Computes `o` and `lse` (see the crate docs for shapes), storing
+    /// `q`, `k`, `v` and `o` as `E` (f32, or [`bf16`] with f32 accumulation:
+    /// see [`Element`]).
+    pub fn forward<E: Element>(
         &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        o: &mut [f32],
+        q: &[E],
+        k: &[E],
+        v: &[E],
+        o: &mut [E],
         lse: &mut [f32],
     ) -> Result<(), KernelError> {
         self.check_buffers(
@@ -367,18 +379,28 @@ impl Attention {
             lse.len(),
         )?;
         let map = self.tile_map();
-        fwd::forward(self, &map, self.gather_rows(&map), q, k, v, o, lse);
+        let call = fwd::Forward {
+            att: self,
+            map: &map,
+            gather_rows: self.gather_rows(&map),
+            q,
+            k,
+            v,
+            o,
+            lse,
+        };
+        E::with_products(self, call);
         Ok(())
     }
 
     /// [`Attention::forward`] into new buffers: returns `(o, lse)`.
-    pub fn forward_vec(
+    pub fn forward_vec<E: Element>(
         &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-    ) -> Result<(Vec<f32>, Vec<f32>), KernelError> {
-        let mut o = vec![0.0; self.shape.q_len()];
+        q: &[E],
+        k: &[E],
+        v: &[E],
+    ) -> Result<(Vec<E>, Vec<f32>), KernelError> {
+        let mut o = vec![E::default(); self.shape.q_len()];
         let mut lse = vec![0.0; self.shape.lse_len()];
         self.forward(q, k, v, &mut o, &mut lse)?;
         Ok((o, lse))
@@ -388,18 +410,21 @@ impl Attention {
     /// pass's `o` and `lse` and `d_o = ∂loss/∂o`: writes `dq [B, Hq, Nq, D]`
     /// and `dk`, `dv [B, Hkv, Nk, D]` (summed over the query heads that
     /// share a kv head). Rows that read no key get zero gradients.
+    ///
+    /// With bf16 storage the backward pass runs on f32 copies of its inputs
+    /// (exact) and rounds the gradients to bf16 once at the end.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(
+    pub fn backward<E: Element>(
         &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        o: &[f32],
+        q: &[E],
+        k: &[E],
+        v: &[E],
+        o: &[E],
         lse: &[f32],
-        d_o: &[f32],
-        dq: &mut [f32],
-        dk: &mut [f32],
-        dv: &mut [f32],
+        d_o: &[E],
+        dq: &mut [E],
+        dk: &mut [E],
+        dv: &mut [E],
     ) -> Result<(), KernelError> {
         self.check_buffers(
             &[
@@ -417,32 +442,36 @@ impl Attention {
             lse.len(),
         )?;
         let map = self.tile_map();
+        let plan = bwd::Plan::new(self, &map);
+        let (q, k, v, o, d_o) = (widen(q), widen(k), widen(v), widen(o), widen(d_o));
         let inputs = bwd::Inputs {
-            q,
-            k,
-            v,
-            o,
+            q: &q,
+            k: &k,
+            v: &v,
+            o: &o,
             lse,
-            d_o,
+            d_o: &d_o,
         };
-        bwd::backward(self, &map, &bwd::Plan::new(self, &map), &inputs, dq, dk, dv);
+        E::with_f32_outputs([dq, dk, dv], |[dq, dk, dv]| {
+            bwd::backward(self, &map, &plan, &inputs, dq, dk, dv)
+        });
         Ok(())
     }
 
     /// [`Attention::backward`] into new buffers: returns `(dq, dk, dv)`.
     #[allow(clippy::type_complexity)]
-    pub fn backward_vec(
+    pub fn backward_vec<E: Element>(
         &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        o: &[f32],
+        q: &[E],
+        k: &[E],
+        v: &[E],
+        o: &[E],
         lse: &[f32],
-        d_o: &[f32],
-    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), KernelError> {
-        let mut dq = vec![0.0; self.shape.q_len()];
-        let mut dk = vec![0.0; self.shape.kv_len()];
-        let mut dv = vec![0.0; self.shape.kv_len()];
+        d_o: &[E],
+    ) -> Result<(Vec<E>, Vec<E>, Vec<E>), KernelError> {
+        let mut dq = vec![E::default(); self.shape.q_len()];
+        let mut dk = vec![E::default(); self.shape.kv_len()];
+        let mut dv = vec![E::default(); self.shape.kv_len()];
         self.backward(q, k, v, o, lse, d_o, &mut dq, &mut dk, &mut dv)?;
         Ok((dq, dk, dv))
     }

@@ -11,6 +11,19 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use half::bf16;
+
+/// Two bf16 that one product step consumes together: consecutive elements
+/// of a row along the reduction (a K row's `d, d+1`; P's keys `j, j+1`).
+pub(crate) type Pair = [bf16; 2];
+
+/// `x` rounded to the nearest bf16, ties to even, as the high half of an f32
+/// bit pattern (finite inputs; what `vcvtne2ps2bf16` computes).
+#[inline(always)]
+fn round_bf16_bits(bits: u32) -> u32 {
+    bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000
+}
+
 /// An operation to run with a particular instruction set.
 pub(crate) trait WithSimd {
     type Output;
@@ -42,8 +55,105 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// exactly 0 for `x < -126` (and for `-inf`).
     fn exp2(self, x: Self::V) -> Self::V;
 
+    /// `LANES` bf16 widened to f32 (exact).
+    /// # Safety
+    /// `p` must be valid for reading `LANES` bf16.
+    unsafe fn widen(self, p: *const bf16) -> Self::V;
+
+    /// A vector of `LANES` bf16 pairs (two reduction terms per f32 lane).
+    type P: Copy;
+    /// # Safety
+    /// `p` must be valid for reading `LANES` pairs.
+    unsafe fn load_pairs(self, p: *const Pair) -> Self::P;
+    /// # Safety
+    /// `p` must be valid for writing `LANES` pairs.
+    unsafe fn store_pairs(self, p: *mut Pair, x: Self::P);
+    /// # Safety
+    /// `p` must be valid for reading one pair.
+    unsafe fn splat_pair(self, p: *const Pair) -> Self::P;
+    /// `acc + a.0·b.0 + a.1·b.1` per lane, products of bf16 summed in f32
+    /// (`vdpbf16ps` where the CPU has it).
+    fn dot_pairs(self, acc: Self::V, a: Self::P, b: Self::P) -> Self::V;
+    /// Lane `i` = `(bf16(lo[i]), bf16(hi[i]))`, rounded to nearest even.
+    fn pack_pairs(self, lo: Self::V, hi: Self::V) -> Self::P;
+    /// Lane `i` = `(lo[i], hi[i])`: two rows of bf16 interleaved.
+    /// # Safety
+    /// `lo` and `hi` must be valid for reading `LANES` bf16.
+    unsafe fn zip_rows(self, lo: *const bf16, hi: *const bf16) -> Self::P;
+
     /// Runs `op` with this instruction set enabled.
     fn vectorize<Op: WithSimd>(self, op: Op) -> Op::Output;
+}
+
+/// An element of a tile product's operands: an f32, or a [`Pair`] of bf16
+/// that one product step consumes (two terms of the reduction). The tile
+/// kernels are written once over it.
+pub(crate) trait Operand: Copy + Send + Sync + 'static {
+    /// Reduction terms per element.
+    const TERMS: usize;
+    /// A vector of `LANES` elements.
+    type Vec<S: Simd>: Copy;
+    /// # Safety
+    /// `p` must be valid for reading `LANES` elements.
+    unsafe fn load<S: Simd>(simd: S, p: *const Self) -> Self::Vec<S>;
+    /// # Safety
+    /// `p` must be valid for reading one element.
+    unsafe fn splat<S: Simd>(simd: S, p: *const Self) -> Self::Vec<S>;
+    /// `acc + Σ_terms a · b` per lane.
+    fn madd<S: Simd>(simd: S, acc: S::V, a: Self::Vec<S>, b: Self::Vec<S>) -> S::V;
+    /// A vector of zeros.
+    fn zero<S: Simd>(simd: S) -> Self::Vec<S>;
+    /// One zero element.
+    fn zero_value() -> Self;
+}
+
+impl Operand for f32 {
+    const TERMS: usize = 1;
+    type Vec<S: Simd> = S::V;
+    #[inline(always)]
+    unsafe fn load<S: Simd>(simd: S, p: *const f32) -> S::V {
+        simd.load(p)
+    }
+    #[inline(always)]
+    unsafe fn splat<S: Simd>(simd: S, p: *const f32) -> S::V {
+        simd.splat(*p)
+    }
+    #[inline(always)]
+    fn madd<S: Simd>(simd: S, acc: S::V, a: S::V, b: S::V) -> S::V {
+        simd.fma(a, b, acc)
+    }
+    #[inline(always)]
+    fn zero<S: Simd>(simd: S) -> S::V {
+        simd.splat(0.0)
+    }
+    fn zero_value() -> f32 {
+        0.0
+    }
+}
+
+impl Operand for Pair {
+    const TERMS: usize = 2;
+    type Vec<S: Simd> = S::P;
+    #[inline(always)]
+    unsafe fn load<S: Simd>(simd: S, p: *const Pair) -> S::P {
+        simd.load_pairs(p)
+    }
+    #[inline(always)]
+    unsafe fn splat<S: Simd>(simd: S, p: *const Pair) -> S::P {
+        simd.splat_pair(p)
+    }
+    #[inline(always)]
+    fn madd<S: Simd>(simd: S, acc: S::V, a: S::P, b: S::P) -> S::V {
+        simd.dot_pairs(acc, a, b)
+    }
+    #[inline(always)]
+    fn zero<S: Simd>(simd: S) -> S::P {
+        // SAFETY: reads one pair from a local.
+        unsafe { simd.splat_pair(&[bf16::ZERO; 2]) }
+    }
+    fn zero_value() -> Pair {
+        [bf16::ZERO; 2]
+    }
 }
 
 /// Cephes' minimax polynomial for `2^f` on `[-0.5, 0.5]` (relative error
@@ -112,6 +222,40 @@ impl Simd for Scalar {
         let p = EXP2_POLY.iter().fold(0.0, |acc, &c| acc * f + c) * f + 1.0;
         f32::from_bits((p.to_bits() as i32 + ((n as i32) << 23)) as u32)
     }
+
+    #[inline(always)]
+    unsafe fn widen(self, p: *const bf16) -> f32 {
+        (*p).to_f32()
+    }
+
+    type P = u32;
+    #[inline(always)]
+    unsafe fn load_pairs(self, p: *const Pair) -> u32 {
+        (p as *const u32).read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn store_pairs(self, p: *mut Pair, x: u32) {
+        (p as *mut u32).write_unaligned(x)
+    }
+    #[inline(always)]
+    unsafe fn splat_pair(self, p: *const Pair) -> u32 {
+        self.load_pairs(p)
+    }
+    #[inline(always)]
+    fn dot_pairs(self, acc: f32, a: u32, b: u32) -> f32 {
+        let lo = |x: u32| f32::from_bits(x << 16);
+        let hi = |x: u32| f32::from_bits(x & 0xffff_0000);
+        acc + lo(a) * lo(b) + hi(a) * hi(b)
+    }
+    #[inline(always)]
+    fn pack_pairs(self, lo: f32, hi: f32) -> u32 {
+        (round_bf16_bits(lo.to_bits()) >> 16) | round_bf16_bits(hi.to_bits())
+    }
+    #[inline(always)]
+    unsafe fn zip_rows(self, lo: *const bf16, hi: *const bf16) -> u32 {
+        (*lo).to_bits() as u32 | ((*hi).to_bits() as u32) << 16
+    }
+
     #[inline(always)]
     fn vectorize<Op: WithSimd>(self, op: Op) -> Op::Output {
         op.with_simd(self)
@@ -193,6 +337,48 @@ impl Simd for Avx2 {
             _mm256_and_ps(keep, _mm256_castsi256_ps(scaled))
         }
     }
+
+    #[inline(always)]
+    unsafe fn widen(self, p: *const bf16) -> __m256 {
+        let x = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(x))
+    }
+
+    type P = __m256i;
+    #[inline(always)]
+    unsafe fn load_pairs(self, p: *const Pair) -> __m256i {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn store_pairs(self, p: *mut Pair, x: __m256i) {
+        _mm256_storeu_si256(p as *mut __m256i, x)
+    }
+    #[inline(always)]
+    unsafe fn splat_pair(self, p: *const Pair) -> __m256i {
+        _mm256_set1_epi32((p as *const i32).read_unaligned())
+    }
+    #[inline(always)]
+    fn dot_pairs(self, acc: __m256, a: __m256i, b: __m256i) -> __m256 {
+        // No closures here: they would not inherit the target features.
+        unsafe {
+            let high = _mm256_set1_epi32(0xffff_0000u32 as i32);
+            let a_lo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(a));
+            let b_lo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(b));
+            let a_hi = _mm256_castsi256_ps(_mm256_and_si256(a, high));
+            let b_hi = _mm256_castsi256_ps(_mm256_and_si256(b, high));
+            _mm256_fmadd_ps(a_hi, b_hi, _mm256_fmadd_ps(a_lo, b_lo, acc))
+        }
+    }
+    #[inline(always)]
+    fn pack_pairs(self, lo: __m256, hi: __m256) -> __m256i {
+        unsafe { _mm256_or_si256(_mm256_srli_epi32::<16>(round256(lo)), round256(hi)) }
+    }
+    #[inline(always)]
+    unsafe fn zip_rows(self, lo: *const bf16, hi: *const bf16) -> __m256i {
+        let lo = _mm256_cvtepu16_epi32(_mm_loadu_si128(lo as *const __m128i));
+        let hi = _mm256_cvtepu16_epi32(_mm_loadu_si128(hi as *const __m128i));
+        _mm256_or_si256(lo, _mm256_slli_epi32::<16>(hi))
+    }
     #[inline(always)]
     fn vectorize<Op: WithSimd>(self, op: Op) -> Op::Output {
         #[target_feature(enable = "avx2,fma")]
@@ -204,23 +390,39 @@ impl Simd for Avx2 {
     }
 }
 
-/// AVX-512F: 16 lanes.
+/// [`round_bf16_bits`] on 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn round256(x: __m256) -> __m256i {
+    let bits = _mm256_castps_si256(x);
+    let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
+    let up = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd);
+    _mm256_and_si256(
+        _mm256_add_epi32(bits, up),
+        _mm256_set1_epi32(0xffff_0000u32 as i32),
+    )
+}
+
+/// AVX-512F: 16 lanes; with `BF16`, also AVX512-BF16 (and BW), whose
+/// `vdpbf16ps` does a pair product in one instruction.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx512(());
+pub(crate) struct Avx512<const BF16: bool>(());
 
 #[cfg(target_arch = "x86_64")]
-impl Avx512 {
+impl<const BF16: bool> Avx512<BF16> {
     pub(crate) fn detect() -> Option<Self> {
         (is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma"))
+            && is_x86_feature_detected!("fma")
+            && (!BF16
+                || is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw")))
         .then_some(Avx512(()))
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Simd for Avx512 {
+impl<const BF16: bool> Simd for Avx512<BF16> {
     const LANES: usize = 16;
     type V = __m512;
 
@@ -280,20 +482,113 @@ impl Simd for Avx512 {
             _mm512_maskz_mov_ps(keep, _mm512_castsi512_ps(scaled))
         }
     }
+
+    #[inline(always)]
+    unsafe fn widen(self, p: *const bf16) -> __m512 {
+        let x = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x))
+    }
+
+    type P = __m512i;
+    #[inline(always)]
+    unsafe fn load_pairs(self, p: *const Pair) -> __m512i {
+        _mm512_loadu_si512(p as *const __m512i)
+    }
+    #[inline(always)]
+    unsafe fn store_pairs(self, p: *mut Pair, x: __m512i) {
+        _mm512_storeu_si512(p as *mut __m512i, x)
+    }
+    #[inline(always)]
+    unsafe fn splat_pair(self, p: *const Pair) -> __m512i {
+        _mm512_set1_epi32((p as *const i32).read_unaligned())
+    }
+    #[inline(always)]
+    fn dot_pairs(self, acc: __m512, a: __m512i, b: __m512i) -> __m512 {
+        unsafe {
+            if BF16 {
+                _mm512_dpbf16_ps(
+                    acc,
+                    std::mem::transmute::<__m512i, __m512bh>(a),
+                    std::mem::transmute::<__m512i, __m512bh>(b),
+                )
+            } else {
+                let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+                let a_lo = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(a));
+                let b_lo = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(b));
+                let a_hi = _mm512_castsi512_ps(_mm512_and_si512(a, high));
+                let b_hi = _mm512_castsi512_ps(_mm512_and_si512(b, high));
+                _mm512_fmadd_ps(a_hi, b_hi, _mm512_fmadd_ps(a_lo, b_lo, acc))
+            }
+        }
+    }
+    #[inline(always)]
+    fn pack_pairs(self, lo: __m512, hi: __m512) -> __m512i {
+        unsafe {
+            if BF16 {
+                // Element i of the result is lo[i], element 16 + i is hi[i];
+                // the permutation puts them side by side.
+                let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                let zip = _mm512_set_epi16(
+                    31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
+                    5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
+                );
+                _mm512_permutexvar_epi16(zip, both)
+            } else {
+                _mm512_or_si512(_mm512_srli_epi32::<16>(round512(lo)), round512(hi))
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn zip_rows(self, lo: *const bf16, hi: *const bf16) -> __m512i {
+        let lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(lo as *const __m256i));
+        let hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256(hi as *const __m256i));
+        _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi))
+    }
+
     #[inline(always)]
     fn vectorize<Op: WithSimd>(self, op: Op) -> Op::Output {
         #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn run<Op: WithSimd>(simd: Avx512, op: Op) -> Op::Output {
+        unsafe fn run<Op: WithSimd, const BF16: bool>(simd: Avx512<BF16>, op: Op) -> Op::Output {
             op.with_simd(simd)
         }
-        // SAFETY: `self` proves AVX-512F, AVX2 and FMA are available.
-        unsafe { run(self, op) }
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
+        unsafe fn run_bf16<Op: WithSimd, const BF16: bool>(
+            simd: Avx512<BF16>,
+            op: Op,
+        ) -> Op::Output {
+            op.with_simd(simd)
+        }
+        // SAFETY: `self` proves AVX-512F, AVX2 and FMA are available, and
+        // with BF16 also AVX512-BF16 and AVX512-BW.
+        unsafe {
+            if BF16 {
+                run_bf16(self, op)
+            } else {
+                run(self, op)
+            }
+        }
     }
+}
+
+/// [`round_bf16_bits`] on 16 lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn round512(x: __m512) -> __m512i {
+    let bits = _mm512_castps_si512(x);
+    let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+    let up = _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd);
+    _mm512_and_si512(
+        _mm512_add_epi32(bits, up),
+        _mm512_set1_epi32(0xffff_0000u32 as i32),
+    )
 }
 
 /// The instruction sets the kernels can run on, widest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
+    /// AVX-512F with AVX512-BF16: 16 f32 lanes, bf16 pair products in one
+    /// instruction. The same f32 code as `Avx512`.
+    Avx512Bf16,
     /// AVX-512F, 16 f32 lanes.
     Avx512,
     /// AVX2 + FMA, 8 f32 lanes.
@@ -306,7 +601,7 @@ impl Isa {
     /// f32 lanes of the instruction set.
     pub fn lanes(self) -> usize {
         match self {
-            Isa::Avx512 => 16,
+            Isa::Avx512Bf16 | Isa::Avx512 => 16,
             Isa::Avx2 => 8,
             Isa::Scalar => 1,
         }
@@ -318,7 +613,10 @@ impl Isa {
         let mut out = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
-            if Avx512::detect().is_some() {
+            if Avx512::<true>::detect().is_some() {
+                out.push(Isa::Avx512Bf16);
+            }
+            if Avx512::<false>::detect().is_some() {
                 out.push(Isa::Avx512);
             }
             if Avx2::detect().is_some() {
@@ -329,10 +627,14 @@ impl Isa {
         out
     }
 
-    /// The widest available instruction set whose vectors divide `head_dim`.
+    /// The widest available instruction set whose vectors divide `head_dim`,
+    /// never `Avx512Bf16`: its f32 code is `Avx512`'s, and its bf16 pair
+    /// products measured slower than widening bf16 to f32 (see
+    /// [`Element`](crate::Element)), so it is opt-in.
     pub fn best_for(head_dim: usize) -> Isa {
         Isa::available()
             .into_iter()
+            .filter(|&isa| isa != Isa::Avx512Bf16)
             .find(|isa| head_dim.is_multiple_of(isa.lanes()))
             .unwrap_or(Isa::Scalar)
     }
@@ -342,7 +644,12 @@ impl Isa {
     pub(crate) fn run<Op: WithSimd>(self, op: Op) -> Op::Output {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => match Avx512::detect() {
+            Isa::Avx512Bf16 => match Avx512::<true>::detect() {
+                Some(simd) => simd.vectorize(op),
+                None => Isa::Avx512.run(op),
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => match Avx512::<false>::detect() {
                 Some(simd) => simd.vectorize(op),
                 None => Scalar.vectorize(op),
             },

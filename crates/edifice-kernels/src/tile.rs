@@ -18,8 +18,8 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 use crate::pattern::{KeySpan, Rows};
-use crate::simd::Simd;
-use crate::Attention;
+use crate::simd::{Operand, Simd};
+use crate::{Attention, Element};
 
 /// Query rows per tile: a multiple of every ISA's register block width.
 pub const TILE_Q: usize = 64;
@@ -48,15 +48,15 @@ impl<T> PerWorker<T> {
     }
 }
 
-/// `t[dd * TILE_Q + i] = x[i * d + dd] * factor`; rows past `x` are zero.
-/// (Walking `t` contiguously, or gathering columns, measured no faster: on
-/// sparse patterns the time here is the first touch of the rows.)
+/// `t[dd * TILE_Q + i] = x[i * d + dd] * factor` in f32; rows past `x` are
+/// zero. (Walking `t` contiguously, or gathering columns, measured no
+/// faster: on sparse patterns the time here is the first touch of the rows.)
 #[inline(always)]
-pub(crate) fn load_transposed(x: &[f32], d: usize, factor: f32, t: &mut [f32]) {
+pub(crate) fn load_transposed<E: Element>(x: &[E], d: usize, factor: f32, t: &mut [f32]) {
     let n_rows = x.len() / d;
     for (i, row) in x.chunks_exact(d).enumerate() {
         for (dd, &v) in row.iter().enumerate() {
-            t[dd * TILE_Q + i] = v * factor;
+            t[dd * TILE_Q + i] = v.to_f32() * factor;
         }
     }
     if n_rows < TILE_Q {
@@ -122,21 +122,22 @@ pub(crate) struct TilePos<'a> {
     pub rows: Rows,
 }
 
-/// `s[j * TILE_Q + i] = Σ_d a[key j][d] · bt[d * TILE_Q + i]` for the keys of
-/// one tile, with `-inf` wherever the pattern forbids the pair when the tile
-/// is partial (`full == false`). `a` holds the tile's K rows.
+/// `s[j * TILE_Q + i] = factor · Σ_d a[key j][d] · bt[d * TILE_Q + i]` for
+/// the keys of one tile, with `-inf` wherever the pattern forbids the pair
+/// when the tile is partial (`full == false`). `a` holds the tile's K rows.
 ///
 /// Returns the per-row bounds of a partial tile (for the rank updates to
 /// skip dead keys), `None` for a full one.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn masked_scores<'b, S: Simd>(
+pub(crate) fn masked_scores<'b, S: Simd, T: Operand>(
     simd: S,
     pos: &TilePos,
     keys: &KeySpan,
     full: bool,
-    a: KeyRows,
-    bt: &[f32],
+    a: KeyRows<T>,
+    bt: &[T],
+    factor: Option<f32>,
     bounds: &'b mut Bounds,
     s: &mut [f32],
 ) -> Option<&'b Bounds> {
@@ -152,7 +153,16 @@ pub(crate) fn masked_scores<'b, S: Simd>(
             &mut bounds.hi,
         );
     let live = (!full).then_some(&*bounds);
-    scores(simd, a, keys, bt, shape.head_dim, live, s);
+    scores(
+        simd,
+        a,
+        keys,
+        bt,
+        shape.head_dim / T::TERMS,
+        live,
+        factor,
+        s,
+    );
     if exact {
         bounds.mask_outside(s, keys.len);
     } else if !full {
@@ -161,35 +171,40 @@ pub(crate) fn masked_scores<'b, S: Simd>(
     (!full).then_some(&*bounds)
 }
 
-/// `s = a · btᵀ` for one key tile; with `bounds`, blocks that no row reads
-/// are set to `-inf` instead of computed.
+/// `s = factor · a · btᵀ` for one key tile (`d` operand elements per row;
+/// no factor: 1); with `bounds`, blocks that no row reads are set to `-inf`
+/// instead of computed.
 #[inline(always)]
-pub(crate) fn scores<S: Simd>(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scores<S: Simd, T: Operand>(
     simd: S,
-    a: KeyRows,
+    a: KeyRows<T>,
     keys: &KeySpan,
-    bt: &[f32],
+    bt: &[T],
     d: usize,
     bounds: Option<&Bounds>,
+    factor: Option<f32>,
     s: &mut [f32],
 ) {
     // Register block (key rows, query vectors). (8, 2) and (6, 4) on
     // AVX-512 measured no faster than (4, 4), (8, 2) 30% slower.
     if S::LANES == 8 {
-        scores_blocked::<S, 4, 2>(simd, a, keys, bt, d, bounds, s);
+        scores_blocked::<S, T, 4, 2>(simd, a, keys, bt, d, bounds, factor, s);
     } else {
-        scores_blocked::<S, 4, 4>(simd, a, keys, bt, d, bounds, s);
+        scores_blocked::<S, T, 4, 4>(simd, a, keys, bt, d, bounds, factor, s);
     }
 }
 
 #[inline(always)]
-fn scores_blocked<S: Simd, const MR: usize, const NV: usize>(
+#[allow(clippy::too_many_arguments)]
+fn scores_blocked<S: Simd, T: Operand, const MR: usize, const NV: usize>(
     simd: S,
-    a: KeyRows,
+    a: KeyRows<T>,
     keys: &KeySpan,
-    bt: &[f32],
+    bt: &[T],
     d: usize,
     bounds: Option<&Bounds>,
+    factor: Option<f32>,
     s: &mut [f32],
 ) {
     let (stride, a) = (a.stride, a.data);
@@ -206,7 +221,7 @@ fn scores_blocked<S: Simd, const MR: usize, const NV: usize>(
                 continue;
             }
             // Rows past the tile repeat its last key: computed, never read.
-            let rows: [*const f32; MR] =
+            let rows: [*const T; MR] =
                 std::array::from_fn(|r| a[(j0 + r).min(keys.len - 1) * stride..].as_ptr());
             // SAFETY: every row pointer has `d` readable f32 (the slicing
             // above is bounds-checked and rows hold d elements), `bt` holds
@@ -214,15 +229,23 @@ fn scores_blocked<S: Simd, const MR: usize, const NV: usize>(
             unsafe {
                 let mut acc = [[simd.splat(0.0); NV]; MR];
                 let bt = bt.as_ptr().add(i0);
-                let mut bv = [simd.splat(0.0); NV];
+                let mut bv = [T::zero(simd); NV];
                 for dd in 0..d {
                     for c in 0..NV {
-                        bv[c] = simd.load(bt.add(dd * TILE_Q + c * S::LANES));
+                        bv[c] = T::load(simd, bt.add(dd * TILE_Q + c * S::LANES));
                     }
                     for r in 0..MR {
-                        let ab = simd.splat(*rows[r].add(dd));
+                        let ab = T::splat(simd, rows[r].add(dd));
                         for c in 0..NV {
-                            acc[r][c] = simd.fma(ab, bv[c], acc[r][c]);
+                            acc[r][c] = T::madd(simd, acc[r][c], ab, bv[c]);
+                        }
+                    }
+                }
+                if let Some(f) = factor {
+                    let f = simd.splat(f);
+                    for r in 0..MR {
+                        for c in 0..NV {
+                            acc[r][c] = simd.mul(acc[r][c], f);
                         }
                     }
                 }
@@ -237,16 +260,24 @@ fn scores_blocked<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// The K or V rows of one key tile: row `t` is `data[t * stride..][..D]`.
-#[derive(Clone, Copy)]
-pub(crate) struct KeyRows<'a> {
-    pub data: &'a [f32],
+/// The K or V rows of one key tile: row `t` is `data[t * stride..][..D]`
+/// (elements of storage type, or operand pairs).
+pub(crate) struct KeyRows<'a, T = f32> {
+    pub data: &'a [T],
     pub stride: usize,
 }
 
-impl<'a> KeyRows<'a> {
+// Not derived: the derive would require `T: Copy`.
+impl<T> Clone for KeyRows<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for KeyRows<'_, T> {}
+
+impl<'a, T> KeyRows<'a, T> {
     /// The rows of `keys` read in place (`src` starts at its first key).
-    pub(crate) fn in_place(src: &'a [f32], keys: &KeySpan, d: usize) -> Self {
+    pub(crate) fn in_place(src: &'a [T], keys: &KeySpan, d: usize) -> Self {
         KeyRows {
             data: src,
             stride: keys.step * d,
@@ -265,13 +296,13 @@ impl<'a> KeyRows<'a> {
 /// copies each row once per head and every tile after that reads contiguous,
 /// L2-resident rows. Bounded by [`Attention::with_gather_budget`] per worker;
 /// the rows of a class past it are read in place.
-pub(crate) struct Gathered {
+pub(crate) struct Gathered<E = f32> {
     /// (kv offset, residue, step) of the class whose rows are held, and
     /// how many rows (from the class's first key on).
     class: Option<(usize, usize, usize)>,
     len: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Vec<E>,
+    v: Vec<E>,
 }
 
 impl Gathered {
@@ -288,19 +319,21 @@ impl Gathered {
             .min(budget / (2 * d * std::mem::size_of::<f32>()))
     }
 
-    /// Room for `rows` rows of `d` floats of K and of V.
+    /// Bytes held for `rows` rows of `d` floats.
+    pub(crate) fn bytes(rows: usize, d: usize) -> usize {
+        2 * rows * d * std::mem::size_of::<f32>()
+    }
+}
+
+impl<E: Element> Gathered<E> {
+    /// Room for `rows` rows of `d` elements of K and of V.
     pub(crate) fn new(rows: usize, d: usize) -> Self {
         Gathered {
             class: None,
             len: 0,
-            k: vec![0.0; rows * d],
-            v: vec![0.0; rows * d],
+            k: vec![E::default(); rows * d],
+            v: vec![E::default(); rows * d],
         }
-    }
-
-    /// Bytes held for `rows` rows of `d` floats.
-    pub(crate) fn bytes(rows: usize, d: usize) -> usize {
-        2 * rows * d * std::mem::size_of::<f32>()
     }
 
     /// Contiguous K and V rows of the stepped tile `keys` of the kv head at
@@ -310,12 +343,12 @@ impl Gathered {
     pub(crate) fn rows<S: Simd>(
         &mut self,
         simd: S,
-        k: &[f32],
-        v: &[f32],
+        k: &[E],
+        v: &[E],
         kv_base: usize,
         keys: &KeySpan,
         d: usize,
-    ) -> Option<(KeyRows<'_>, KeyRows<'_>)> {
+    ) -> Option<(KeyRows<'_, E>, KeyRows<'_, E>)> {
         if keys.step == 1 {
             return None;
         }
@@ -354,12 +387,12 @@ impl Gathered {
 /// itself when they already are, else a copy in `buf`. Update kernels read a
 /// tile's rows once per block of query rows, and rows a power-of-two stride
 /// apart (a strided pattern's keys) fall into a few L1 sets and thrash.
-pub(crate) fn contiguous_rows<'a>(
-    rows: KeyRows<'a>,
+pub(crate) fn contiguous_rows<'a, E: Copy>(
+    rows: KeyRows<'a, E>,
     n_keys: usize,
     d: usize,
-    buf: &'a mut [f32],
-) -> KeyRows<'a> {
+    buf: &'a mut [E],
+) -> KeyRows<'a, E> {
     if rows.stride == d {
         return rows;
     }
@@ -372,27 +405,20 @@ pub(crate) fn contiguous_rows<'a>(
     }
 }
 
-/// Copies rows `first`, `first + step`, … of `src` (rows of `d` floats)
+/// Copies rows `first`, `first + step`, … of `src` (rows of `d` elements)
 /// into the consecutive rows of `to`, as many as `to` holds: a strided
-/// class's keys made contiguous. Vector moves in line, since
-/// `copy_from_slice` calls memmove, whose start-up cost is large against
-/// 256-byte rows.
+/// class's keys made contiguous.
 #[inline(always)]
-pub(crate) fn copy_stepped<S: Simd>(
+pub(crate) fn copy_stepped<S: Simd, E: Element>(
     simd: S,
-    src: &[f32],
+    src: &[E],
     first: usize,
     step: usize,
     d: usize,
-    to: &mut [f32],
+    to: &mut [E],
 ) {
-    assert!(d.is_multiple_of(S::LANES));
     for (r, row) in to.chunks_exact_mut(d).enumerate() {
-        let from = &src[(first + r * step) * d..][..d];
-        for c in (0..d).step_by(S::LANES) {
-            // SAFETY: c + LANES ≤ d, the length of both rows.
-            unsafe { simd.store(row.as_mut_ptr().add(c), simd.load(from.as_ptr().add(c))) }
-        }
+        E::copy_row(simd, &src[(first + r * step) * d..][..d], row);
     }
 }
 
@@ -415,13 +441,14 @@ enum RowsAre {
 ///
 /// for rows `r < rows`, with `a(r, t)` read from the key-major score buffer
 /// as [`RowsAre`] says, and `out` rows `out_stride` apart and `D` wide.
-pub(crate) struct RankUpdate<'a> {
-    a: &'a [f32],
+pub(crate) struct RankUpdate<'a, T = f32> {
+    a: &'a [T],
     rows_are: RowsAre,
-    b: &'a [f32],
+    b: &'a [T],
     b_stride: usize,
     rows: usize,
-    /// The reduction range...
+    /// The reduction range, in operand elements ([`Operand::TERMS`] terms
+    /// each)...
     red: Range<usize>,
     /// ...narrowed per block of rows to the keys they read (rows are query
     /// rows of a partial tile).
@@ -430,14 +457,14 @@ pub(crate) struct RankUpdate<'a> {
     alpha: Option<&'a [f32]>,
 }
 
-impl<'a> RankUpdate<'a> {
+impl<'a, T: Operand> RankUpdate<'a, T> {
     /// `out[i, :] = alpha[i] · out[i, :] + Σ_j a[j·TILE_Q + i] · rows[j, :]`
     /// for the first `n_rows` query rows of a tile over its `n_keys` keys:
-    /// P·V (forward) and dS·K (dQ). `bounds` narrows each block of rows to
-    /// the keys they read.
+    /// P·V (forward) and dS·K (dQ). With pairs, `j` counts pairs of keys.
+    /// `bounds` narrows each block of rows to the keys they read.
     pub(crate) fn by_queries(
-        a: &'a [f32],
-        rows: KeyRows<'a>,
+        a: &'a [T],
+        rows: KeyRows<'a, T>,
         n_keys: usize,
         n_rows: usize,
         bounds: Option<&'a Bounds>,
@@ -449,7 +476,7 @@ impl<'a> RankUpdate<'a> {
             b: rows.data,
             b_stride: rows.stride,
             rows: n_rows,
-            red: 0..n_keys,
+            red: 0..n_keys.div_ceil(T::TERMS),
             bounds,
             alpha,
         }
@@ -458,7 +485,7 @@ impl<'a> RankUpdate<'a> {
     /// `out[j, :] += Σ_i a[j·TILE_Q + i] · b[i, :]` over the `n_rows` query
     /// rows of a tile (`b` holds them contiguous): Pᵀ·dO into dV and dSᵀ·Q
     /// into dK, rows `j` of one key tile.
-    pub(crate) fn by_keys(a: &'a [f32], b: &'a [f32], n_keys: usize, n_rows: usize) -> Self {
+    pub(crate) fn by_keys(a: &'a [T], b: &'a [T], n_keys: usize, n_rows: usize) -> Self {
         RankUpdate {
             a,
             rows_are: RowsAre::Keys,
@@ -521,7 +548,10 @@ impl<'a> RankUpdate<'a> {
     ) {
         let col = c0 * S::LANES;
         let red = match self.bounds {
-            Some(b) => b.union(r0..(r0 + MR).min(self.rows)),
+            Some(b) => {
+                let keys = b.union(r0..(r0 + MR).min(self.rows));
+                keys.start / T::TERMS..keys.end.div_ceil(T::TERMS)
+            }
             None => self.red.clone(),
         };
         // A last partial block repeats its last row: the same values are
@@ -555,15 +585,15 @@ impl<'a> RankUpdate<'a> {
             }
             let a = self.a.as_ptr();
             let bp = self.b.as_ptr().add(col);
-            let mut bv = [simd.splat(0.0); NV];
+            let mut bv = [T::zero(simd); NV];
             for t in red {
                 for c in 0..NV {
-                    bv[c] = simd.load(bp.add(t * self.b_stride + c * S::LANES));
+                    bv[c] = T::load(simd, bp.add(t * self.b_stride + c * S::LANES));
                 }
                 for r in 0..MR {
-                    let ab = simd.splat(*a.add(row(r) * A_ROW + t * A_RED));
+                    let ab = T::splat(simd, a.add(row(r) * A_ROW + t * A_RED));
                     for c in 0..NV {
-                        acc[r][c] = simd.fma(ab, bv[c], acc[r][c]);
+                        acc[r][c] = T::madd(simd, acc[r][c], ab, bv[c]);
                     }
                 }
             }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{data, long_kinds, pattern_strategy, shape_strategy, GATHER_BUDGETS};
 use edifice_kernels::{
-    reference, Attention, AttnShape, BackwardSchedule, Isa, Pattern, PatternKind,
+    bf16, reference, Attention, AttnShape, BackwardSchedule, Element, Isa, Pattern, PatternKind,
 };
 use proptest::prelude::*;
 
@@ -24,15 +24,28 @@ fn max_abs(x: &[f32]) -> f64 {
     x.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()))
 }
 
+/// bf16 storage, relative to max |grad|: the gradients are rounded to bf16
+/// (2⁻⁹) and δ = rowsum(dO ∘ O) reads the bf16-rounded o of the forward pass.
+const BF16_TOL: f64 = 1.0 / 256.0;
+
 fn assert_grads(att: &Attention, seed: u64) -> Result<(), TestCaseError> {
+    assert_grads_as::<f32>(att, seed, TOL)
+}
+
+/// Gradients with storage type `E` against the reference on the same
+/// (rounded) inputs, within `tol` relative to max |grad|.
+fn assert_grads_as<E: Element>(att: &Attention, seed: u64, tol: f64) -> Result<(), TestCaseError> {
     let s = att.shape();
-    let q = data(s.q_len(), seed);
-    let k = data(s.kv_len(), seed ^ 1);
-    let v = data(s.kv_len(), seed ^ 2);
-    let d_o = data(s.q_len(), seed ^ 3);
+    let stored = |n, seed| -> Vec<E> { data(n, seed).into_iter().map(E::from_f32).collect() };
+    let q = stored(s.q_len(), seed);
+    let k = stored(s.kv_len(), seed ^ 1);
+    let v = stored(s.kv_len(), seed ^ 2);
+    let d_o = stored(s.q_len(), seed ^ 3);
     let (o, lse) = att.forward_vec(&q, &k, &v).unwrap();
     let got = att.backward_vec(&q, &k, &v, &o, &lse, &d_o).unwrap();
-    let want = reference::backward(att, &q, &k, &v, &d_o);
+    let wide = |x: &[E]| -> Vec<f32> { x.iter().map(|v| v.to_f32()).collect() };
+    let got = (wide(&got.0), wide(&got.1), wide(&got.2));
+    let want = reference::backward(att, &wide(&q), &wide(&k), &wide(&v), &wide(&d_o));
     // Relative to the largest gradient of the call: a gradient that is zero
     // in exact arithmetic (one key: dS = P·(dP - δ) with dP = δ) comes out as
     // rounding noise of the size of its terms.
@@ -45,7 +58,7 @@ fn assert_grads(att: &Attention, seed: u64) -> Result<(), TestCaseError> {
         ("dk", &got.1, &want.1),
         ("dv", &got.2, &want.2),
     ] {
-        let tol = TOL * scale;
+        let tol = tol * scale;
         for (idx, (&a, &b)) in g.iter().zip(w.iter()).enumerate() {
             prop_assert!(a.is_finite(), "{}[{}] = {}", name, idx, a);
             prop_assert!(
@@ -87,6 +100,30 @@ proptest! {
             att = att.with_scale(scale).unwrap();
         }
         assert_grads(&att, seed)?;
+    }
+}
+
+/// bf16 storage: q, k, v, dO rounded to bf16, both bf16 forward paths (f32
+/// products on widened tiles, and `vdpbf16ps` pairs), every pattern.
+#[test]
+fn bf16_gradients_match_reference() {
+    let shape = AttnShape {
+        batch: 2,
+        heads_q: 4,
+        heads_kv: 2,
+        len_q: 150,
+        len_k: 200,
+        head_dim: 32,
+    };
+    for kind in long_kinds() {
+        for causal in [false, true] {
+            for isa in Isa::available() {
+                let att = Attention::new(shape, Pattern::new(kind.clone(), causal))
+                    .unwrap()
+                    .with_isa(isa);
+                assert_grads_as::<bf16>(&att, 5, BF16_TOL).unwrap();
+            }
+        }
     }
 }
 

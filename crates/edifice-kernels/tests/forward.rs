@@ -1,19 +1,42 @@
 //! The forward kernel against the naive f64 reference, over random shapes,
-//! every pattern (with and without causal), custom scales and every
-//! instruction set this CPU has.
+//! every pattern (with and without causal), custom scales, every
+//! instruction set this CPU has, and both storage types.
 
 mod common;
 
 use common::{data, long_kinds, pattern_strategy, shape_strategy, GATHER_BUDGETS};
-use edifice_kernels::{reference, Attention, AttnShape, Isa, Pattern, PatternKind};
+use edifice_kernels::{bf16, reference, Attention, AttnShape, Element, Isa, Pattern, PatternKind};
 use proptest::prelude::*;
 
 /// The bar: o and lse within 1e-4 of the f64 reference.
 const TOL: f32 = 1e-4;
 
-fn assert_close(att: &Attention, q: &[f32], k: &[f32], v: &[f32]) -> Result<(), TestCaseError> {
+/// bf16 storage: o within 2⁻⁸ · max|v| (half from rounding P to bf16 before
+/// P·V, half from rounding o), with |v| ≤ 1 here. Scores are exact products
+/// of the stored values summed in f32, so lse keeps the f32 tolerance.
+const BF16_O_TOL: f32 = 1.0 / 256.0;
+
+fn assert_close<E: Element + Into<f64>>(
+    att: &Attention,
+    q: &[E],
+    k: &[E],
+    v: &[E],
+    o_tol: f32,
+) -> Result<(), TestCaseError> {
+    assert_matches(att, (q, k, v), &reference::forward_f64(att, q, k, v), o_tol)
+}
+
+/// The kernel's `(o, lse)` against the reference's `want`.
+fn assert_matches<E: Element>(
+    att: &Attention,
+    (q, k, v): (&[E], &[E], &[E]),
+    want: &(Vec<f64>, Vec<f64>),
+    o_tol: f32,
+) -> Result<(), TestCaseError> {
     let (o, lse) = att.forward_vec(q, k, v).unwrap();
-    let (o_ref, lse_ref) = reference::forward(att, q, k, v);
+    let o: Vec<f32> = o.iter().map(|x| x.to_f32()).collect();
+    let o_ref: Vec<f32> = want.0.iter().map(|&x| x as f32).collect();
+    let lse_ref: Vec<f32> = want.1.iter().map(|&x| x as f32).collect();
     for (idx, (&a, &b)) in lse.iter().zip(&lse_ref).enumerate() {
         if b == f32::NEG_INFINITY {
             prop_assert_eq!(a, b, "lse[{}] of a fully masked row", idx);
@@ -31,7 +54,7 @@ fn assert_close(att: &Attention, q: &[f32], k: &[f32], v: &[f32]) -> Result<(), 
     for (idx, (&a, &b)) in o.iter().zip(&o_ref).enumerate() {
         prop_assert!(a.is_finite(), "o[{}] = {}", idx, a);
         prop_assert!(
-            (a - b).abs() <= TOL,
+            (a - b).abs() <= o_tol,
             "o[{}] = {} want {} ({:?})",
             idx,
             a,
@@ -42,7 +65,9 @@ fn assert_close(att: &Attention, q: &[f32], k: &[f32], v: &[f32]) -> Result<(), 
     Ok(())
 }
 
-fn case() -> impl Strategy<Value = (AttnShape, Pattern, Option<f32>, usize, usize, u64)> {
+type Case = (AttnShape, Pattern, Option<f32>, usize, usize, u64);
+
+fn case() -> impl Strategy<Value = Case> {
     shape_strategy().prop_flat_map(|shape| {
         (
             Just(shape),
@@ -55,22 +80,40 @@ fn case() -> impl Strategy<Value = (AttnShape, Pattern, Option<f32>, usize, usiz
     })
 }
 
+/// One drawn case with storage type `E`.
+fn check_case<E: Element + Into<f64>>(
+    (shape, pattern, scale, isa, budget, seed): Case,
+    o_tol: f32,
+) -> Result<(), TestCaseError> {
+    let mut att = Attention::new(shape, pattern)
+        .unwrap()
+        .with_isa(Isa::available()[isa])
+        .with_gather_budget(budget);
+    if let Some(scale) = scale {
+        att = att.with_scale(scale).unwrap();
+    }
+    let q = stored::<E>(shape.q_len(), seed);
+    let k = stored::<E>(shape.kv_len(), seed ^ 1);
+    let v = stored::<E>(shape.kv_len(), seed ^ 2);
+    assert_close(&att, &q, &k, &v, o_tol)
+}
+
+/// [`data`] rounded to the storage type.
+fn stored<E: Element>(n: usize, seed: u64) -> Vec<E> {
+    data(n, seed).into_iter().map(E::from_f32).collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn forward_matches_reference((shape, pattern, scale, isa, budget, seed) in case()) {
-        let mut att = Attention::new(shape, pattern)
-            .unwrap()
-            .with_isa(Isa::available()[isa])
-            .with_gather_budget(budget);
-        if let Some(scale) = scale {
-            att = att.with_scale(scale).unwrap();
-        }
-        let q = data(shape.q_len(), seed);
-        let k = data(shape.kv_len(), seed ^ 1);
-        let v = data(shape.kv_len(), seed ^ 2);
-        assert_close(&att, &q, &k, &v)?;
+    fn forward_matches_reference(case in case()) {
+        check_case::<f32>(case, TOL)?;
+    }
+
+    #[test]
+    fn bf16_forward_matches_reference(case in case()) {
+        check_case::<bf16>(case, BF16_O_TOL)?;
     }
 }
 
@@ -88,15 +131,21 @@ fn long_sequences_every_pattern() {
     let q = data(shape.q_len(), 7);
     let k = data(shape.kv_len(), 8);
     let v = data(shape.kv_len(), 9);
+    let (q16, k16, v16) = (
+        stored::<bf16>(q.len(), 7),
+        stored(k.len(), 8),
+        stored(v.len(), 9),
+    );
     for kind in long_kinds() {
         for causal in [false, true] {
+            let att = Attention::new(shape, Pattern::new(kind.clone(), causal)).unwrap();
+            let want = reference::forward_f64(&att, &q, &k, &v);
+            let want16 = reference::forward_f64(&att, &q16, &k16, &v16);
             for isa in Isa::available() {
                 for &budget in GATHER_BUDGETS {
-                    let att = Attention::new(shape, Pattern::new(kind.clone(), causal))
-                        .unwrap()
-                        .with_isa(isa)
-                        .with_gather_budget(budget);
-                    assert_close(&att, &q, &k, &v).unwrap();
+                    let att = att.clone().with_isa(isa).with_gather_budget(budget);
+                    assert_matches(&att, (&q, &k, &v), &want, TOL).unwrap();
+                    assert_matches(&att, (&q16, &k16, &v16), &want16, BF16_O_TOL).unwrap();
                 }
             }
         }
@@ -134,6 +183,25 @@ fn fully_masked_rows_are_zero() {
             }
         }
     }
+}
+
+/// bf16 with an odd head dimension cannot form pairs along D; it runs on
+/// f32 copies and must give the same answer.
+#[test]
+fn bf16_odd_head_dim() {
+    let shape = AttnShape {
+        batch: 2,
+        heads_q: 2,
+        heads_kv: 1,
+        len_q: 67,
+        len_k: 70,
+        head_dim: 7,
+    };
+    let q = stored::<bf16>(shape.q_len(), 3);
+    let k = stored::<bf16>(shape.kv_len(), 4);
+    let v = stored::<bf16>(shape.kv_len(), 5);
+    let att = Attention::new(shape, Pattern::new(PatternKind::Window { window: 9 }, true)).unwrap();
+    assert_close(&att, &q, &k, &v, BF16_O_TOL).unwrap();
 }
 
 #[test]
