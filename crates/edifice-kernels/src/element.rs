@@ -23,7 +23,7 @@
 use half::bf16;
 
 use crate::simd::{Isa, Operand, Pair, Simd};
-use crate::tile::{load_transposed, Bounds, KeyRows, RankUpdate, TILE_Q};
+use crate::tile::{load_transposed, Bounds, KeyRows, RankUpdate, TILE_K, TILE_Q};
 use crate::Attention;
 
 /// A storage type of the attention tensors: `f32` or [`half::bf16`].
@@ -112,8 +112,11 @@ pub(crate) trait Products<E>: Send + Sync + 'static {
     /// scale the f32 scores instead (no second rounding).
     fn load_q(x: &[E], d: usize, factor: f32, qt: &mut [Self::Op]) -> Option<f32>;
 
-    /// A key tile's K rows as operands (`buf`: scratch of `TILE_K · d`
-    /// elements).
+    /// Elements of the K-rows scratch of `k_rows` for head dimension `d`.
+    fn k_ops_len(d: usize) -> usize;
+
+    /// A key tile's K rows as operands (`buf`: scratch of
+    /// [`k_ops_len`](Self::k_ops_len) elements).
     fn k_rows<'a, S: Simd>(
         simd: S,
         k: KeyRows<'a, E>,
@@ -225,6 +228,15 @@ impl sealed::Storage for bf16 {
 impl<E: Element> Products<E> for Widen {
     type Op = f32;
 
+    /// f32 K rows are read in place.
+    fn k_ops_len(d: usize) -> usize {
+        if E::as_f32(&[]).is_some() {
+            0
+        } else {
+            TILE_K * d
+        }
+    }
+
     #[inline(always)]
     fn load_q(x: &[E], d: usize, factor: f32, qt: &mut [f32]) -> Option<f32> {
         load_transposed(x, d, factor, qt);
@@ -293,6 +305,11 @@ fn widened_rows<'a, S: Simd, E: Element>(
 
 impl Products<bf16> for Pairs {
     type Op = Pair;
+
+    /// K rows are read in place, as pairs.
+    fn k_ops_len(_: usize) -> usize {
+        0
+    }
 
     #[inline(always)]
     fn load_q(x: &[bf16], d: usize, factor: f32, qt: &mut [Pair]) -> Option<f32> {

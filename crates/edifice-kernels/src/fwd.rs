@@ -52,7 +52,7 @@ pub(crate) struct Scratch<E: Element, P: Products<E>> {
     l: Vec<f32>,
     alpha: Vec<f32>,
     /// A key tile's K rows as operands when they are not used in place
-    /// (widened bf16), `[TILE_K, D]`.
+    /// (widened bf16), `[TILE_K, D]`; else empty.
     k_ops: Vec<P::Op>,
     /// P·V operands: P packed (pairs; else empty), and a tile's V rows as
     /// operands, `[TILE_K / TERMS, D]` (f32: a stepped tile's rows made
@@ -67,7 +67,7 @@ impl<E: Element, P: Products<E>> Scratch<E, P> {
         let op = P::Op::zero_value();
         Scratch {
             qt: vec![op; d / P::Op::TERMS * TILE_Q],
-            k_ops: vec![op; TILE_K * d],
+            k_ops: vec![op; P::k_ops_len(d)],
             s: vec![0.0; S_ROWS * TILE_Q],
             acc: vec![0.0; TILE_Q * d],
             m: vec![0.0; TILE_Q],
@@ -82,10 +82,10 @@ impl<E: Element, P: Products<E>> Scratch<E, P> {
 
 impl Scratch<f32, crate::element::Widen> {
     /// Bytes a thread holds for head dimension `d` and `gather_rows` rows
-    /// of [`Gathered`] (an upper bound for bf16).
+    /// of [`Gathered`], with f32 storage (bf16 holds at most `TILE_K · D`
+    /// f32 more: its widened K tile).
     pub(crate) fn bytes(d: usize, gather_rows: usize) -> usize {
-        (2 * d * TILE_Q + 2 * TILE_K * d + S_ROWS * TILE_Q + 3 * TILE_Q)
-            * std::mem::size_of::<f32>()
+        (2 * d * TILE_Q + TILE_K * d + S_ROWS * TILE_Q + 3 * TILE_Q) * std::mem::size_of::<f32>()
             + Gathered::bytes(gather_rows, d)
     }
 }
