@@ -7,7 +7,7 @@ use clap::Args;
 use edifice_kernels::{bf16, Attention, AttnShape, BoolMask, Pattern, PatternKind};
 use safetensors::Dtype;
 
-use crate::tensors::{write, Encoded, Stored, TensorFile};
+use crate::tensors::{encode, write, Stored, TensorFile};
 
 #[derive(Args)]
 pub struct AttnArgs {
@@ -73,19 +73,16 @@ fn run_as<E: Stored>(args: &AttnArgs, file: &TensorFile) -> Result<()> {
         att = att.with_scale(scale)?;
     }
     let (o, lse) = att.forward_vec(&q, &k, &v)?;
-    let mut out = vec![
-        Encoded::new("o", &qd, &o),
-        Encoded::new("lse", &qd[..3], &lse),
-    ];
+    let mut out = vec![encode("o", &qd, &o), encode("lse", &qd[..3], &lse)];
     if file.has("do") {
         let (d_o, dod) = file.floats::<E>("do", 4)?;
         if dod != qd {
             bail!("do has dims {dod:?} but q has dims {qd:?}; they must match");
         }
         let (dq, dk, dv) = att.backward_vec(&q, &k, &v, &o, &lse, &d_o)?;
-        out.push(Encoded::new("dq", &qd, &dq));
-        out.push(Encoded::new("dk", &kd, &dk));
-        out.push(Encoded::new("dv", &kd, &dv));
+        out.push(encode("dq", &qd, &dq));
+        out.push(encode("dk", &kd, &dk));
+        out.push(encode("dv", &kd, &dv));
     }
     write(&args.output, &out).context("writing the output")?;
     Ok(())

@@ -363,11 +363,8 @@ fn time_kernel<E: Element>(
 /// Times the Rust peers (f32) on the dense case `ours` was measured on.
 #[cfg(feature = "peers")]
 fn peers(args: &KernelArgs, ours: &Record, causal: bool) -> Result<Vec<Record>> {
-    let (q, k, v) = (
-        inputs::<f32>(ours.batch * ours.heads * ours.n * ours.head_dim, 1),
-        inputs::<f32>(ours.batch * ours.heads * ours.n * ours.head_dim, 2),
-        inputs::<f32>(ours.batch * ours.heads * ours.n * ours.head_dim, 3),
-    );
+    let len = ours.batch * ours.heads * ours.n * ours.head_dim;
+    let [q, k, v] = [1, 2, 3].map(|seed| inputs::<f32>(len, seed));
     let (q, k, v) = (&q, &k, &v);
     let case = edifice_bench_peers::Case {
         batch: ours.batch,

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use edifice::weights::Encoded;
 use edifice_kernels::{bf16, Element};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -38,23 +39,14 @@ impl Stored for bf16 {
     }
 }
 
-/// A tensor ready to write: name, dims, dtype and little-endian bytes.
-pub struct Encoded {
-    name: String,
-    dims: Vec<usize>,
-    dtype: Dtype,
-    bytes: Vec<u8>,
-}
-
-impl Encoded {
-    pub fn new<E: Stored>(name: &str, dims: &[usize], data: &[E]) -> Self {
-        Encoded {
-            name: name.to_string(),
-            dims: dims.to_vec(),
-            dtype: E::DTYPE,
-            bytes: E::encode(data),
-        }
-    }
+/// Tensor `name` of `dims` encoded for [`write`].
+pub fn encode<E: Stored>(name: &str, dims: &[usize], data: &[E]) -> Encoded<'static> {
+    (
+        name.to_string(),
+        E::DTYPE,
+        dims.to_vec(),
+        E::encode(data).into(),
+    )
 }
 
 /// A safetensors file read into memory.
@@ -153,15 +145,6 @@ impl TensorFile {
 
 /// Writes `tensors` to `path`.
 pub fn write(path: &Path, tensors: &[Encoded]) -> Result<()> {
-    let views = tensors
-        .iter()
-        .map(|t| {
-            Ok((
-                t.name.clone(),
-                TensorView::new(t.dtype, t.dims.clone(), &t.bytes)?,
-            ))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    safetensors::serialize_to_file(views, &None, path)
-        .with_context(|| format!("cannot write {}", path.display()))
+    let bytes = edifice::weights::serialize(tensors, None)?;
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -346,7 +346,7 @@ pub type Blobs = BTreeMap<String, Vec<u8>>;
 pub type Metadata = std::collections::HashMap<String, String>;
 
 /// One tensor on its way to a file: name, dtype, shape, little-endian bytes.
-type Encoded<'a> = (String, Dtype, Vec<usize>, std::borrow::Cow<'a, [u8]>);
+pub type Encoded<'a> = (String, Dtype, Vec<usize>, std::borrow::Cow<'a, [u8]>);
 
 /// [`to_safetensors`] plus U8 `blobs` and header `metadata`.
 pub fn to_safetensors_with(
@@ -366,7 +366,12 @@ pub fn to_safetensors_with(
                 .map(|(name, b)| (name.clone(), Dtype::U8, vec![b.len()], b.as_slice().into())),
         )
         .collect();
-    let views = bytes
+    serialize(&bytes, metadata)
+}
+
+/// A safetensors file of already encoded tensors, with header `metadata`.
+pub fn serialize(tensors: &[Encoded], metadata: Option<Metadata>) -> Result<Vec<u8>, Error> {
+    let views = tensors
         .iter()
         .map(|(name, dtype, shape, raw)| {
             safetensors::tensor::TensorView::new(*dtype, shape.clone(), raw)
