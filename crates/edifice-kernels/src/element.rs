@@ -125,19 +125,12 @@ pub(crate) trait Products<E>: Send + Sync + 'static {
         buf: &'a mut [Self::Op],
     ) -> KeyRows<'a, Self::Op>;
 
-    /// `acc[i, :] = alpha[i] · acc[i, :] + Σ_j p[j·TILE_Q + i] · v[j, :]`
-    /// over the tile's `n_keys` keys, the forward pass's P·V; `p_ops` and
-    /// `v_ops` are scratch of [`p_ops_len`](Self::p_ops_len) and
+    /// The forward pass's P·V for one key tile (see [`PvTile`]); `p_ops`
+    /// and `v_ops` are scratch of [`p_ops_len`](Self::p_ops_len) and
     /// `TILE_K · d` elements.
-    #[allow(clippy::too_many_arguments)]
     fn p_times_v<S: Simd>(
         simd: S,
-        p: &[f32],
-        v: KeyRows<E>,
-        n_keys: usize,
-        d: usize,
-        live: Option<&Bounds>,
-        alpha: &[f32],
+        tile: PvTile<E>,
         p_ops: &mut [Self::Op],
         v_ops: &mut [Self::Op],
         acc: &mut [f32],
@@ -146,6 +139,34 @@ pub(crate) trait Products<E>: Send + Sync + 'static {
     /// Elements of the packed-P scratch of `p_times_v`.
     fn p_ops_len() -> usize {
         0
+    }
+}
+
+/// `acc[i, :] = alpha[i] · acc[i, :] + Σ_j p[j·TILE_Q + i] · v[j, :]` over
+/// one key tile's `n_keys` keys, for the query rows of a tile (`live`: the
+/// per-row key bounds of a partial tile).
+pub(crate) struct PvTile<'a, E> {
+    pub p: &'a [f32],
+    pub v: KeyRows<'a, E>,
+    pub n_keys: usize,
+    pub d: usize,
+    pub live: Option<&'a Bounds>,
+    pub alpha: &'a [f32],
+}
+
+impl<'a, E> PvTile<'a, E> {
+    /// The rank update of this tile with its P and V as operands `p_ops`
+    /// and `v_ops`.
+    #[inline(always)]
+    fn update<T: Operand>(&self, p_ops: &'a [T], v_ops: KeyRows<'a, T>) -> RankUpdate<'a, T> {
+        RankUpdate::by_queries(
+            p_ops,
+            v_ops,
+            self.n_keys,
+            TILE_Q,
+            self.live,
+            Some(self.alpha),
+        )
     }
 }
 
@@ -267,21 +288,17 @@ impl<E: Element> Products<E> for Widen {
     #[inline(always)]
     fn p_times_v<S: Simd>(
         simd: S,
-        p: &[f32],
-        v: KeyRows<E>,
-        n_keys: usize,
-        d: usize,
-        live: Option<&Bounds>,
-        alpha: &[f32],
+        tile: PvTile<E>,
         _: &mut [f32],
         v_ops: &mut [f32],
         acc: &mut [f32],
     ) {
+        let (v, n_keys, d) = (tile.v, tile.n_keys, tile.d);
         let v = match E::as_f32(v.data) {
             Some(data) if v.stride == d => KeyRows { data, stride: d },
             _ => widened_rows(simd, v, n_keys, d, v_ops),
         };
-        RankUpdate::by_queries(p, v, n_keys, TILE_Q, live, Some(alpha)).apply(simd, d, acc, d);
+        tile.update(tile.p, v).apply(simd, d, acc, d);
     }
 }
 
@@ -348,18 +365,15 @@ impl Products<bf16> for Pairs {
     #[inline(always)]
     fn p_times_v<S: Simd>(
         simd: S,
-        p: &[f32],
-        v: KeyRows<bf16>,
-        n_keys: usize,
-        d: usize,
-        live: Option<&Bounds>,
-        alpha: &[f32],
+        tile: PvTile<bf16>,
         p_ops: &mut [Pair],
         v_ops: &mut [Pair],
         acc: &mut [f32],
     ) {
+        let (v, n_keys, d) = (tile.v, tile.n_keys, tile.d);
         assert!(d.is_multiple_of(S::LANES));
         let pairs = n_keys.div_ceil(2);
+        let p = tile.p;
         assert!(p.len() >= n_keys * TILE_Q && p_ops.len() >= pairs * TILE_Q);
         assert!(v_ops.len() >= pairs * d && v.data.len() >= (n_keys - 1) * v.stride + d);
         for q in 0..pairs {
@@ -389,8 +403,7 @@ impl Products<bf16> for Pairs {
             data: &v_ops[..pairs * d],
             stride: d,
         };
-        RankUpdate::by_queries(&p_ops[..], v, n_keys, TILE_Q, live, Some(alpha))
-            .apply(simd, d, acc, d);
+        tile.update(&p_ops[..], v).apply(simd, d, acc, d);
     }
 
     fn p_ops_len() -> usize {

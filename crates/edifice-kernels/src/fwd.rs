@@ -28,7 +28,7 @@
 
 use rayon::prelude::*;
 
-use crate::element::{Element, ForProducts, Products};
+use crate::element::{Element, ForProducts, Products, PvTile};
 use crate::pattern::Rows;
 use crate::simd::{Operand, Simd, WithSimd};
 use crate::tile::{
@@ -221,18 +221,15 @@ impl<E: Element, P: Products<E>> WithSimd for QueryTile<'_, E, P> {
                 &mut sc.l,
                 &mut sc.alpha,
             );
-            P::p_times_v(
-                simd,
-                &sc.s,
+            let tile = PvTile {
+                p: &sc.s,
                 v,
-                keys.len,
+                n_keys: keys.len,
                 d,
                 live,
-                &sc.alpha,
-                &mut sc.p_ops,
-                &mut sc.v_ops,
-                &mut sc.acc,
-            );
+                alpha: &sc.alpha,
+            };
+            P::p_times_v(simd, tile, &mut sc.p_ops, &mut sc.v_ops, &mut sc.acc);
         }
 
         for i in 0..n_rows {
