@@ -274,10 +274,12 @@ impl TileGrad {
             bounds,
             &mut self.p,
         );
-        // dPᵀ over the whole tile: skipped blocks must be finite, since
-        // they are multiplied by P = 0 below.
-        scores(simd, v, keys, &self.dot, d, None, None, &mut self.ds);
+        // dPᵀ where P may be non-zero; each vector of rows below reads only
+        // the keys its rows read and stores P = dS = 0 for the others.
+        scores(simd, v, keys, &self.dot, d, live, None, &mut self.ds);
+        let zero = simd.splat(0.0);
         for i0 in (0..TILE_Q).step_by(S::LANES) {
+            let read = live.map_or(0..keys.len, |b| b.union(i0..i0 + S::LANES));
             // SAFETY: i0 + LANES ≤ TILE_Q, the length of lse2 and delta and
             // the row length of p and ds, which hold keys.len ≤ S_ROWS rows.
             unsafe {
@@ -285,6 +287,11 @@ impl TileGrad {
                 let delta = simd.load(self.delta.as_ptr().add(i0));
                 for j in 0..keys.len {
                     let at = j * TILE_Q + i0;
+                    if !read.contains(&j) {
+                        simd.store(self.p.as_mut_ptr().add(at), zero);
+                        simd.store(self.ds.as_mut_ptr().add(at), zero);
+                        continue;
+                    }
                     let p = simd.exp2(simd.sub(simd.load(self.p.as_ptr().add(at)), lse2));
                     simd.store(self.p.as_mut_ptr().add(at), p);
                     let dp = simd.load(self.ds.as_ptr().add(at));

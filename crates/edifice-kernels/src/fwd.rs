@@ -217,6 +217,7 @@ impl<E: Element, P: Products<E>> WithSimd for QueryTile<'_, E, P> {
                 simd,
                 &mut sc.s,
                 keys.len,
+                live,
                 &mut sc.m,
                 &mut sc.l,
                 &mut sc.alpha,
@@ -250,35 +251,44 @@ impl<E: Element, P: Products<E>> WithSimd for QueryTile<'_, E, P> {
 
 /// Turns the scores of `n_keys` keys into probabilities relative to the
 /// updated running max, and updates the running max `m`, sum `l` and the
-/// rescale factor `alpha` of every row.
+/// rescale factor `alpha` of every row. With `live` (a partial tile's row
+/// bounds), each vector of rows exponentiates only the keys its rows read
+/// and stores 0 for the others.
 #[inline(always)]
 fn online_softmax<S: Simd>(
     simd: S,
     s: &mut [f32],
     n_keys: usize,
+    live: Option<&Bounds>,
     m: &mut [f32],
     l: &mut [f32],
     alpha: &mut [f32],
 ) {
     // Stand-in for a -inf max, so that (-inf) - max stays -inf instead of NaN.
     let floor = simd.splat(-1.0e30);
+    let zero = simd.splat(0.0);
     for i0 in (0..TILE_Q).step_by(S::LANES) {
+        let keys = live.map_or(0..n_keys, |b| b.union(i0..i0 + S::LANES));
         // SAFETY: i0 + LANES ≤ TILE_Q = len of m, l, alpha; s holds
-        // n_keys ≤ TILE_K rows of TILE_Q.
+        // n_keys ≤ TILE_K rows of TILE_Q, and `keys` ⊆ 0..n_keys.
         unsafe {
             let m_old = simd.load(m.as_ptr().add(i0));
             let mut m_new = m_old;
-            for j in 0..n_keys {
+            for j in keys.clone() {
                 m_new = simd.max(m_new, simd.load(s.as_ptr().add(j * TILE_Q + i0)));
             }
             let m_use = simd.max(m_new, floor);
             let a = simd.exp2(simd.sub(m_old, m_use));
-            let mut sum = simd.splat(0.0);
+            let mut sum = zero;
             for j in 0..n_keys {
                 let at = s.as_mut_ptr().add(j * TILE_Q + i0);
-                let p = simd.exp2(simd.sub(simd.load(at), m_use));
-                simd.store(at, p);
-                sum = simd.add(sum, p);
+                if keys.contains(&j) {
+                    let p = simd.exp2(simd.sub(simd.load(at), m_use));
+                    simd.store(at, p);
+                    sum = simd.add(sum, p);
+                } else {
+                    simd.store(at, zero);
+                }
             }
             let l_new = simd.fma(simd.load(l.as_ptr().add(i0)), a, sum);
             simd.store(l.as_mut_ptr().add(i0), l_new);

@@ -84,7 +84,7 @@ impl Bounds {
 
     /// The union of the ranges of rows `rows`, as `lo..hi_exclusive`.
     #[inline(always)]
-    fn union(&self, rows: Range<usize>) -> Range<usize> {
+    pub(crate) fn union(&self, rows: Range<usize>) -> Range<usize> {
         let (mut lo, mut hi) = (i32::MAX, -1);
         for i in rows {
             if self.lo[i] <= self.hi[i] {
@@ -212,48 +212,96 @@ fn scores_blocked<S: Simd, T: Operand, const MR: usize, const NV: usize>(
     debug_assert!(TILE_Q.is_multiple_of(width) && S_ROWS.is_multiple_of(MR));
     debug_assert!((keys.len - 1) * stride + d <= a.len());
     for i0 in (0..TILE_Q).step_by(width) {
-        let live = bounds.map_or(0..keys.len, |b| b.union(i0..i0 + width));
+        // Keys read by each query vector: on a diagonal tile, a block of
+        // keys skips the vectors of the queries before it (half the tile).
+        let (mut lo, mut hi) = ([0; NV], [keys.len; NV]);
+        if let Some(b) = bounds {
+            for c in 0..NV {
+                let live = b.union(i0 + c * S::LANES..i0 + (c + 1) * S::LANES);
+                (lo[c], hi[c]) = (live.start, live.end);
+            }
+        }
         for j0 in (0..keys.len).step_by(MR) {
-            if j0 >= live.end || j0 + MR <= live.start {
-                for r in 0..MR {
-                    s[(j0 + r) * TILE_Q + i0..][..width].fill(f32::NEG_INFINITY);
-                }
-                continue;
+            let (mut c0, mut c1) = (0, NV);
+            while c0 < NV && (j0 >= hi[c0] || j0 + MR <= lo[c0]) {
+                c0 += 1;
+            }
+            while c1 > c0 && (j0 >= hi[c1 - 1] || j0 + MR <= lo[c1 - 1]) {
+                c1 -= 1;
+            }
+            for r in 0..MR {
+                let row = &mut s[(j0 + r) * TILE_Q + i0..][..width];
+                row[..c0 * S::LANES].fill(f32::NEG_INFINITY);
+                row[c1 * S::LANES..].fill(f32::NEG_INFINITY);
             }
             // Rows past the tile repeat its last key: computed, never read.
             let rows: [*const T; MR] =
                 std::array::from_fn(|r| a[(j0 + r).min(keys.len - 1) * stride..].as_ptr());
-            // SAFETY: every row pointer has `d` readable f32 (the slicing
-            // above is bounds-checked and rows hold d elements), `bt` holds
-            // `d` rows of TILE_Q, and `s` holds S_ROWS ≥ j0 + MR rows.
-            unsafe {
-                let mut acc = [[simd.splat(0.0); NV]; MR];
-                let bt = bt.as_ptr().add(i0);
-                let mut bv = [T::zero(simd); NV];
-                for dd in 0..d {
+            let block = ScoreBlock {
+                rows,
+                bt: &bt[i0 + c0 * S::LANES..],
+                d,
+                factor,
+                out: &mut s[j0 * TILE_Q + i0 + c0 * S::LANES..],
+            };
+            match c1 - c0 {
+                0 => {}
+                1 => block.compute::<S, 1>(simd),
+                2 => block.compute::<S, 2>(simd),
+                3 => block.compute::<S, 3>(simd),
+                _ => block.compute::<S, NV>(simd),
+            }
+        }
+    }
+}
+
+/// `MR` key rows against `NV` query vectors of `Qᵀ`: one register block of
+/// [`scores`].
+struct ScoreBlock<'a, T, const MR: usize> {
+    rows: [*const T; MR],
+    /// `Qᵀ` from the block's first query column (rows `TILE_Q` apart).
+    bt: &'a [T],
+    d: usize,
+    factor: Option<f32>,
+    /// Scores from the block's first (key, query) (rows `TILE_Q` apart).
+    out: &'a mut [f32],
+}
+
+impl<T: Operand, const MR: usize> ScoreBlock<'_, T, MR> {
+    #[inline(always)]
+    fn compute<S: Simd, const NV: usize>(self, simd: S) {
+        debug_assert!((self.d - 1) * TILE_Q + NV * S::LANES <= self.bt.len());
+        debug_assert!((MR - 1) * TILE_Q + NV * S::LANES <= self.out.len());
+        // SAFETY: every row pointer has `d` readable operands (the callers
+        // slice them bounds-checked from rows of d), and the assertions
+        // above bound what is read from `bt` and written to `out`.
+        unsafe {
+            let mut acc = [[simd.splat(0.0); NV]; MR];
+            let bt = self.bt.as_ptr();
+            let mut bv = [T::zero(simd); NV];
+            for dd in 0..self.d {
+                for c in 0..NV {
+                    bv[c] = T::load(simd, bt.add(dd * TILE_Q + c * S::LANES));
+                }
+                for r in 0..MR {
+                    let ab = T::splat(simd, self.rows[r].add(dd));
                     for c in 0..NV {
-                        bv[c] = T::load(simd, bt.add(dd * TILE_Q + c * S::LANES));
-                    }
-                    for r in 0..MR {
-                        let ab = T::splat(simd, rows[r].add(dd));
-                        for c in 0..NV {
-                            acc[r][c] = T::madd(simd, acc[r][c], ab, bv[c]);
-                        }
+                        acc[r][c] = T::madd(simd, acc[r][c], ab, bv[c]);
                     }
                 }
-                if let Some(f) = factor {
-                    let f = simd.splat(f);
-                    for r in 0..MR {
-                        for c in 0..NV {
-                            acc[r][c] = simd.mul(acc[r][c], f);
-                        }
-                    }
-                }
-                let out = s.as_mut_ptr().add(j0 * TILE_Q + i0);
+            }
+            if let Some(f) = self.factor {
+                let f = simd.splat(f);
                 for r in 0..MR {
                     for c in 0..NV {
-                        simd.store(out.add(r * TILE_Q + c * S::LANES), acc[r][c]);
+                        acc[r][c] = simd.mul(acc[r][c], f);
                     }
+                }
+            }
+            let out = self.out.as_mut_ptr();
+            for r in 0..MR {
+                for c in 0..NV {
+                    simd.store(out.add(r * TILE_Q + c * S::LANES), acc[r][c]);
                 }
             }
         }
