@@ -45,6 +45,8 @@
 mod bwd;
 mod element;
 mod fwd;
+pub mod gelu;
+pub mod layer_norm;
 pub mod lstm;
 pub mod pattern;
 pub mod reference;

@@ -1,6 +1,6 @@
 //! The fused kernels of `edifice_kernels` as burn operations, each with its
-//! own backward pass under `Autodiff`: attention ([`attention`]) and the LSTM
-//! recurrence ([`lstm_recurrence`]).
+//! own backward pass under `Autodiff`: attention ([`attention`]), the LSTM
+//! recurrence ([`lstm_recurrence`]), [`layer_norm`] and [`gelu`].
 //!
 //! `attention(q, k, v, spec)` computes, per batch and query head `h`,
 //!
@@ -34,6 +34,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{Tensor, TensorData};
 use edifice_kernels::lstm::{self, LstmShape, LstmTrace};
+use edifice_kernels::{gelu, layer_norm};
 use edifice_kernels::{ring, Attention, AttnShape, Pattern};
 
 use crate::Error;
@@ -167,6 +168,36 @@ pub fn lstm_recurrence(xp: Tensor<3>, w_hh: Tensor<2>) -> Result<Tensor<3>, Erro
     )))
 }
 
+/// GELU, exact (erf) form, elementwise (see [`edifice_kernels::gelu`]).
+/// Differentiable.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(Dispatch::fused_gelu(x.into_dispatch()))
+}
+
+/// Layer normalisation over the last dimension of `x [..., n]` with
+/// `gamma, beta [n]` (see [`edifice_kernels::layer_norm`]). Differentiable in
+/// all three.
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> Result<Tensor<D>, Error> {
+    let (n, g, b) = (x.dims()[D - 1], gamma.dims()[0], beta.dims()[0]);
+    if g != n || b != n {
+        return Err(Error::Shape(format!(
+            "layer norm over width {n} (input {:?}) got gamma [{g}] and beta [{b}]",
+            x.dims()
+        )));
+    }
+    Ok(Tensor::from_dispatch(Dispatch::fused_layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon as f32,
+    )))
+}
+
 /// The extension: the fused operations, dispatched to Flex or Autodiff<Flex>.
 #[backend_extension(Autodiff, Flex)]
 pub trait KernelBackend: burn::backend::Backend {
@@ -180,6 +211,17 @@ pub trait KernelBackend: burn::backend::Backend {
 
     /// See [`lstm_recurrence`]; inputs are already validated.
     fn fused_lstm(xp: FloatTensor<Self>, w_hh: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// See [`gelu`].
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// See [`layer_norm`]; inputs are already validated.
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> FloatTensor<Self>;
 }
 
 /// The raw forward and backward passes on a concrete backend, callable from
@@ -217,6 +259,25 @@ pub trait Kernels: burn::backend::Backend {
         trace: &LstmTrace,
         d_h: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `dy · gelu'(x)`.
+    fn fused_gelu_backward(x: FloatTensor<Self>, d_y: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Returns `y` and the row statistics.
+    fn layer_norm_forward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> (FloatTensor<Self>, Arc<layer_norm::Stats>);
+
+    /// Returns `(∂x, ∂γ, ∂β)` for upstream gradient `d_y`.
+    fn layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        stats: &layer_norm::Stats,
+        d_y: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 fn lstm_shape(w_hh: &FlexTensor, h_or_xp: &FlexTensor) -> LstmShape {
@@ -325,6 +386,46 @@ impl Kernels for Flex {
             FlexTensor::from_data(TensorData::new(d_w, [4 * hidden, hidden])),
         )
     }
+
+    fn fused_gelu_backward(x: FlexTensor, d_y: FlexTensor) -> FlexTensor {
+        let xs = values(&x);
+        let mut dx = vec![0.0; xs.len()];
+        gelu::backward(&xs, &values(&d_y), &mut dx).expect("same shapes");
+        like(&x, dx)
+    }
+
+    fn layer_norm_forward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f32,
+    ) -> (FlexTensor, Arc<layer_norm::Stats>) {
+        let xs = values(&x);
+        let mut y = vec![0.0; xs.len()];
+        let stats = layer_norm::forward(&xs, &values(&gamma), &values(&beta), epsilon, &mut y)
+            .expect("validated by layer_norm()");
+        (like(&x, y), Arc::new(stats))
+    }
+
+    fn layer_norm_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        stats: &layer_norm::Stats,
+        d_y: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let g = layer_norm::backward(&values(&x), &values(&gamma), stats, &values(&d_y))
+            .expect("validated by layer_norm()");
+        (
+            like(&x, g.dx),
+            like(&gamma, g.dgamma),
+            like(&gamma, g.dbeta),
+        )
+    }
+}
+
+/// A tensor of `x`'s shape holding `data`.
+fn like(x: &FlexTensor, data: Vec<f32>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, x.shape()))
 }
 
 impl KernelBackend for Flex {
@@ -334,6 +435,22 @@ impl KernelBackend for Flex {
 
     fn fused_lstm(xp: FlexTensor, w_hh: FlexTensor) -> FlexTensor {
         Self::lstm_forward(xp, w_hh).0
+    }
+
+    fn fused_gelu(x: FlexTensor) -> FlexTensor {
+        let xs = values(&x);
+        let mut y = vec![0.0; xs.len()];
+        gelu::forward(&xs, &mut y).expect("same lengths");
+        like(&x, y)
+    }
+
+    fn fused_layer_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f32,
+    ) -> FlexTensor {
+        Self::layer_norm_forward(x, gamma, beta, epsilon).0
     }
 }
 
@@ -396,6 +513,52 @@ impl<B: Kernels> Backward<B, 2> for LstmNode {
     }
 }
 
+/// The GELU node: saves `x`.
+#[derive(Debug)]
+struct GeluNode;
+
+impl<B: Kernels> Backward<B, 1> for GeluNode {
+    type State = FloatTensor<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x] = ops.parents;
+        let d_y = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::fused_gelu_backward(ops.state, d_y));
+        }
+    }
+}
+
+/// The LayerNorm node: saves `x`, `gamma` and the row statistics.
+#[derive(Debug)]
+struct LayerNormNode;
+
+impl<B: Kernels> Backward<B, 3> for LayerNormNode {
+    type State = (FloatTensor<B>, FloatTensor<B>, Arc<layer_norm::Stats>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let d_y = grads.consume::<B>(&ops.node);
+        let (x, gamma, stats) = ops.state;
+        let (dx, dgamma, dbeta) = B::layer_norm_backward(x, gamma, &stats, d_y);
+        for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 impl<B: KernelBackend + Kernels, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
     fn fused_attention(
         q: FloatTensor<Self>,
@@ -430,6 +593,40 @@ impl<B: KernelBackend + Kernels, C: CheckpointStrategy> KernelBackend for Autodi
                 prep.finish((w_hh, trace), h)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::lstm_forward(xp, w_hh).0),
+        }
+    }
+
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x, node_x) = x.into_parts();
+        match GeluNode.prepare::<C>([node_x]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = B::fused_gelu(x.clone());
+                prep.finish(x, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_gelu(x)),
+        }
+    }
+
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> FloatTensor<Self> {
+        let ((x, node_x), (gamma, node_gamma), (beta, node_beta)) =
+            (x.into_parts(), gamma.into_parts(), beta.into_parts());
+        match LayerNormNode
+            .prepare::<C>([node_x, node_gamma, node_beta])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (y, stats) = B::layer_norm_forward(x.clone(), gamma.clone(), beta, epsilon);
+                prep.finish((x, gamma, stats), y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::layer_norm_forward(x, gamma, beta, epsilon).0)
+            }
         }
     }
 }

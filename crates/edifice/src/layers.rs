@@ -7,15 +7,13 @@
 //! zero (Axon's is random); both are listed in the README.
 
 use burn::module::{Module, Param};
-use burn::nn::{
-    Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
-};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::activation::sigmoid;
 use edifice_kernels::{Pattern, PatternKind};
 
 use crate::functional::{qk_layer_norm, rotary};
-use crate::kernel::{attention, lstm_recurrence, AttnSpec};
+use crate::kernel::{self, attention, gelu, lstm_recurrence, AttnSpec};
 use crate::Error;
 
 /// Axon's `Dense`: `y = x·W + b`, W glorot-uniform, b zero.
@@ -29,9 +27,32 @@ pub fn dense(input: usize, output: usize, device: &Device) -> Linear {
 
 /// LayerNorm over the last axis with the given epsilon, gamma one, beta zero.
 pub fn layer_norm(size: usize, epsilon: f64, device: &Device) -> LayerNorm {
-    LayerNormConfig::new(size)
-        .with_epsilon(epsilon)
-        .init(device)
+    LayerNorm {
+        gamma: Initializer::Ones.init([size], device),
+        beta: Initializer::Zeros.init([size], device),
+        epsilon,
+    }
+}
+
+/// LayerNorm over the last axis, `y = (x − μ)/√(σ² + ε)·γ + β` per row, with
+/// PyTorch's parameters (`weight` γ, `bias` β), through the fused kernel
+/// ([`kernel::layer_norm`]: one pass forward, one backward).
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    /// Scale γ `[n]`.
+    pub gamma: Param<Tensor<1>>,
+    /// Shift β `[n]`.
+    pub beta: Param<Tensor<1>>,
+    epsilon: f64,
+}
+
+impl LayerNorm {
+    /// `[..., n]` → `[..., n]`. The models check their input widths before
+    /// any norm sees them, so a mismatch here is a bug, and panics.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        kernel::layer_norm(x, self.gamma.val(), self.beta.val(), self.epsilon)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
 }
 
 /// `[B, T, nh·hd]` → `[B, nh, T, hd]`.

@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use burn::module::{Param, ParamId};
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
+
+use crate::layers::LayerNorm;
 use burn::tensor::{Gradients, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
@@ -219,9 +221,7 @@ impl<'a> Walker<'a> {
                 &mut norm.gamma,
                 false,
             );
-            if let Some(beta) = norm.beta.as_mut() {
-                w.tensor("bias", Source::NormBeta(axon.into()), beta, false);
-            }
+            w.tensor("bias", Source::NormBeta(axon.into()), &mut norm.beta, false);
         });
     }
 

@@ -211,3 +211,89 @@ fn fused_lstm_matches_burn_composed_lstm() {
         }
     }
 }
+
+fn random_n<const D: usize>(dims: [usize; D], seed: u32, scale: f32) -> Tensor<D> {
+    let n = dims.iter().product();
+    let data = edifice_kernels::reference::uniform(n, seed)
+        .into_iter()
+        .map(|x| x * scale)
+        .collect::<Vec<f32>>();
+    Tensor::from_data(TensorData::new(data, dims), &device())
+}
+
+fn max_abs<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    a.sub(b).abs().max().into_scalar::<f32>()
+}
+
+#[test]
+fn fused_gelu_matches_burn_gelu() {
+    // Odd sizes exercise the vector tail; the range covers erf's clamp.
+    let dims = [3, 7, 37];
+    let run = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+        let x = random_n(dims, 11, 7.0).require_grad();
+        let y = f(x.clone());
+        let grads = y.clone().mul(random_n(dims, 12, 1.0)).sum().backward();
+        (y, x.grad(&grads).unwrap())
+    };
+    let (y, dx) = run(&|x| edifice::kernel::gelu(x));
+    let (y_ref, dx_ref) = run(&|x| burn::tensor::activation::gelu(x));
+    let (dy, ddx) = (max_abs(y, y_ref), max_abs(dx, dx_ref));
+    assert!(dy < 2e-6, "gelu forward differs from burn's by {dy}");
+    assert!(ddx < 2e-6, "gelu gradient differs from burn's by {ddx}");
+}
+
+#[test]
+fn fused_layer_norm_matches_composed_ops() {
+    // 287: Edifice's frame width (not a multiple of any vector width).
+    let (dims, n, eps) = ([4, 9, 287], 287, 1e-5);
+    let composed = |x: Tensor<3>, g: Tensor<1>, b: Tensor<1>| {
+        let mean = x.clone().mean_dim(2);
+        let c = x.sub(mean);
+        let var = c.clone().mul(c.clone()).mean_dim(2);
+        c.div(var.add_scalar(eps).sqrt())
+            .mul(g.unsqueeze::<3>())
+            .add(b.unsqueeze::<3>())
+    };
+    let run = |f: &dyn Fn(Tensor<3>, Tensor<1>, Tensor<1>) -> Tensor<3>| {
+        let x = random_n(dims, 21, 3.0).add_scalar(1.5).require_grad();
+        let g = random_n([n], 22, 1.0).add_scalar(1.0).require_grad();
+        let b = random_n([n], 23, 1.0).require_grad();
+        let y = f(x.clone(), g.clone(), b.clone());
+        let grads = y.clone().mul(random_n(dims, 24, 1.0)).sum().backward();
+        (
+            y,
+            x.grad(&grads).unwrap(),
+            g.grad(&grads).unwrap(),
+            b.grad(&grads).unwrap(),
+        )
+    };
+    let ours = run(&|x, g, b| edifice::kernel::layer_norm(x, g, b, eps).unwrap());
+    let theirs = run(&composed);
+    let d = [
+        max_abs(ours.0, theirs.0),
+        max_abs(ours.1, theirs.1),
+        max_abs(ours.2, theirs.2),
+        max_abs(ours.3, theirs.3),
+    ];
+    // dγ and dβ sum 36 rows of O(1) terms.
+    for (what, d, tol) in [
+        ("y", d[0], 1e-5),
+        ("dx", d[1], 1e-4),
+        ("dgamma", d[2], 1e-4),
+        ("dbeta", d[3], 1e-4),
+    ] {
+        assert!(
+            d < tol,
+            "layer norm {what} differs from composed ops by {d}"
+        );
+    }
+    let err = edifice::kernel::layer_norm(
+        random_n(dims, 1, 1.0),
+        random_n([n - 1], 2, 1.0),
+        random_n([n], 3, 1.0),
+        eps,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("gamma [286]"), "{err}");
+}

@@ -11,10 +11,10 @@
 //! ```
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
+use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 
-use crate::layers::{check_input, dense, layer_norm, Ffn};
+use crate::layers::{check_input, dense, layer_norm, Ffn, LayerNorm};
 use crate::weights::{Walk, Walker};
 use crate::Error;
 

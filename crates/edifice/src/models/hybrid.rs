@@ -11,14 +11,14 @@
 //! ```
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
+use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::backbone::{check_len, last_timestep};
 use crate::layers::{
-    check_input, dense, layer_norm, validate_dropout, validate_positive, Lstm, SelfAttention,
-    SelfAttentionConfig,
+    check_input, dense, layer_norm, validate_dropout, validate_positive, LayerNorm, Lstm,
+    SelfAttention, SelfAttentionConfig,
 };
 use crate::weights::{Walk, Walker};
 use crate::Error;

@@ -10,15 +10,15 @@
 //! ```
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
+use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 
 use super::backbone::{check_len, last_timestep};
 use crate::functional::add_positional_encoding;
+use crate::kernel::gelu;
 use crate::layers::{
-    check_input, dense, layer_norm, validate_dropout, validate_positive, SlidingWindowAttention,
-    SlidingWindowAttentionConfig,
+    check_input, dense, layer_norm, validate_dropout, validate_positive, LayerNorm,
+    SlidingWindowAttention, SlidingWindowAttentionConfig,
 };
 use crate::weights::{Walk, Walker};
 use crate::Error;
