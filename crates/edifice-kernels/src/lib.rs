@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod bwd;
+pub mod dropout;
 mod element;
 mod fwd;
 pub mod gelu;
@@ -64,7 +65,7 @@ pub use simd::Isa;
 pub use tile::{TILE_K, TILE_Q};
 pub use tile_map::{KeyBlock, TileMap};
 
-/// Errors from validating an attention call.
+/// Errors from validating a kernel call.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum KernelError {
     /// Inconsistent sizes or buffer lengths.
@@ -79,6 +80,9 @@ pub enum KernelError {
     /// A scale that is not finite.
     #[error("scale must be finite, got {0}")]
     Scale(f32),
+    /// A dropout keep probability outside `(0, 1]`.
+    #[error("dropout keep probability must be in (0, 1], got {0}")]
+    KeepProbability(f32),
 }
 
 /// Sizes of one attention call.

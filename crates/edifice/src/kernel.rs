@@ -1,6 +1,6 @@
 //! The fused kernels of `edifice_kernels` as burn operations, each with its
 //! own backward pass under `Autodiff`: attention ([`attention`]), the LSTM
-//! recurrence ([`lstm_recurrence`]), [`layer_norm`] and [`gelu`].
+//! recurrence ([`lstm_recurrence`]), [`layer_norm`], [`gelu`] and [`dropout`].
 //!
 //! `attention(q, k, v, spec)` computes, per batch and query head `h`,
 //!
@@ -34,7 +34,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{Tensor, TensorData};
 use edifice_kernels::lstm::{self, LstmShape, LstmTrace};
-use edifice_kernels::{gelu, layer_norm};
+use edifice_kernels::{dropout, gelu, layer_norm};
 use edifice_kernels::{ring, Attention, AttnShape, Pattern};
 
 use crate::Error;
@@ -198,6 +198,21 @@ pub fn layer_norm<const D: usize>(
     )))
 }
 
+/// Inverted dropout with the counter-based mask of `seed` (see
+/// [`edifice_kernels::dropout`]): each element kept with probability `keep`
+/// and scaled by `1/keep`. Differentiable; the backward pass regenerates the
+/// mask from the seed.
+pub fn dropout<const D: usize>(x: Tensor<D>, keep: f32, seed: u64) -> Result<Tensor<D>, Error> {
+    if !(keep > 0.0 && keep <= 1.0) {
+        return Err(edifice_kernels::KernelError::KeepProbability(keep).into());
+    }
+    Ok(Tensor::from_dispatch(Dispatch::fused_dropout(
+        x.into_dispatch(),
+        keep,
+        seed,
+    )))
+}
+
 /// The extension: the fused operations, dispatched to Flex or Autodiff<Flex>.
 #[backend_extension(Autodiff, Flex)]
 pub trait KernelBackend: burn::backend::Backend {
@@ -214,6 +229,9 @@ pub trait KernelBackend: burn::backend::Backend {
 
     /// See [`gelu`].
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// See [`dropout`]; `keep` is already validated.
+    fn fused_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
 
     /// See [`layer_norm`]; inputs are already validated.
     fn fused_layer_norm(
@@ -259,6 +277,9 @@ pub trait Kernels: burn::backend::Backend {
         trace: &LstmTrace,
         d_h: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `x` through the dropout mask of `seed` (forward and backward alike).
+    fn dropout_masked(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
 
     /// `dy · gelu'(x)`.
     fn fused_gelu_backward(x: FloatTensor<Self>, d_y: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -387,6 +408,13 @@ impl Kernels for Flex {
         )
     }
 
+    fn dropout_masked(x: FlexTensor, keep: f32, seed: u64) -> FlexTensor {
+        let xs = values(&x);
+        let mut y = vec![0.0; xs.len()];
+        dropout::apply(seed, keep, &xs, &mut y).expect("validated by dropout()");
+        like(&x, y)
+    }
+
     fn fused_gelu_backward(x: FlexTensor, d_y: FlexTensor) -> FlexTensor {
         let xs = values(&x);
         let mut dx = vec![0.0; xs.len()];
@@ -442,6 +470,10 @@ impl KernelBackend for Flex {
         let mut y = vec![0.0; xs.len()];
         gelu::forward(&xs, &mut y).expect("same lengths");
         like(&x, y)
+    }
+
+    fn fused_dropout(x: FlexTensor, keep: f32, seed: u64) -> FlexTensor {
+        Self::dropout_masked(x, keep, seed)
     }
 
     fn fused_layer_norm(
@@ -530,6 +562,28 @@ impl<B: Kernels> Backward<B, 1> for GeluNode {
         let d_y = grads.consume::<B>(&ops.node);
         if let Some(node) = node_x {
             grads.register::<B>(node.id, B::fused_gelu_backward(ops.state, d_y));
+        }
+    }
+}
+
+/// The dropout node: saves the keep probability and the seed.
+#[derive(Debug)]
+struct DropoutNode;
+
+impl<B: Kernels> Backward<B, 1> for DropoutNode {
+    type State = (f32, u64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x] = ops.parents;
+        let d_y = grads.consume::<B>(&ops.node);
+        let (keep, seed) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::dropout_masked(d_y, keep, seed));
         }
     }
 }
@@ -627,6 +681,18 @@ impl<B: KernelBackend + Kernels, C: CheckpointStrategy> KernelBackend for Autodi
             OpsKind::UnTracked(prep) => {
                 prep.finish(B::layer_norm_forward(x, gamma, beta, epsilon).0)
             }
+        }
+    }
+
+    fn fused_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self> {
+        let (x, node_x) = x.into_parts();
+        match DropoutNode
+            .prepare::<C>([node_x])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((keep, seed), B::dropout_masked(x, keep, seed)),
+            OpsKind::UnTracked(prep) => prep.finish(B::dropout_masked(x, keep, seed)),
         }
     }
 }

@@ -7,9 +7,10 @@
 //! zero (Axon's is random); both are listed in the README.
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
+use burn::tensor::Distribution;
 use edifice_kernels::{Pattern, PatternKind};
 
 use crate::functional::{qk_layer_norm, rotary};
@@ -31,6 +32,43 @@ pub fn layer_norm(size: usize, epsilon: f64, device: &Device) -> LayerNorm {
         gamma: Initializer::Ones.init([size], device),
         beta: Initializer::Zeros.init([size], device),
         epsilon,
+    }
+}
+
+/// Dropout with burn's semantics (active only on an autodiff device and
+/// while the module trains; kept elements scaled by `1/(1 − prob)`), through
+/// the fused kernel ([`kernel::dropout`]: a counter-based mask drawn from a
+/// seed, instead of a random tensor per call). The seed comes from the
+/// device's RNG, so `device.seed(..)` makes runs repeatable.
+#[derive(Module, Debug)]
+pub struct Dropout {
+    inner: burn::nn::Dropout,
+}
+
+impl Dropout {
+    /// Dropout with probability `prob` of zeroing an element.
+    pub fn new(prob: f64) -> Self {
+        Self {
+            inner: DropoutConfig::new(prob).init(),
+        }
+    }
+
+    /// `[...]` → `[...]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let prob = self.inner.prob;
+        if !self.inner.training.is_enabled() || !x.device().is_autodiff() || prob == 0.0 {
+            return x;
+        }
+        let bits = Tensor::<1>::random([2], Distribution::Default, &x.device())
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_default();
+        let seed = bits
+            .iter()
+            .fold(0u64, |acc, b| (acc << 32) | u64::from(b.to_bits()));
+        // Configs validate prob in [0, 1), so keep is in (0, 1].
+        kernel::dropout(x, (1.0 - prob) as f32, seed).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -213,7 +251,7 @@ impl SelfAttentionConfig {
         Ok(SelfAttention {
             qkv: dense(self.input_size, 3 * self.hidden_size, device),
             output: dense(self.hidden_size, self.hidden_size, device),
-            dropout: DropoutConfig::new(self.dropout).init(),
+            dropout: Dropout::new(self.dropout),
             num_heads: self.num_heads,
             causal: self.causal,
             qk_layernorm: self.qk_layernorm,

@@ -297,3 +297,22 @@ fn fused_layer_norm_matches_composed_ops() {
     .to_string();
     assert!(err.contains("gamma [286]"), "{err}");
 }
+
+#[test]
+fn fused_dropout_gradient_uses_the_forward_mask() {
+    let (dims, keep) = ([4, 30, 65], 0.75);
+    let x = random_n(dims, 31, 1.0).add_scalar(2.0).require_grad();
+    let y = edifice::kernel::dropout(x.clone(), keep, 99).unwrap();
+    let r = random_n(dims, 32, 1.0);
+    let grads = y.clone().mul(r.clone()).sum().backward();
+    let dx = x.grad(&grads).unwrap();
+    // x > 0 everywhere, so y ≠ 0 exactly where the mask keeps.
+    let kept = y.clone().inner().not_equal_elem(0.0).float();
+    let want_y = x.clone().inner().mul_scalar(1.0 / keep).mul(kept.clone());
+    let want_dx = r.inner().mul_scalar(1.0 / keep).mul(kept.clone());
+    assert!(max_abs(y.inner(), want_y) < 1e-6);
+    assert!(max_abs(dx, want_dx) < 1e-6);
+    let share = kept.mean().into_scalar::<f32>();
+    assert!((share - keep).abs() < 0.02, "kept {share}");
+    assert!(edifice::kernel::dropout(x, 0.0, 1).is_err());
+}

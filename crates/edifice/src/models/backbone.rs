@@ -11,10 +11,10 @@
 //! ```
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::Linear;
 use burn::prelude::*;
 
-use crate::layers::{check_input, dense, layer_norm, Ffn, LayerNorm};
+use crate::layers::{check_input, dense, layer_norm, Dropout, Ffn, LayerNorm};
 use crate::weights::{Walk, Walker};
 use crate::Error;
 
@@ -75,7 +75,7 @@ impl<A: BlockAttention> Backbone<A> {
                     attn: attn(i)?,
                     ffn_norm: layer_norm(hidden, 1e-5, device),
                     ffn: Ffn::new(hidden, 4 * hidden, device),
-                    dropout: DropoutConfig::new(dropout).init(),
+                    dropout: Dropout::new(dropout),
                 })
             })
             .collect::<Result<_, Error>>()?;
@@ -83,7 +83,7 @@ impl<A: BlockAttention> Backbone<A> {
             input_projection: (embed_dim != hidden).then(|| dense(embed_dim, hidden, device)),
             blocks,
             final_norm: layer_norm(hidden, 1e-5, device),
-            inter_block_dropout: DropoutConfig::new(inter_block_dropout).init(),
+            inter_block_dropout: Dropout::new(inter_block_dropout),
             embed_dim,
             axon_block: axon_block.into(),
         })

@@ -11,13 +11,13 @@
 //! ```
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::backbone::{check_len, last_timestep};
 use crate::layers::{
-    check_input, dense, layer_norm, validate_dropout, validate_positive, LayerNorm, Lstm,
+    check_input, dense, layer_norm, validate_dropout, validate_positive, Dropout, LayerNorm, Lstm,
     SelfAttention, SelfAttentionConfig,
 };
 use crate::weights::{Walk, Walker};
@@ -130,7 +130,7 @@ impl HybridConfig {
             attn,
             attn_norm: layer_norm(width, 1e-5, device),
             mlp,
-            dropout: DropoutConfig::new(self.dropout).init(),
+            dropout: Dropout::new(self.dropout),
             seq_len: self.seq_len(),
         })
     }

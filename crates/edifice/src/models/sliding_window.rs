@@ -10,14 +10,14 @@
 //! ```
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::Linear;
 use burn::prelude::*;
 
 use super::backbone::{check_len, last_timestep};
 use crate::functional::add_positional_encoding;
 use crate::kernel::gelu;
 use crate::layers::{
-    check_input, dense, layer_norm, validate_dropout, validate_positive, LayerNorm,
+    check_input, dense, layer_norm, validate_dropout, validate_positive, Dropout, LayerNorm,
     SlidingWindowAttention, SlidingWindowAttentionConfig,
 };
 use crate::weights::{Walk, Walker};
@@ -116,7 +116,7 @@ impl SlidingWindowConfig {
                     norm1: layer_norm(width, 1e-5, device),
                     ffn1: dense(width, self.ffn_dim, device),
                     ffn2: dense(self.ffn_dim, width, device),
-                    dropout: DropoutConfig::new(self.dropout).init(),
+                    dropout: Dropout::new(self.dropout),
                     norm2: layer_norm(width, 1e-5, device),
                 })
             })

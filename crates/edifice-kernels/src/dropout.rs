@@ -1,0 +1,99 @@
+//! Inverted dropout with a counter-based mask: element `i` is kept when
+//! `hash(seed, i) < keep · 2³²`, so the backward pass regenerates the forward's
+//! mask from the seed instead of storing it, and any split of the work over
+//! threads draws the same mask.
+//!
+//! ```text
+//! y[i] = x[i] / keep   if element i is kept,   0 otherwise
+//! ```
+//!
+//! The backward pass is the same map applied to `∂y`. The hash is two rounds
+//! of a 32-bit integer finaliser ("lowbias32", Wellons), keyed by the two
+//! halves of the seed: plain integer arithmetic the compiler vectorises.
+
+use rayon::prelude::*;
+
+use crate::KernelError;
+
+/// Elements per parallel task.
+const TASK: usize = 1 << 14;
+
+/// `out[i] = x[i] / keep` where element `i` of the `seed`'s mask is kept,
+/// else 0. `keep` is the probability of keeping an element, in `(0, 1]`.
+pub fn apply(seed: u64, keep: f32, x: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
+    if !(keep > 0.0 && keep <= 1.0) {
+        return Err(KernelError::KeepProbability(keep));
+    }
+    if x.len() != out.len() {
+        return Err(KernelError::Shape(format!(
+            "dropout: x has {} elements, out {}",
+            x.len(),
+            out.len()
+        )));
+    }
+    if x.len() > u32::MAX as usize {
+        return Err(KernelError::Shape(format!(
+            "dropout: {} elements is more than the mask counter covers (2³²)",
+            x.len()
+        )));
+    }
+    // keep = 1 must keep everything: the threshold saturates at 2³² − 1 and
+    // the comparison below is `≤`.
+    let threshold = ((keep as f64 * 4_294_967_296.0) as u64).saturating_sub(1) as u32;
+    let (k0, k1) = (seed as u32, (seed >> 32) as u32);
+    let scale = 1.0 / keep;
+    out.par_chunks_mut(TASK)
+        .zip(x.par_chunks(TASK))
+        .enumerate()
+        .for_each(|(t, (out, x))| {
+            let first = (t * TASK) as u32;
+            for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+                let h = mix(mix(first.wrapping_add(i as u32) ^ k0) ^ k1);
+                *o = if h <= threshold { v * scale } else { 0.0 };
+            }
+        });
+    Ok(())
+}
+
+/// The "lowbias32" integer finaliser.
+#[inline(always)]
+fn mix(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_right_share_and_scales_the_kept() {
+        let x = vec![2.0f32; 100_000];
+        let mut y = vec![0.0; x.len()];
+        apply(42, 0.9, &x, &mut y).unwrap();
+        let kept = y.iter().filter(|&&v| v != 0.0).count();
+        // 100k Bernoulli(0.9) draws: standard deviation ~95.
+        assert!((kept as i64 - 90_000).abs() < 600, "kept {kept}");
+        assert!(y.iter().all(|&v| v == 0.0 || (v - 2.0 / 0.9).abs() < 1e-6));
+        // Same seed, same mask; another seed, another mask.
+        let mut again = vec![0.0; x.len()];
+        apply(42, 0.9, &x, &mut again).unwrap();
+        assert_eq!(y, again);
+        apply(43, 0.9, &x, &mut again).unwrap();
+        assert_ne!(y, again);
+        apply(7, 1.0, &x, &mut again).unwrap();
+        assert!(again.iter().all(|&v| v == 2.0));
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let x = [1.0; 8];
+        assert!(apply(0, 0.0, &x, &mut [0.0; 8]).is_err());
+        assert!(apply(0, 1.5, &x, &mut [0.0; 8]).is_err());
+        assert!(apply(0, f32::NAN, &x, &mut [0.0; 8]).is_err());
+        assert!(apply(0, 0.5, &x, &mut [0.0; 7]).is_err());
+    }
+}
