@@ -17,6 +17,8 @@
 //! forward ([`LstmTrace`]) and returns `∂L/∂xp` and `∂L/∂W_hh`, the latter as
 //! one matmul over all steps at the end.
 
+use rayon::prelude::*;
+
 use crate::simd::{Isa, Simd, WithSimd};
 use crate::KernelError;
 
@@ -55,6 +57,10 @@ pub struct LstmTrace {
 
 /// Runs the recurrence. `xp [B, T, 4U]`, `w_hh [4U, U]` → hidden states and
 /// the trace for [`backward`].
+///
+/// Sequences are independent, so the batch is split into one group of rows
+/// per thread and each group runs all its steps alone (single-threaded
+/// matmuls): no synchronisation per step.
 pub fn forward(shape: LstmShape, xp: &[f32], w_hh: &[f32]) -> Result<LstmTrace, KernelError> {
     let LstmShape {
         batch: b,
@@ -68,6 +74,39 @@ pub fn forward(shape: LstmShape, xp: &[f32], w_hh: &[f32]) -> Result<LstmTrace, 
         gates: vec![0.0; b * t * 4 * u],
         c: vec![0.0; b * t * u],
     };
+    if b == 0 || t == 0 || u == 0 {
+        return Ok(trace);
+    }
+    let rows = group_rows(b);
+    trace
+        .h
+        .par_chunks_mut(rows * t * u)
+        .zip(trace.c.par_chunks_mut(rows * t * u))
+        .zip(trace.gates.par_chunks_mut(rows * t * 4 * u))
+        .zip(xp.par_chunks(rows * t * 4 * u))
+        .for_each(|(((h, c), gates), xp)| {
+            forward_rows(xp.len() / (t * 4 * u), t, u, xp, w_hh, h, c, gates)
+        });
+    Ok(trace)
+}
+
+/// Rows per group: the batch over the threads, rounded up.
+fn group_rows(batch: usize) -> usize {
+    batch.div_ceil(rayon::current_num_threads().max(1)).max(1)
+}
+
+/// The forward recurrence of `b` sequences, into their slices of the trace.
+#[allow(clippy::too_many_arguments)]
+fn forward_rows(
+    b: usize,
+    t: usize,
+    u: usize,
+    xp: &[f32],
+    w_hh: &[f32],
+    trace_h: &mut [f32],
+    trace_c: &mut [f32],
+    trace_gates: &mut [f32],
+) {
     let mut h_prev = vec![0.0; b * u];
     let mut c_prev = vec![0.0; b * u];
     let mut gates = vec![0.0; b * 4 * u];
@@ -78,7 +117,16 @@ pub fn forward(shape: LstmShape, xp: &[f32], w_hh: &[f32]) -> Result<LstmTrace, 
             gates[row * 4 * u..(row + 1) * 4 * u].copy_from_slice(&xp[at..at + 4 * u]);
         }
         // gates += h_prev · W_hhᵀ
-        matmul(&mut gates, &h_prev, false, w_hh, true, (b, 4 * u, u), true);
+        matmul(
+            &mut gates,
+            &h_prev,
+            false,
+            w_hh,
+            true,
+            (b, 4 * u, u),
+            true,
+            false,
+        );
         isa.run(CellForward {
             gates: &mut gates,
             c_prev: &mut c_prev,
@@ -87,16 +135,16 @@ pub fn forward(shape: LstmShape, xp: &[f32], w_hh: &[f32]) -> Result<LstmTrace, 
         });
         for row in 0..b {
             let (at, at4) = ((row * t + step) * u, (row * t + step) * 4 * u);
-            trace.h[at..at + u].copy_from_slice(&h_prev[row * u..(row + 1) * u]);
-            trace.c[at..at + u].copy_from_slice(&c_prev[row * u..(row + 1) * u]);
-            trace.gates[at4..at4 + 4 * u].copy_from_slice(&gates[row * 4 * u..(row + 1) * 4 * u]);
+            trace_h[at..at + u].copy_from_slice(&h_prev[row * u..(row + 1) * u]);
+            trace_c[at..at + u].copy_from_slice(&c_prev[row * u..(row + 1) * u]);
+            trace_gates[at4..at4 + 4 * u].copy_from_slice(&gates[row * 4 * u..(row + 1) * 4 * u]);
         }
     }
-    Ok(trace)
 }
 
 /// Backpropagation through time. `d_h [B, T, U]` is `∂L/∂h` for every step;
-/// returns `(∂L/∂xp [B, T, 4U], ∂L/∂W_hh [4U, U])`.
+/// returns `(∂L/∂xp [B, T, 4U], ∂L/∂W_hh [4U, U])`. Groups of sequences run
+/// in parallel as in [`forward`]; `∂L/∂W_hh` is one matmul at the end.
 pub fn backward(
     shape: LstmShape,
     w_hh: &[f32],
@@ -112,6 +160,50 @@ pub fn backward(
     shape.check("d_h", d_h.len(), b * t * u)?;
     shape.check("trace", trace.h.len(), b * t * u)?;
     let mut d_xp = vec![0.0; b * t * 4 * u];
+    let mut d_w_hh = vec![0.0; 4 * u * u];
+    if b == 0 || t == 0 || u == 0 {
+        return Ok((d_xp, d_w_hh));
+    }
+    let rows = group_rows(b);
+    d_xp.par_chunks_mut(rows * t * 4 * u)
+        .zip(d_h.par_chunks(rows * t * u))
+        .zip(trace.c.par_chunks(rows * t * u))
+        .zip(trace.gates.par_chunks(rows * t * 4 * u))
+        .for_each(|(((d_xp, d_h), c), gates)| {
+            backward_rows(d_h.len() / (t * u), t, u, w_hh, c, gates, d_h, d_xp)
+        });
+    // ∂W_hh = Σ_t d_gates_tᵀ · h_{t-1}: one matmul over every (row, step).
+    let mut h_shift = vec![0.0; b * t * u];
+    for row in 0..b {
+        let base = row * t * u;
+        h_shift[base + u..base + t * u].copy_from_slice(&trace.h[base..base + (t - 1) * u]);
+    }
+    matmul(
+        &mut d_w_hh,
+        &d_xp,
+        true,
+        &h_shift,
+        false,
+        (4 * u, u, b * t),
+        false,
+        true,
+    );
+    Ok((d_xp, d_w_hh))
+}
+
+/// BPTT for `b` sequences: their cell states `c` and activated `gates` from
+/// the trace, upstream `d_h`, gate gradients into `d_xp`.
+#[allow(clippy::too_many_arguments)]
+fn backward_rows(
+    b: usize,
+    t: usize,
+    u: usize,
+    w_hh: &[f32],
+    c: &[f32],
+    gates: &[f32],
+    d_h: &[f32],
+    d_xp: &mut [f32],
+) {
     let mut dh_next = vec![0.0; b * u];
     let mut dc_next = vec![0.0; b * u];
     let mut d_gates = vec![0.0; b * 4 * u];
@@ -119,8 +211,8 @@ pub fn backward(
         for row in 0..b {
             let at = (row * t + step) * u;
             let at4 = at * 4;
-            let c_prev = (step > 0).then(|| &trace.c[at - u..at]);
-            let act = &trace.gates[at4..at4 + 4 * u];
+            let c_prev = (step > 0).then(|| &c[at - u..at]);
+            let act = &gates[at4..at4 + 4 * u];
             let (ai, af, ag, ao) = (&act[..u], &act[u..2 * u], &act[2 * u..3 * u], &act[3 * u..]);
             let dg = &mut d_gates[row * 4 * u..(row + 1) * 4 * u];
             let (dgi, rest) = dg.split_at_mut(u);
@@ -130,8 +222,8 @@ pub fn backward(
             let dc_row = &mut dc_next[row * u..(row + 1) * u];
             for j in 0..u {
                 let dh = d_h[at + j] + dh_row[j];
-                let c = trace.c[at + j];
-                let tc = c.tanh();
+                let cj = c[at + j];
+                let tc = cj.tanh();
                 let (i, f, g, o) = (ai[j], af[j], ag[j], ao[j]);
                 let dc = dc_row[j] + dh * o * (1.0 - tc * tc);
                 dgo[j] = dh * tc * o * (1.0 - o);
@@ -151,29 +243,15 @@ pub fn backward(
             false,
             (b, u, 4 * u),
             false,
+            false,
         );
     }
-    // ∂W_hh = Σ_t d_gates_tᵀ · h_{t-1}: one matmul over every (row, step).
-    let mut h_shift = vec![0.0; b * t * u];
-    for row in 0..b {
-        let base = row * t * u;
-        h_shift[base + u..base + t * u].copy_from_slice(&trace.h[base..base + (t - 1) * u]);
-    }
-    let mut d_w_hh = vec![0.0; 4 * u * u];
-    matmul(
-        &mut d_w_hh,
-        &d_xp,
-        true,
-        &h_shift,
-        false,
-        (4 * u, u, b * t),
-        false,
-    );
-    Ok((d_xp, d_w_hh))
 }
 
 /// `out [m, n] (+)= A · B` with `A` `[m, k]` (or stored `[k, m]` when
-/// `a_t`) and `B` `[k, n]` (or stored `[n, k]` when `b_t`), row-major.
+/// `a_t`) and `B` `[k, n]` (or stored `[n, k]` when `b_t`), row-major; over
+/// the rayon threads when `parallel` and large enough.
+#[allow(clippy::too_many_arguments)]
 fn matmul(
     out: &mut [f32],
     a: &[f32],
@@ -182,6 +260,7 @@ fn matmul(
     b_t: bool,
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
+    parallel: bool,
 ) {
     assert!(
         out.len() == m * n && a.len() == m * k && b.len() == k * n,
@@ -207,7 +286,7 @@ fn matmul(
         (n as isize, 1)
     };
     let threads = rayon::current_num_threads();
-    let parallelism = if m * n * k >= 1 << 18 && threads > 1 {
+    let parallelism = if parallel && m * n * k >= 1 << 18 && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
