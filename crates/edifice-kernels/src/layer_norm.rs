@@ -40,8 +40,8 @@ pub fn forward(
         .zip(stats.par_chunks_mut(ROWS))
         .for_each(|((y, x), stats)| {
             for ((y, x), stat) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)).zip(stats) {
-                let mean = sum(x.iter().copied()) / n as f32;
-                let var = sum(x.iter().map(|&v| (v - mean) * (v - mean))) / n as f32;
+                let mean = sum(n, |i| x[i]) / n as f32;
+                let var = sum(n, |i| (x[i] - mean) * (x[i] - mean)) / n as f32;
                 let r = 1.0 / (var + epsilon).sqrt();
                 for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
                     *y = (x - mean) * r * g + b;
@@ -82,9 +82,11 @@ pub fn backward(
             let (mut dgamma, mut dbeta) = (vec![0.0; n], vec![0.0; n]);
             let rows = dx.chunks_exact_mut(n).zip(x.chunks_exact(n));
             for ((dx, x), (dy, &[mean, r])) in rows.zip(dy.chunks_exact(n).zip(stats)) {
+                let (x, dy, gamma, dx) = (&x[..n], &dy[..n], &gamma[..n], &mut dx[..n]);
+                let (dgamma, dbeta) = (&mut dgamma[..n], &mut dbeta[..n]);
                 let xhat = |i: usize| (x[i] - mean) * r;
-                let g_mean = sum(dy.iter().zip(gamma).map(|(d, g)| d * g)) / n as f32;
-                let gx_mean = sum((0..n).map(|i| dy[i] * gamma[i] * xhat(i))) / n as f32;
+                let g_mean = sum(n, |i| dy[i] * gamma[i]) / n as f32;
+                let gx_mean = sum(n, |i| dy[i] * gamma[i] * xhat(i)) / n as f32;
                 for i in 0..n {
                     let xh = xhat(i);
                     dx[i] = r * (dy[i] * gamma[i] - g_mean - xh * gx_mean);
@@ -105,15 +107,19 @@ pub fn backward(
     Ok(Grads { dx, dgamma, dbeta })
 }
 
-/// `Σ` over eight independent partial sums, so the loop vectorises (one
-/// chained f32 sum may not be reordered).
+/// `Σ_{i<n} f(i)` over eight independent partial sums, so the loop
+/// vectorises (one chained f32 sum may not be reordered).
 #[inline(always)]
-fn sum(values: impl Iterator<Item = f32>) -> f32 {
+fn sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
     let mut acc = [0f32; 8];
-    for (i, v) in values.enumerate() {
-        acc[i % 8] += v;
+    let body = n / 8 * 8;
+    for i0 in (0..body).step_by(8) {
+        for (l, acc) in acc.iter_mut().enumerate() {
+            *acc += f(i0 + l);
+        }
     }
-    acc.iter().sum()
+    let tail: f32 = (body..n).map(f).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// The row width, after checking that `gamma` and `beta` agree and divide `x`.
