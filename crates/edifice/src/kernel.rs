@@ -1,6 +1,7 @@
 //! The fused kernels of `edifice_kernels` as burn operations, each with its
 //! own backward pass under `Autodiff`: attention ([`attention`]), the LSTM
-//! recurrence ([`lstm_recurrence`]), [`layer_norm`], [`gelu`] and [`dropout`].
+//! recurrence ([`lstm_recurrence`]), [`linear`], [`layer_norm`], [`gelu`] and
+//! [`dropout`].
 //!
 //! `attention(q, k, v, spec)` computes, per batch and query head `h`,
 //!
@@ -33,6 +34,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{Tensor, TensorData};
+use edifice_kernels::linear::{self, LinearShape};
 use edifice_kernels::lstm::{self, LstmShape, LstmTrace};
 use edifice_kernels::{dropout, gelu, layer_norm};
 use edifice_kernels::{ring, Attention, AttnShape, Pattern};
@@ -213,6 +215,28 @@ pub fn dropout<const D: usize>(x: Tensor<D>, keep: f32, seed: u64) -> Result<Ten
     )))
 }
 
+/// A dense layer `y = x·W + b` over the last dimension of `x [..., d_in]`,
+/// with `weight [d_in, d_out]` and `bias [d_out]` (see
+/// [`edifice_kernels::linear`]). Differentiable in all three.
+pub fn linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+) -> Result<Tensor<D>, Error> {
+    let ([d_in, d_out], n, b) = (weight.dims(), x.dims()[D - 1], bias.dims()[0]);
+    if n != d_in || b != d_out {
+        return Err(Error::Shape(format!(
+            "linear layer [{d_in} → {d_out}] (bias [{b}]) got input {:?}",
+            x.dims()
+        )));
+    }
+    Ok(Tensor::from_dispatch(Dispatch::fused_linear(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    )))
+}
+
 /// The extension: the fused operations, dispatched to Flex or Autodiff<Flex>.
 #[backend_extension(Autodiff, Flex)]
 pub trait KernelBackend: burn::backend::Backend {
@@ -229,6 +253,13 @@ pub trait KernelBackend: burn::backend::Backend {
 
     /// See [`gelu`].
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// See [`linear`]; inputs are already validated.
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 
     /// See [`dropout`]; `keep` is already validated.
     fn fused_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
@@ -277,6 +308,20 @@ pub trait Kernels: burn::backend::Backend {
         trace: &LstmTrace,
         d_h: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `y = x·W + b`.
+    fn linear_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// Returns `(∂x, ∂W, ∂b)` for upstream gradient `d_y`.
+    fn linear_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        d_y: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// `x` through the dropout mask of `seed` (forward and backward alike).
     fn dropout_masked(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
@@ -408,6 +453,28 @@ impl Kernels for Flex {
         )
     }
 
+    fn linear_forward(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        let shape = linear_shape(&x, &weight);
+        let y = linear::forward(shape, &values(&x), &values(&weight), &values(&bias))
+            .expect("validated by linear()");
+        let mut dims = x.shape();
+        let last = dims.num_dims() - 1;
+        dims[last] = shape.d_out;
+        FlexTensor::from_data(TensorData::new(y, dims))
+    }
+
+    fn linear_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        d_y: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = linear_shape(&x, &weight);
+        let g = linear::backward(shape, &values(&x), &values(&weight), &values(&d_y))
+            .expect("validated by linear()");
+        let db = FlexTensor::from_data(TensorData::new(g.db, [shape.d_out]));
+        (like(&x, g.dx), like(&weight, g.dw), db)
+    }
+
     fn dropout_masked(x: FlexTensor, keep: f32, seed: u64) -> FlexTensor {
         let xs = values(&x);
         let mut y = vec![0.0; xs.len()];
@@ -451,6 +518,15 @@ impl Kernels for Flex {
     }
 }
 
+fn linear_shape(x: &FlexTensor, weight: &FlexTensor) -> LinearShape {
+    let w = weight.shape();
+    LinearShape {
+        rows: x.shape().num_elements() / w[0].max(1),
+        d_in: w[0],
+        d_out: w[1],
+    }
+}
+
 /// A tensor of `x`'s shape holding `data`.
 fn like(x: &FlexTensor, data: Vec<f32>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, x.shape()))
@@ -470,6 +546,10 @@ impl KernelBackend for Flex {
         let mut y = vec![0.0; xs.len()];
         gelu::forward(&xs, &mut y).expect("same lengths");
         like(&x, y)
+    }
+
+    fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        Self::linear_forward(x, weight, bias)
     }
 
     fn fused_dropout(x: FlexTensor, keep: f32, seed: u64) -> FlexTensor {
@@ -562,6 +642,31 @@ impl<B: Kernels> Backward<B, 1> for GeluNode {
         let d_y = grads.consume::<B>(&ops.node);
         if let Some(node) = node_x {
             grads.register::<B>(node.id, B::fused_gelu_backward(ops.state, d_y));
+        }
+    }
+}
+
+/// The linear node: saves `x` and the weight.
+#[derive(Debug)]
+struct LinearNode;
+
+impl<B: Kernels> Backward<B, 3> for LinearNode {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let d_y = grads.consume::<B>(&ops.node);
+        let (x, weight) = ops.state;
+        let (dx, dw, db) = B::linear_backward(x, weight, d_y);
+        for (node, grad) in [(node_x, dx), (node_w, dw), (node_b, db)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
         }
     }
 }
@@ -693,6 +798,26 @@ impl<B: KernelBackend + Kernels, C: CheckpointStrategy> KernelBackend for Autodi
         {
             OpsKind::Tracked(prep) => prep.finish((keep, seed), B::dropout_masked(x, keep, seed)),
             OpsKind::UnTracked(prep) => prep.finish(B::dropout_masked(x, keep, seed)),
+        }
+    }
+
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let ((x, node_x), (weight, node_w), (bias, node_b)) =
+            (x.into_parts(), weight.into_parts(), bias.into_parts());
+        match LinearNode
+            .prepare::<C>([node_x, node_w, node_b])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::linear_forward(x.clone(), weight.clone(), bias);
+                prep.finish((x, weight), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::linear_forward(x, weight, bias)),
         }
     }
 }

@@ -7,7 +7,7 @@
 //! zero (Axon's is random); both are listed in the README.
 
 use burn::module::{Module, Param};
-use burn::nn::{DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{DropoutConfig, Initializer, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::Distribution;
@@ -19,11 +19,33 @@ use crate::Error;
 
 /// Axon's `Dense`: `y = x·W + b`, W glorot-uniform, b zero.
 pub fn dense(input: usize, output: usize, device: &Device) -> Linear {
-    let mut linear = LinearConfig::new(input, output)
+    let init = LinearConfig::new(input, output)
         .with_initializer(Initializer::XavierUniform { gain: 1.0 })
         .init(device);
-    linear.bias = Some(Initializer::Zeros.init([output], device));
-    linear
+    Linear {
+        weight: init.weight,
+        bias: Initializer::Zeros.init([output], device),
+    }
+}
+
+/// A dense layer `y = x·W + b` over the last axis (burn's parameter layout:
+/// `weight [d_in, d_out]`; the weights files hold PyTorch's transpose),
+/// through the fused kernel ([`kernel::linear`]: three matmuls forward and
+/// backward, no transposing copies).
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `W [d_in, d_out]`.
+    pub weight: Param<Tensor<2>>,
+    /// `b [d_out]`.
+    pub bias: Param<Tensor<1>>,
+}
+
+impl Linear {
+    /// `[..., d_in]` → `[..., d_out]`. The models check their input widths
+    /// before any layer sees them, so a mismatch here is a bug, and panics.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        kernel::linear(x, self.weight.val(), self.bias.val()).unwrap_or_else(|e| panic!("{e}"))
+    }
 }
 
 /// LayerNorm over the last axis with the given epsilon, gamma one, beta zero.

@@ -27,7 +27,6 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::Linear;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
@@ -35,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::layers::dense;
+use crate::layers::Linear;
 use crate::models::overlay;
 use crate::tasks::{Batch, Split, TaskConfig};
 use crate::weights::{self, Walk, Walker};

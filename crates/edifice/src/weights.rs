@@ -11,9 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use burn::module::{Param, ParamId};
-use burn::nn::Linear;
 
-use crate::layers::LayerNorm;
+use crate::layers::{LayerNorm, Linear};
 use burn::tensor::{Gradients, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
@@ -206,9 +205,12 @@ impl<'a> Walker<'a> {
                 &mut linear.weight,
                 true,
             );
-            if let Some(bias) = linear.bias.as_mut() {
-                w.tensor("bias", Source::DenseBias(axon.into()), bias, false);
-            }
+            w.tensor(
+                "bias",
+                Source::DenseBias(axon.into()),
+                &mut linear.bias,
+                false,
+            );
         });
     }
 

@@ -316,3 +316,42 @@ fn fused_dropout_gradient_uses_the_forward_mask() {
     assert!((share - keep).abs() < 0.02, "kept {share}");
     assert!(edifice::kernel::dropout(x, 0.0, 1).is_err());
 }
+
+#[test]
+fn fused_linear_matches_burn_matmul() {
+    let (dims, d_in, d_out) = ([3, 5, 7], 7, 11);
+    let run = |f: &dyn Fn(Tensor<3>, Tensor<2>, Tensor<1>) -> Tensor<3>| {
+        let x = random_n(dims, 41, 1.0).require_grad();
+        let w = random_n([d_in, d_out], 42, 1.0).require_grad();
+        let b = random_n([d_out], 43, 1.0).require_grad();
+        let y = f(x.clone(), w.clone(), b.clone());
+        let grads = y
+            .clone()
+            .mul(random_n([3, 5, d_out], 44, 1.0))
+            .sum()
+            .backward();
+        [
+            y.flatten::<1>(0, 2),
+            x.grad(&grads).unwrap().flatten::<1>(0, 2),
+            w.grad(&grads).unwrap().flatten::<1>(0, 1),
+            b.grad(&grads).unwrap(),
+        ]
+    };
+    let ours = run(&|x, w, b| edifice::kernel::linear(x, w, b).unwrap());
+    let theirs = run(&|x, w, b| x.matmul(w.unsqueeze::<3>()).add(b.unsqueeze::<3>()));
+    for (what, (a, b)) in ["y", "dx", "dw", "db"]
+        .iter()
+        .zip(ours.into_iter().zip(theirs))
+    {
+        let d = max_abs(a, b);
+        assert!(d < 1e-5, "linear {what} differs from burn's matmul by {d}");
+    }
+    let err = edifice::kernel::linear(
+        random_n(dims, 1, 1.0),
+        random_n([6, d_out], 2, 1.0),
+        random_n([d_out], 3, 1.0),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("[6 → 11]"), "{err}");
+}

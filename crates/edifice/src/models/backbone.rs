@@ -11,10 +11,9 @@
 //! ```
 
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::prelude::*;
 
-use crate::layers::{check_input, dense, layer_norm, Dropout, Ffn, LayerNorm};
+use crate::layers::{check_input, dense, layer_norm, Dropout, Ffn, LayerNorm, Linear};
 use crate::weights::{Walk, Walker};
 use crate::Error;
 

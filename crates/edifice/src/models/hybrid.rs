@@ -11,14 +11,13 @@
 //! ```
 
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::backbone::{check_len, last_timestep};
 use crate::layers::{
-    check_input, dense, layer_norm, validate_dropout, validate_positive, Dropout, LayerNorm, Lstm,
-    SelfAttention, SelfAttentionConfig,
+    check_input, dense, layer_norm, validate_dropout, validate_positive, Dropout, LayerNorm,
+    Linear, Lstm, SelfAttention, SelfAttentionConfig,
 };
 use crate::weights::{Walk, Walker};
 use crate::Error;

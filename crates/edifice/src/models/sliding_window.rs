@@ -10,7 +10,6 @@
 //! ```
 
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::prelude::*;
 
 use super::backbone::{check_len, last_timestep};
@@ -18,7 +17,7 @@ use crate::functional::add_positional_encoding;
 use crate::kernel::gelu;
 use crate::layers::{
     check_input, dense, layer_norm, validate_dropout, validate_positive, Dropout, LayerNorm,
-    SlidingWindowAttention, SlidingWindowAttentionConfig,
+    Linear, SlidingWindowAttention, SlidingWindowAttentionConfig,
 };
 use crate::weights::{Walk, Walker};
 use crate::Error;

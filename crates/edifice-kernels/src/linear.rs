@@ -1,0 +1,108 @@
+//! A dense layer, forward and backward, as three matmuls with no copies:
+//! transposed operands are read in place through their strides, the bias is
+//! the matmul's starting value, and each gradient is written once.
+//!
+//! ```text
+//! y  = x·W + b          x [rows, d_in], W [d_in, d_out], b [d_out]
+//! ∂x = ∂y·Wᵀ            ∂W = xᵀ·∂y            ∂b = Σ_rows ∂y
+//! ```
+//!
+//! (`W` is stored `[d_in, d_out]`, burn's layout; PyTorch's `weight` is its
+//! transpose.)
+
+use crate::matmul::matmul;
+use crate::KernelError;
+
+/// Sizes of one dense layer call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearShape {
+    /// Rows of `x` (every leading dimension flattened).
+    pub rows: usize,
+    /// Input width.
+    pub d_in: usize,
+    /// Output width.
+    pub d_out: usize,
+}
+
+impl LinearShape {
+    fn check(&self, what: &str, got: usize, want: usize) -> Result<(), KernelError> {
+        if got != want {
+            return Err(KernelError::Shape(format!(
+                "linear {what} has {got} elements, {self:?} needs {want}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `y = x·W + b`.
+pub fn forward(
+    shape: LinearShape,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+) -> Result<Vec<f32>, KernelError> {
+    let LinearShape { rows, d_in, d_out } = shape;
+    shape.check("x", x.len(), rows * d_in)?;
+    shape.check("weight", w.len(), d_in * d_out)?;
+    shape.check("bias", b.len(), d_out)?;
+    let mut y = Vec::with_capacity(rows * d_out);
+    for _ in 0..rows {
+        y.extend_from_slice(b);
+    }
+    matmul(&mut y, x, false, w, false, (rows, d_out, d_in), true, true);
+    Ok(y)
+}
+
+/// The gradients of one dense layer call.
+#[derive(Clone, Debug)]
+pub struct Grads {
+    /// `∂x [rows, d_in]`.
+    pub dx: Vec<f32>,
+    /// `∂W [d_in, d_out]`.
+    pub dw: Vec<f32>,
+    /// `∂b [d_out]`.
+    pub db: Vec<f32>,
+}
+
+/// Gradients for upstream `dy [rows, d_out]`.
+pub fn backward(
+    shape: LinearShape,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+) -> Result<Grads, KernelError> {
+    let LinearShape { rows, d_in, d_out } = shape;
+    shape.check("x", x.len(), rows * d_in)?;
+    shape.check("weight", w.len(), d_in * d_out)?;
+    shape.check("dy", dy.len(), rows * d_out)?;
+    let mut dx = vec![0.0; rows * d_in];
+    matmul(
+        &mut dx,
+        dy,
+        false,
+        w,
+        true,
+        (rows, d_in, d_out),
+        false,
+        true,
+    );
+    let mut dw = vec![0.0; d_in * d_out];
+    matmul(
+        &mut dw,
+        x,
+        true,
+        dy,
+        false,
+        (d_in, d_out, rows),
+        false,
+        true,
+    );
+    let mut db = vec![0.0; d_out];
+    for row in dy.chunks_exact(d_out.max(1)) {
+        for (db, &g) in db.iter_mut().zip(row) {
+            *db += g;
+        }
+    }
+    Ok(Grads { dx, dw, db })
+}
