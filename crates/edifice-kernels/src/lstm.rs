@@ -208,10 +208,16 @@ fn backward_rows(
     let mut dh_next = vec![0.0; b * u];
     let mut dc_next = vec![0.0; b * u];
     let mut d_gates = vec![0.0; b * 4 * u];
+    let mut tanh_c = vec![0.0; u];
+    let isa = Isa::available()[0];
     for step in (0..t).rev() {
         for row in 0..b {
             let at = (row * t + step) * u;
             let at4 = at * 4;
+            isa.run(Tanh {
+                x: &c[at..at + u],
+                out: &mut tanh_c,
+            });
             let c_prev = (step > 0).then(|| &c[at - u..at]);
             let act = &gates[at4..at4 + 4 * u];
             let (ai, af, ag, ao) = (&act[..u], &act[u..2 * u], &act[2 * u..3 * u], &act[3 * u..]);
@@ -223,8 +229,7 @@ fn backward_rows(
             let dc_row = &mut dc_next[row * u..(row + 1) * u];
             for j in 0..u {
                 let dh = d_h[at + j] + dh_row[j];
-                let cj = c[at + j];
-                let tc = cj.tanh();
+                let tc = tanh_c[j];
                 let (i, f, g, o) = (ai[j], af[j], ag[j], ao[j]);
                 let dc = dc_row[j] + dh * o * (1.0 - tc * tc);
                 dgo[j] = dh * tc * o * (1.0 - o);
@@ -272,6 +277,32 @@ fn sigmoid<S: Simd>(s: S, x: S::V) -> S::V {
 fn tanh<S: Simd>(s: S, x: S::V) -> S::V {
     let two = s.splat(2.0);
     s.sub(s.mul(two, sigmoid(s, s.mul(two, x))), s.splat(1.0))
+}
+
+/// `out = tanh(x)` elementwise, with the forward pass's vector `tanh`.
+struct Tanh<'a> {
+    x: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl WithSimd for Tanh<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let n = self.x.len().min(self.out.len());
+        let body = n / S::LANES * S::LANES;
+        for j in (0..body).step_by(S::LANES) {
+            // SAFETY: j + LANES ≤ n, within both slices.
+            unsafe {
+                let y = tanh(s, s.load(self.x.as_ptr().add(j)));
+                s.store(self.out.as_mut_ptr().add(j), y);
+            }
+        }
+        for j in body..n {
+            self.out[j] = self.x[j].tanh();
+        }
+    }
 }
 
 impl WithSimd for CellForward<'_> {
