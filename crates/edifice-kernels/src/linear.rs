@@ -7,8 +7,8 @@
 //! ∂x = ∂y·Wᵀ            ∂W = xᵀ·∂y            ∂b = Σ_rows ∂y
 //! ```
 //!
-//! (`W` is stored `[d_in, d_out]`, burn's layout; PyTorch's `weight` is its
-//! transpose.)
+//! `W` is stored `[d_in, d_out]` (burn's layout) or `[d_out, d_in]`
+//! (PyTorch's `weight`, e.g. an LSTM's `W_ih`); either is read in place.
 
 use crate::matmul::matmul;
 use crate::KernelError;
@@ -22,6 +22,8 @@ pub struct LinearShape {
     pub d_in: usize,
     /// Output width.
     pub d_out: usize,
+    /// `W` stored `[d_out, d_in]` (PyTorch's layout) instead of `[d_in, d_out]`.
+    pub weight_out_in: bool,
 }
 
 impl LinearShape {
@@ -42,7 +44,12 @@ pub fn forward(
     w: &[f32],
     b: &[f32],
 ) -> Result<Vec<f32>, KernelError> {
-    let LinearShape { rows, d_in, d_out } = shape;
+    let LinearShape {
+        rows,
+        d_in,
+        d_out,
+        weight_out_in,
+    } = shape;
     shape.check("x", x.len(), rows * d_in)?;
     shape.check("weight", w.len(), d_in * d_out)?;
     shape.check("bias", b.len(), d_out)?;
@@ -50,7 +57,16 @@ pub fn forward(
     for _ in 0..rows {
         y.extend_from_slice(b);
     }
-    matmul(&mut y, x, false, w, false, (rows, d_out, d_in), true, true);
+    matmul(
+        &mut y,
+        x,
+        false,
+        w,
+        weight_out_in,
+        (rows, d_out, d_in),
+        true,
+        true,
+    );
     Ok(y)
 }
 
@@ -59,7 +75,7 @@ pub fn forward(
 pub struct Grads {
     /// `∂x [rows, d_in]`.
     pub dx: Vec<f32>,
-    /// `∂W [d_in, d_out]`.
+    /// `∂W`, laid out as `W`.
     pub dw: Vec<f32>,
     /// `∂b [d_out]`.
     pub db: Vec<f32>,
@@ -72,32 +88,42 @@ pub fn backward(
     w: &[f32],
     dy: &[f32],
 ) -> Result<Grads, KernelError> {
-    let LinearShape { rows, d_in, d_out } = shape;
+    let LinearShape {
+        rows,
+        d_in,
+        d_out,
+        weight_out_in,
+    } = shape;
     shape.check("x", x.len(), rows * d_in)?;
     shape.check("weight", w.len(), d_in * d_out)?;
     shape.check("dy", dy.len(), rows * d_out)?;
     let mut dx = vec![0.0; rows * d_in];
-    matmul(
-        &mut dx,
-        dy,
-        false,
-        w,
-        true,
-        (rows, d_in, d_out),
-        false,
-        true,
-    );
+    let wt = !weight_out_in;
+    matmul(&mut dx, dy, false, w, wt, (rows, d_in, d_out), false, true);
     let mut dw = vec![0.0; d_in * d_out];
-    matmul(
-        &mut dw,
-        x,
-        true,
-        dy,
-        false,
-        (d_in, d_out, rows),
-        false,
-        true,
-    );
+    if weight_out_in {
+        matmul(
+            &mut dw,
+            dy,
+            true,
+            x,
+            false,
+            (d_out, d_in, rows),
+            false,
+            true,
+        );
+    } else {
+        matmul(
+            &mut dw,
+            x,
+            true,
+            dy,
+            false,
+            (d_in, d_out, rows),
+            false,
+            true,
+        );
+    }
     let mut db = vec![0.0; d_out];
     for row in dy.chunks_exact(d_out.max(1)) {
         for (db, &g) in db.iter_mut().zip(row) {

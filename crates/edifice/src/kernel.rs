@@ -223,7 +223,28 @@ pub fn linear<const D: usize>(
     weight: Tensor<2>,
     bias: Tensor<1>,
 ) -> Result<Tensor<D>, Error> {
-    let ([d_in, d_out], n, b) = (weight.dims(), x.dims()[D - 1], bias.dims()[0]);
+    dense(x, weight, bias, false)
+}
+
+/// [`linear`] with the weight in PyTorch's layout, `[d_out, d_in]` (read in
+/// place, never transposed into a copy).
+pub fn linear_out_in<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+) -> Result<Tensor<D>, Error> {
+    dense(x, weight, bias, true)
+}
+
+fn dense<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+    out_in: bool,
+) -> Result<Tensor<D>, Error> {
+    let [r, c] = weight.dims();
+    let (d_in, d_out) = if out_in { (c, r) } else { (r, c) };
+    let (n, b) = (x.dims()[D - 1], bias.dims()[0]);
     if n != d_in || b != d_out {
         return Err(Error::Shape(format!(
             "linear layer [{d_in} → {d_out}] (bias [{b}]) got input {:?}",
@@ -234,6 +255,7 @@ pub fn linear<const D: usize>(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
+        out_in,
     )))
 }
 
@@ -259,6 +281,7 @@ pub trait KernelBackend: burn::backend::Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        out_in: bool,
     ) -> FloatTensor<Self>;
 
     /// See [`dropout`]; `keep` is already validated.
@@ -314,6 +337,7 @@ pub trait Kernels: burn::backend::Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        out_in: bool,
     ) -> FloatTensor<Self>;
 
     /// Returns `(∂x, ∂W, ∂b)` for upstream gradient `d_y`.
@@ -321,6 +345,7 @@ pub trait Kernels: burn::backend::Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         d_y: FloatTensor<Self>,
+        out_in: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// `x` through the dropout mask of `seed` (forward and backward alike).
@@ -453,8 +478,13 @@ impl Kernels for Flex {
         )
     }
 
-    fn linear_forward(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        let shape = linear_shape(&x, &weight);
+    fn linear_forward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        out_in: bool,
+    ) -> FlexTensor {
+        let shape = linear_shape(&x, &weight, out_in);
         let y = linear::forward(shape, &values(&x), &values(&weight), &values(&bias))
             .expect("validated by linear()");
         let mut dims = x.shape();
@@ -467,8 +497,9 @@ impl Kernels for Flex {
         x: FlexTensor,
         weight: FlexTensor,
         d_y: FlexTensor,
+        out_in: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let shape = linear_shape(&x, &weight);
+        let shape = linear_shape(&x, &weight, out_in);
         let g = linear::backward(shape, &values(&x), &values(&weight), &values(&d_y))
             .expect("validated by linear()");
         let db = FlexTensor::from_data(TensorData::new(g.db, [shape.d_out]));
@@ -518,12 +549,14 @@ impl Kernels for Flex {
     }
 }
 
-fn linear_shape(x: &FlexTensor, weight: &FlexTensor) -> LinearShape {
+fn linear_shape(x: &FlexTensor, weight: &FlexTensor, out_in: bool) -> LinearShape {
     let w = weight.shape();
+    let (d_in, d_out) = if out_in { (w[1], w[0]) } else { (w[0], w[1]) };
     LinearShape {
-        rows: x.shape().num_elements() / w[0].max(1),
-        d_in: w[0],
-        d_out: w[1],
+        rows: x.shape().num_elements() / d_in.max(1),
+        d_in,
+        d_out,
+        weight_out_in: out_in,
     }
 }
 
@@ -548,8 +581,13 @@ impl KernelBackend for Flex {
         like(&x, y)
     }
 
-    fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        Self::linear_forward(x, weight, bias)
+    fn fused_linear(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        out_in: bool,
+    ) -> FlexTensor {
+        Self::linear_forward(x, weight, bias, out_in)
     }
 
     fn fused_dropout(x: FlexTensor, keep: f32, seed: u64) -> FlexTensor {
@@ -651,7 +689,7 @@ impl<B: Kernels> Backward<B, 1> for GeluNode {
 struct LinearNode;
 
 impl<B: Kernels> Backward<B, 3> for LinearNode {
-    type State = (FloatTensor<B>, FloatTensor<B>);
+    type State = (FloatTensor<B>, FloatTensor<B>, bool);
 
     fn backward(
         self,
@@ -661,8 +699,8 @@ impl<B: Kernels> Backward<B, 3> for LinearNode {
     ) {
         let [node_x, node_w, node_b] = ops.parents;
         let d_y = grads.consume::<B>(&ops.node);
-        let (x, weight) = ops.state;
-        let (dx, dw, db) = B::linear_backward(x, weight, d_y);
+        let (x, weight, out_in) = ops.state;
+        let (dx, dw, db) = B::linear_backward(x, weight, d_y, out_in);
         for (node, grad) in [(node_x, dx), (node_w, dw), (node_b, db)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
@@ -805,6 +843,7 @@ impl<B: KernelBackend + Kernels, C: CheckpointStrategy> KernelBackend for Autodi
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        out_in: bool,
     ) -> FloatTensor<Self> {
         let ((x, node_x), (weight, node_w), (bias, node_b)) =
             (x.into_parts(), weight.into_parts(), bias.into_parts());
@@ -814,10 +853,10 @@ impl<B: KernelBackend + Kernels, C: CheckpointStrategy> KernelBackend for Autodi
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let y = B::linear_forward(x.clone(), weight.clone(), bias);
-                prep.finish((x, weight), y)
+                let y = B::linear_forward(x.clone(), weight.clone(), bias, out_in);
+                prep.finish((x, weight, out_in), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::linear_forward(x, weight, bias)),
+            OpsKind::UnTracked(prep) => prep.finish(B::linear_forward(x, weight, bias, out_in)),
         }
     }
 }

@@ -680,14 +680,8 @@ impl Lstm {
 
     /// `x·W_ihᵀ + b_ih + b_hh` for every step: `[B, T, 4U]`, one matmul.
     fn input_gates(&self, x: Tensor<3>) -> Tensor<3> {
-        let u4 = self.weight_ih.dims()[0];
-        let bias = self
-            .bias_ih
-            .val()
-            .add(self.bias_hh.val())
-            .reshape([1, 1, u4]);
-        x.matmul(self.weight_ih.val().transpose().unsqueeze())
-            .add(bias)
+        let bias = self.bias_ih.val().add(self.bias_hh.val());
+        kernel::linear_out_in(x, self.weight_ih.val(), bias).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The same recurrence composed step by step from burn's own ops: the
@@ -695,7 +689,10 @@ impl Lstm {
     pub fn forward_reference(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let u = self.hidden_size();
-        let projected = self.input_gates(x);
+        let bias = self.bias_ih.val().add(self.bias_hh.val());
+        let projected = x
+            .matmul(self.weight_ih.val().transpose().unsqueeze())
+            .add(bias.reshape([1, 1, 4 * u]));
         let w_hh = self.weight_hh.val().transpose();
         let device = projected.device();
         let mut h = Tensor::<2>::zeros([b, u], &device);

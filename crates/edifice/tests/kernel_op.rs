@@ -355,3 +355,40 @@ fn fused_linear_matches_burn_matmul() {
     .to_string();
     assert!(err.contains("[6 → 11]"), "{err}");
 }
+
+#[test]
+fn fused_linear_reads_pytorch_layout_weights_in_place() {
+    let (dims, d_in, d_out) = ([2, 3, 5], 5, 4);
+    let run = |f: &dyn Fn(Tensor<3>, Tensor<2>, Tensor<1>) -> Tensor<3>| {
+        let x = random_n(dims, 51, 1.0).require_grad();
+        let w = random_n([d_out, d_in], 52, 1.0).require_grad();
+        let b = random_n([d_out], 53, 1.0).require_grad();
+        let y = f(x.clone(), w.clone(), b.clone());
+        let grads = y
+            .clone()
+            .mul(random_n([2, 3, d_out], 54, 1.0))
+            .sum()
+            .backward();
+        [
+            y.flatten::<1>(0, 2),
+            x.grad(&grads).unwrap().flatten::<1>(0, 2),
+            w.grad(&grads).unwrap().flatten::<1>(0, 1),
+            b.grad(&grads).unwrap(),
+        ]
+    };
+    let ours = run(&|x, w, b| edifice::kernel::linear_out_in(x, w, b).unwrap());
+    let theirs = run(&|x, w, b| {
+        x.matmul(w.transpose().unsqueeze::<3>())
+            .add(b.unsqueeze::<3>())
+    });
+    for (what, (a, b)) in ["y", "dx", "dw", "db"]
+        .iter()
+        .zip(ours.into_iter().zip(theirs))
+    {
+        let d = max_abs(a, b);
+        assert!(
+            d < 1e-5,
+            "linear (out, in) {what} differs from burn's matmul by {d}"
+        );
+    }
+}
