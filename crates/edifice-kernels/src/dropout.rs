@@ -46,13 +46,69 @@ pub fn apply(seed: u64, keep: f32, x: &[f32], out: &mut [f32]) -> Result<(), Ker
         .zip(x.par_chunks(TASK))
         .enumerate()
         .for_each(|(t, (out, x))| {
-            let first = (t * TASK) as u32;
-            for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-                let h = mix(mix(first.wrapping_add(i as u32) ^ k0) ^ k1);
-                *o = if h <= threshold { v * scale } else { 0.0 };
-            }
+            let task = Task {
+                first: (t * TASK) as u32,
+                keys: (k0, k1),
+                threshold,
+                scale,
+            };
+            task.run(x, out)
         });
     Ok(())
+}
+
+/// The mask parameters of one parallel task.
+#[derive(Clone, Copy)]
+struct Task {
+    /// Index of the task's first element.
+    first: u32,
+    keys: (u32, u32),
+    threshold: u32,
+    scale: f32,
+}
+
+impl Task {
+    /// Runs [`Task::apply`] compiled for the widest integer vectors the CPU
+    /// has (32-bit multiplies need AVX2; baseline x86-64 runs it scalar).
+    fn run(self, x: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                return unsafe { self.apply_avx512(x, out) };
+            }
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                return unsafe { self.apply_avx2(x, out) };
+            }
+        }
+        self.apply(x, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn apply_avx512(self, x: &[f32], out: &mut [f32]) {
+        self.apply(x, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn apply_avx2(self, x: &[f32], out: &mut [f32]) {
+        self.apply(x, out)
+    }
+
+    #[inline(always)]
+    fn apply(self, x: &[f32], out: &mut [f32]) {
+        let (k0, k1) = self.keys;
+        for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+            let h = mix(mix(self.first.wrapping_add(i as u32) ^ k0) ^ k1);
+            *o = if h <= self.threshold {
+                v * self.scale
+            } else {
+                0.0
+            };
+        }
+    }
 }
 
 /// The "lowbias32" integer finaliser.
@@ -86,6 +142,21 @@ mod tests {
         assert_ne!(y, again);
         apply(7, 1.0, &x, &mut again).unwrap();
         assert!(again.iter().all(|&v| v == 2.0));
+    }
+
+    #[test]
+    fn vector_paths_draw_the_scalar_mask() {
+        let x: Vec<f32> = (0..1000).map(|i| i as f32 - 500.0).collect();
+        let task = Task {
+            first: 77,
+            keys: (0x1234_5678, 0x9abc_def0),
+            threshold: u32::MAX / 3,
+            scale: 1.5,
+        };
+        let (mut scalar, mut vector) = (vec![0.0; 1000], vec![0.0; 1000]);
+        task.apply(&x, &mut scalar);
+        task.run(&x, &mut vector);
+        assert_eq!(scalar, vector);
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub struct LinearShape {
 }
 
 impl LinearShape {
+    /// `(rows, d_in, d_out)`.
+    fn sizes(&self) -> (usize, usize, usize) {
+        (self.rows, self.d_in, self.d_out)
+    }
+
     fn check(&self, what: &str, got: usize, want: usize) -> Result<(), KernelError> {
         if got != want {
             return Err(KernelError::Shape(format!(
@@ -44,12 +49,7 @@ pub fn forward(
     w: &[f32],
     b: &[f32],
 ) -> Result<Vec<f32>, KernelError> {
-    let LinearShape {
-        rows,
-        d_in,
-        d_out,
-        weight_out_in,
-    } = shape;
+    let ((rows, d_in, d_out), weight_out_in) = (shape.sizes(), shape.weight_out_in);
     shape.check("x", x.len(), rows * d_in)?;
     shape.check("weight", w.len(), d_in * d_out)?;
     shape.check("bias", b.len(), d_out)?;
@@ -88,12 +88,7 @@ pub fn backward(
     w: &[f32],
     dy: &[f32],
 ) -> Result<Grads, KernelError> {
-    let LinearShape {
-        rows,
-        d_in,
-        d_out,
-        weight_out_in,
-    } = shape;
+    let ((rows, d_in, d_out), weight_out_in) = (shape.sizes(), shape.weight_out_in);
     shape.check("x", x.len(), rows * d_in)?;
     shape.check("weight", w.len(), d_in * d_out)?;
     shape.check("dy", dy.len(), rows * d_out)?;

@@ -317,19 +317,18 @@ fn fused_dropout_gradient_uses_the_forward_mask() {
     assert!(edifice::kernel::dropout(x, 0.0, 1).is_err());
 }
 
-#[test]
-fn fused_linear_matches_burn_matmul() {
+/// Our dense layer against burn's matmul, output and every gradient, with the
+/// weight stored `[d_in, d_out]` or (`out_in`) PyTorch's `[d_out, d_in]`.
+fn check_linear(out_in: bool) {
     let (dims, d_in, d_out) = ([3, 5, 7], 7, 11);
+    let w_dims = if out_in { [d_out, d_in] } else { [d_in, d_out] };
     let run = |f: &dyn Fn(Tensor<3>, Tensor<2>, Tensor<1>) -> Tensor<3>| {
         let x = random_n(dims, 41, 1.0).require_grad();
-        let w = random_n([d_in, d_out], 42, 1.0).require_grad();
+        let w = random_n(w_dims, 42, 1.0).require_grad();
         let b = random_n([d_out], 43, 1.0).require_grad();
         let y = f(x.clone(), w.clone(), b.clone());
-        let grads = y
-            .clone()
-            .mul(random_n([3, 5, d_out], 44, 1.0))
-            .sum()
-            .backward();
+        let r = random_n([3, 5, d_out], 44, 1.0);
+        let grads = y.clone().mul(r).sum().backward();
         [
             y.flatten::<1>(0, 2),
             x.grad(&grads).unwrap().flatten::<1>(0, 2),
@@ -337,49 +336,16 @@ fn fused_linear_matches_burn_matmul() {
             b.grad(&grads).unwrap(),
         ]
     };
-    let ours = run(&|x, w, b| edifice::kernel::linear(x, w, b).unwrap());
-    let theirs = run(&|x, w, b| x.matmul(w.unsqueeze::<3>()).add(b.unsqueeze::<3>()));
-    for (what, (a, b)) in ["y", "dx", "dw", "db"]
-        .iter()
-        .zip(ours.into_iter().zip(theirs))
-    {
-        let d = max_abs(a, b);
-        assert!(d < 1e-5, "linear {what} differs from burn's matmul by {d}");
-    }
-    let err = edifice::kernel::linear(
-        random_n(dims, 1, 1.0),
-        random_n([6, d_out], 2, 1.0),
-        random_n([d_out], 3, 1.0),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("[6 → 11]"), "{err}");
-}
-
-#[test]
-fn fused_linear_reads_pytorch_layout_weights_in_place() {
-    let (dims, d_in, d_out) = ([2, 3, 5], 5, 4);
-    let run = |f: &dyn Fn(Tensor<3>, Tensor<2>, Tensor<1>) -> Tensor<3>| {
-        let x = random_n(dims, 51, 1.0).require_grad();
-        let w = random_n([d_out, d_in], 52, 1.0).require_grad();
-        let b = random_n([d_out], 53, 1.0).require_grad();
-        let y = f(x.clone(), w.clone(), b.clone());
-        let grads = y
-            .clone()
-            .mul(random_n([2, 3, d_out], 54, 1.0))
-            .sum()
-            .backward();
-        [
-            y.flatten::<1>(0, 2),
-            x.grad(&grads).unwrap().flatten::<1>(0, 2),
-            w.grad(&grads).unwrap().flatten::<1>(0, 1),
-            b.grad(&grads).unwrap(),
-        ]
-    };
-    let ours = run(&|x, w, b| edifice::kernel::linear_out_in(x, w, b).unwrap());
+    let ours = run(&|x, w, b| {
+        if out_in {
+            edifice::kernel::linear_out_in(x, w, b).unwrap()
+        } else {
+            edifice::kernel::linear(x, w, b).unwrap()
+        }
+    });
     let theirs = run(&|x, w, b| {
-        x.matmul(w.transpose().unsqueeze::<3>())
-            .add(b.unsqueeze::<3>())
+        let w = if out_in { w.transpose() } else { w };
+        x.matmul(w.unsqueeze::<3>()).add(b.unsqueeze::<3>())
     });
     for (what, (a, b)) in ["y", "dx", "dw", "db"]
         .iter()
@@ -388,7 +354,25 @@ fn fused_linear_reads_pytorch_layout_weights_in_place() {
         let d = max_abs(a, b);
         assert!(
             d < 1e-5,
-            "linear (out, in) {what} differs from burn's matmul by {d}"
+            "linear (out_in {out_in}) {what} differs from burn's matmul by {d}"
         );
     }
+}
+
+#[test]
+fn fused_linear_matches_burn_matmul() {
+    check_linear(false);
+    let err = edifice::kernel::linear(
+        random_n([3, 5, 7], 1, 1.0),
+        random_n([6, 11], 2, 1.0),
+        random_n([11], 3, 1.0),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("[6 → 11]"), "{err}");
+}
+
+#[test]
+fn fused_linear_reads_pytorch_layout_weights_in_place() {
+    check_linear(true);
 }
