@@ -1,7 +1,7 @@
 //! The fused kernels of `edifice_kernels` as burn operations, each with its
 //! own backward pass under `Autodiff`: attention ([`attention`]), the LSTM
-//! recurrence ([`lstm_recurrence`]), [`linear`], [`layer_norm`], [`gelu`] and
-//! [`dropout`].
+//! recurrence ([`lstm_recurrence`]), [`linear()`], [`layer_norm()`], [`gelu()`]
+//! and [`dropout()`].
 //!
 //! `attention(q, k, v, spec)` computes, per batch and query head `h`,
 //!
@@ -226,7 +226,7 @@ pub fn linear<const D: usize>(
     dense(x, weight, bias, false)
 }
 
-/// [`linear`] with the weight in PyTorch's layout, `[d_out, d_in]` (read in
+/// [`linear()`] with the weight in PyTorch's layout, `[d_out, d_in]` (read in
 /// place, never transposed into a copy).
 pub fn linear_out_in<const D: usize>(
     x: Tensor<D>,
@@ -259,7 +259,7 @@ fn dense<const D: usize>(
     )))
 }
 
-/// The extension: the fused operations, dispatched to Flex or Autodiff<Flex>.
+/// The extension: the fused operations, dispatched to Flex or `Autodiff<Flex>`.
 #[backend_extension(Autodiff, Flex)]
 pub trait KernelBackend: burn::backend::Backend {
     /// See [`attention`]; inputs are already validated.
@@ -273,10 +273,10 @@ pub trait KernelBackend: burn::backend::Backend {
     /// See [`lstm_recurrence`]; inputs are already validated.
     fn fused_lstm(xp: FloatTensor<Self>, w_hh: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// See [`gelu`].
+    /// See [`gelu()`].
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// See [`linear`]; inputs are already validated.
+    /// See [`linear()`]; inputs are already validated.
     fn fused_linear(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -284,10 +284,10 @@ pub trait KernelBackend: burn::backend::Backend {
         out_in: bool,
     ) -> FloatTensor<Self>;
 
-    /// See [`dropout`]; `keep` is already validated.
+    /// See [`dropout()`]; `keep` is already validated.
     fn fused_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
 
-    /// See [`layer_norm`]; inputs are already validated.
+    /// See [`layer_norm()`]; inputs are already validated.
     fn fused_layer_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
