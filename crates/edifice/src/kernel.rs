@@ -29,7 +29,7 @@ use std::sync::Arc;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Dispatch, Flex, TensorMetadata};
@@ -604,6 +604,19 @@ impl KernelBackend for Flex {
     }
 }
 
+/// Hands each parent that tracks gradients its gradient.
+fn register<B: burn::backend::Backend, const N: usize>(
+    grads: &mut Gradients,
+    parents: [Option<NodeId>; N],
+    values: [FloatTensor<B>; N],
+) {
+    for (id, grad) in parents.into_iter().zip(values) {
+        if let Some(id) = id {
+            grads.register::<B>(id, grad);
+        }
+    }
+}
+
 /// The autodiff node: saves `q, k, v, o, lse` and calls the kernel backward.
 #[derive(Debug)]
 struct AttentionNode;
@@ -626,15 +639,11 @@ impl<B: Kernels> Backward<B, 3> for AttentionNode {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [node_q, node_k, node_v] = ops.parents;
+        let parents = ops.parents.map(|p| p.map(|node| node.id));
         let d_o = grads.consume::<B>(&ops.node);
         let (q, k, v, o, lse, spec) = ops.state;
         let (dq, dk, dv) = B::attention_backward(q, k, v, o, &lse, d_o, &spec);
-        for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register::<B, 3>(grads, parents, [dq, dk, dv]);
     }
 }
 
@@ -651,15 +660,11 @@ impl<B: Kernels> Backward<B, 2> for LstmNode {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [node_xp, node_w] = ops.parents;
+        let parents = ops.parents.map(|p| p.map(|node| node.id));
         let d_h = grads.consume::<B>(&ops.node);
         let (w_hh, trace) = ops.state;
         let (d_xp, d_w) = B::lstm_backward(w_hh, &trace, d_h);
-        for (node, grad) in [(node_xp, d_xp), (node_w, d_w)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register::<B, 2>(grads, parents, [d_xp, d_w]);
     }
 }
 
@@ -697,15 +702,11 @@ impl<B: Kernels> Backward<B, 3> for LinearNode {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_w, node_b] = ops.parents;
+        let parents = ops.parents.map(|p| p.map(|node| node.id));
         let d_y = grads.consume::<B>(&ops.node);
         let (x, weight, out_in) = ops.state;
         let (dx, dw, db) = B::linear_backward(x, weight, d_y, out_in);
-        for (node, grad) in [(node_x, dx), (node_w, dw), (node_b, db)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register::<B, 3>(grads, parents, [dx, dw, db]);
     }
 }
 
@@ -744,15 +745,11 @@ impl<B: Kernels> Backward<B, 3> for LayerNormNode {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
+        let parents = ops.parents.map(|p| p.map(|node| node.id));
         let d_y = grads.consume::<B>(&ops.node);
         let (x, gamma, stats) = ops.state;
         let (dx, dgamma, dbeta) = B::layer_norm_backward(x, gamma, &stats, d_y);
-        for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register::<B, 3>(grads, parents, [dx, dgamma, dbeta]);
     }
 }
 
