@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use crate::KernelError;
+use crate::{same_len, KernelError};
 
 /// Elements per parallel task.
 const TASK: usize = 1 << 14;
@@ -21,16 +21,8 @@ const TASK: usize = 1 << 14;
 /// `out[i] = x[i] / keep` where element `i` of the `seed`'s mask is kept,
 /// else 0. `keep` is the probability of keeping an element, in `(0, 1]`.
 pub fn apply(seed: u64, keep: f32, x: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
-    if !(keep > 0.0 && keep <= 1.0) {
-        return Err(KernelError::KeepProbability(keep));
-    }
-    if x.len() != out.len() {
-        return Err(KernelError::Shape(format!(
-            "dropout: x has {} elements, out {}",
-            x.len(),
-            out.len()
-        )));
-    }
+    check_keep(keep)?;
+    same_len("dropout", "out", out.len(), x.len())?;
     if x.len() > u32::MAX as usize {
         return Err(KernelError::Shape(format!(
             "dropout: {} elements is more than the mask counter covers (2³²)",
@@ -55,6 +47,15 @@ pub fn apply(seed: u64, keep: f32, x: &[f32], out: &mut [f32]) -> Result<(), Ker
             task.run(x, out)
         });
     Ok(())
+}
+
+/// `Ok` when `keep` is a probability of keeping an element, in `(0, 1]`.
+pub fn check_keep(keep: f32) -> Result<(), KernelError> {
+    if keep > 0.0 && keep <= 1.0 {
+        Ok(())
+    } else {
+        Err(KernelError::KeepProbability(keep))
+    }
 }
 
 /// The mask parameters of one parallel task.

@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use crate::simd::{Isa, Simd, WithSimd};
-use crate::KernelError;
+use crate::{same_len, KernelError};
 
 /// Elements per parallel task: large enough to amortise the task, small
 /// enough to split a `[32·60, 1024]` activation over the threads.
@@ -21,11 +21,12 @@ const TASK: usize = 1 << 14;
 
 /// `y = gelu(x)` elementwise.
 pub fn forward(x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
-    check("y", x.len(), y.len())?;
+    same_len("gelu", "y", y.len(), x.len())?;
+    let isa = Isa::widest();
     y.par_chunks_mut(TASK)
         .zip(x.par_chunks(TASK))
         .for_each(|(y, x)| {
-            Isa::available()[0].run(Pass {
+            isa.run(Pass {
                 x,
                 dy: None,
                 out: y,
@@ -36,26 +37,18 @@ pub fn forward(x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
 
 /// `dx = dy · gelu'(x)` elementwise.
 pub fn backward(x: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<(), KernelError> {
-    check("dy", x.len(), dy.len())?;
-    check("dx", x.len(), dx.len())?;
+    same_len("gelu", "dy", dy.len(), x.len())?;
+    same_len("gelu", "dx", dx.len(), x.len())?;
+    let isa = Isa::widest();
     dx.par_chunks_mut(TASK)
         .zip(x.par_chunks(TASK).zip(dy.par_chunks(TASK)))
         .for_each(|(dx, (x, dy))| {
-            Isa::available()[0].run(Pass {
+            isa.run(Pass {
                 x,
                 dy: Some(dy),
                 out: dx,
             })
         });
-    Ok(())
-}
-
-fn check(what: &str, got: usize, want: usize) -> Result<(), KernelError> {
-    if got != want {
-        return Err(KernelError::Shape(format!(
-            "gelu: {what} has {got} elements, x has {want}"
-        )));
-    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use crate::KernelError;
+use crate::{same_len, KernelError};
 
 /// Rows per parallel task.
 const ROWS: usize = 32;
@@ -33,7 +33,7 @@ pub fn forward(
     y: &mut [f32],
 ) -> Result<Stats, KernelError> {
     let n = check(x.len(), gamma, beta)?;
-    same("y", y.len(), x.len())?;
+    same_len("layer norm", "y", y.len(), x.len())?;
     let mut stats = vec![[0.0; 2]; x.len() / n];
     y.par_chunks_mut(ROWS * n)
         .zip(x.par_chunks(ROWS * n))
@@ -71,8 +71,8 @@ pub fn backward(
     dy: &[f32],
 ) -> Result<Grads, KernelError> {
     let n = check(x.len(), gamma, gamma)?;
-    same("dy", dy.len(), x.len())?;
-    same("stats", stats.len(), x.len() / n)?;
+    same_len("layer norm", "dy", dy.len(), x.len())?;
+    same_len("layer norm", "stats", stats.len(), x.len() / n)?;
     let mut dx = vec![0.0; x.len()];
     let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
         .par_chunks_mut(ROWS * n)
@@ -132,15 +132,6 @@ fn check(len: usize, gamma: &[f32], beta: &[f32]) -> Result<usize, KernelError> 
         )));
     }
     Ok(n)
-}
-
-fn same(what: &str, got: usize, want: usize) -> Result<(), KernelError> {
-    if got != want {
-        return Err(KernelError::Shape(format!(
-            "layer norm: {what} has {got} elements, expected {want}"
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

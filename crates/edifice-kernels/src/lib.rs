@@ -87,6 +87,17 @@ pub enum KernelError {
     KeepProbability(f32),
 }
 
+/// `Ok` when buffer `what` of operation `op` holds the `want` elements it
+/// must, else a shape error saying so.
+pub(crate) fn same_len(op: &str, what: &str, got: usize, want: usize) -> Result<(), KernelError> {
+    if got != want {
+        return Err(KernelError::Shape(format!(
+            "{op}: {what} has {got} elements, expected {want}"
+        )));
+    }
+    Ok(())
+}
+
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnShape {

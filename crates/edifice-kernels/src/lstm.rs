@@ -111,7 +111,7 @@ fn forward_rows(
     let mut h_prev = vec![0.0; b * u];
     let mut c_prev = vec![0.0; b * u];
     let mut gates = vec![0.0; b * 4 * u];
-    let isa = Isa::available()[0];
+    let isa = Isa::widest();
     for step in 0..t {
         for row in 0..b {
             let at = (row * t + step) * 4 * u;
@@ -209,7 +209,7 @@ fn backward_rows(
     let mut dc_next = vec![0.0; b * u];
     let mut d_gates = vec![0.0; b * 4 * u];
     let mut tanh_c = vec![0.0; u];
-    let isa = Isa::available()[0];
+    let isa = Isa::widest();
     for step in (0..t).rev() {
         for row in 0..b {
             let at = (row * t + step) * u;

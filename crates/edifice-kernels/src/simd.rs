@@ -607,6 +607,12 @@ impl Isa {
         }
     }
 
+    /// The widest instruction set this CPU has (for elementwise kernels,
+    /// which take any width).
+    pub(crate) fn widest() -> Isa {
+        Isa::available()[0]
+    }
+
     /// Every instruction set this CPU supports, widest first (always ends
     /// with `Scalar`).
     pub fn available() -> Vec<Isa> {

@@ -205,9 +205,7 @@ pub fn layer_norm<const D: usize>(
 /// and scaled by `1/keep`. Differentiable; the backward pass regenerates the
 /// mask from the seed.
 pub fn dropout<const D: usize>(x: Tensor<D>, keep: f32, seed: u64) -> Result<Tensor<D>, Error> {
-    if !(keep > 0.0 && keep <= 1.0) {
-        return Err(edifice_kernels::KernelError::KeepProbability(keep).into());
-    }
+    dropout::check_keep(keep)?;
     Ok(Tensor::from_dispatch(Dispatch::fused_dropout(
         x.into_dispatch(),
         keep,
@@ -507,17 +505,11 @@ impl Kernels for Flex {
     }
 
     fn dropout_masked(x: FlexTensor, keep: f32, seed: u64) -> FlexTensor {
-        let xs = values(&x);
-        let mut y = vec![0.0; xs.len()];
-        dropout::apply(seed, keep, &xs, &mut y).expect("validated by dropout()");
-        like(&x, y)
+        elementwise(&x, |xs, y| dropout::apply(seed, keep, xs, y))
     }
 
     fn fused_gelu_backward(x: FlexTensor, d_y: FlexTensor) -> FlexTensor {
-        let xs = values(&x);
-        let mut dx = vec![0.0; xs.len()];
-        gelu::backward(&xs, &values(&d_y), &mut dx).expect("same shapes");
-        like(&x, dx)
+        elementwise(&x, |xs, dx| gelu::backward(xs, &values(&d_y), dx))
     }
 
     fn layer_norm_forward(
@@ -560,6 +552,18 @@ fn linear_shape(x: &FlexTensor, weight: &FlexTensor, out_in: bool) -> LinearShap
     }
 }
 
+/// A tensor of `x`'s shape filled by `f(x's values, out)`, an elementwise
+/// kernel whose inputs the public functions already validated.
+fn elementwise(
+    x: &FlexTensor,
+    f: impl FnOnce(&[f32], &mut [f32]) -> Result<(), edifice_kernels::KernelError>,
+) -> FlexTensor {
+    let xs = values(x);
+    let mut out = vec![0.0; xs.len()];
+    f(&xs, &mut out).expect("validated by the public function");
+    like(x, out)
+}
+
 /// A tensor of `x`'s shape holding `data`.
 fn like(x: &FlexTensor, data: Vec<f32>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, x.shape()))
@@ -575,10 +579,7 @@ impl KernelBackend for Flex {
     }
 
     fn fused_gelu(x: FlexTensor) -> FlexTensor {
-        let xs = values(&x);
-        let mut y = vec![0.0; xs.len()];
-        gelu::forward(&xs, &mut y).expect("same lengths");
-        like(&x, y)
+        elementwise(&x, gelu::forward)
     }
 
     fn fused_linear(
