@@ -79,6 +79,24 @@ pub fn forward(shape: LstmShape, xp: &[f32], w_hh: &[f32]) -> Result<LstmTrace, 
         return Ok(trace);
     }
     let rows = group_rows(b);
+    // With a few rows per group, each gate is a dot product of `h` with a
+    // row of `W_hh` as stored. With more, the step matmul reads `W_hhᵀ`
+    // `[U, 4U]` row-major: gemm packs a transposed right operand with a
+    // strided gather on every call, which cost more than the product itself
+    // (a 4x slower step at 16 rows).
+    let w_t;
+    let (w, w_is_t) = if rows >= TRANSPOSE_ROWS {
+        let mut t = vec![0.0; 4 * u * u];
+        for (r, row) in w_hh.chunks_exact(u).enumerate() {
+            for (c, &w) in row.iter().enumerate() {
+                t[c * 4 * u + r] = w;
+            }
+        }
+        w_t = t;
+        (&w_t[..], true)
+    } else {
+        (w_hh, false)
+    };
     trace
         .h
         .par_chunks_mut(rows * t * u)
@@ -86,24 +104,28 @@ pub fn forward(shape: LstmShape, xp: &[f32], w_hh: &[f32]) -> Result<LstmTrace, 
         .zip(trace.gates.par_chunks_mut(rows * t * 4 * u))
         .zip(xp.par_chunks(rows * t * 4 * u))
         .for_each(|(((h, c), gates), xp)| {
-            forward_rows(xp.len() / (t * 4 * u), t, u, xp, w_hh, h, c, gates)
+            forward_rows(xp.len() / (t * 4 * u), t, u, xp, (w, w_is_t), h, c, gates)
         });
     Ok(trace)
 }
+
+/// Rows per group from which the forward steps read a transposed `W_hh`.
+const TRANSPOSE_ROWS: usize = 2;
 
 /// Rows per group: the batch over the threads, rounded up.
 fn group_rows(batch: usize) -> usize {
     batch.div_ceil(rayon::current_num_threads().max(1)).max(1)
 }
 
-/// The forward recurrence of `b` sequences, into their slices of the trace.
+/// The forward recurrence of `b` sequences, into their slices of the trace;
+/// `w` is `W_hh` `[4U, U]`, or `W_hhᵀ` `[U, 4U]` when `w_is_t`.
 #[allow(clippy::too_many_arguments)]
 fn forward_rows(
     b: usize,
     t: usize,
     u: usize,
     xp: &[f32],
-    w_hh: &[f32],
+    (w, w_is_t): (&[f32], bool),
     trace_h: &mut [f32],
     trace_c: &mut [f32],
     trace_gates: &mut [f32],
@@ -122,8 +144,8 @@ fn forward_rows(
             &mut gates,
             &h_prev,
             false,
-            w_hh,
-            true,
+            w,
+            !w_is_t,
             (b, 4 * u, u),
             true,
             false,
