@@ -47,6 +47,7 @@ pub mod dropout;
 mod element;
 mod fwd;
 pub mod gelu;
+pub mod heads;
 pub mod layer_norm;
 pub mod linear;
 pub mod lstm;

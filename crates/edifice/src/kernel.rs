@@ -34,6 +34,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{Tensor, TensorData};
+use edifice_kernels::heads::{self, Packing};
 use edifice_kernels::linear::{self, LinearShape};
 use edifice_kernels::lstm::{self, LstmShape, LstmTrace};
 use edifice_kernels::{dropout, gelu, layer_norm};
@@ -126,6 +127,56 @@ pub fn attention(
         v.into_dispatch(),
         spec.clone(),
     )))
+}
+
+/// Self-attention straight from a fused projection: `qkv [B, T, 3·H·D]`
+/// (q, k and v side by side, each head-major: feature `p·H·D + h·D + d`,
+/// see [`edifice_kernels::heads`]) → `o [B, T, H·D]` with the heads merged.
+///
+/// The same as splitting `qkv` into `[B, H, T, D]` heads, calling
+/// [`attention`] and merging the heads back, without the transposing copies
+/// around the kernel or their gradients: the heads move in one pass each way,
+/// and the backward writes `∂qkv` in one pass.
+///
+/// Errors: `heads` of zero or not dividing the width into three equal
+/// parts, or a `spec` that does not fit the sizes (see [`attention`]).
+pub fn attention_packed(qkv: Tensor<3>, heads: usize, spec: &AttnSpec) -> Result<Tensor<3>, Error> {
+    let packing = qkv_packing(&qkv.dims(), heads)?;
+    spec.kernel(packed_shape(packing))?;
+    Ok(Tensor::from_dispatch(Dispatch::fused_attention_packed(
+        qkv.into_dispatch(),
+        heads,
+        spec.clone(),
+    )))
+}
+
+/// The packing of `qkv [B, T, 3·H·D]` with `heads` heads.
+fn qkv_packing(dims: &[usize; 3], heads: usize) -> Result<Packing, Error> {
+    let [batch, len, width] = *dims;
+    if heads == 0 || width == 0 || width % (3 * heads) != 0 {
+        return Err(Error::Shape(format!(
+            "packed attention needs qkv [B, T, 3·heads·head_dim] with heads > 0 and head_dim > 0, got {dims:?} with {heads} heads"
+        )));
+    }
+    Ok(Packing {
+        batch,
+        len,
+        heads,
+        head_dim: width / (3 * heads),
+        parts: 3,
+    })
+}
+
+/// The kernel's view of packed self-attention: `H` heads for q and kv.
+fn packed_shape(p: Packing) -> AttnShape {
+    AttnShape {
+        batch: p.batch,
+        heads_q: p.heads,
+        heads_kv: p.heads,
+        len_q: p.len,
+        len_k: p.len,
+        head_dim: p.head_dim,
+    }
 }
 
 fn attn_shape(q: &[usize; 4], k: &[usize; 4], v: &[usize; 4]) -> Result<AttnShape, Error> {
@@ -268,6 +319,13 @@ pub trait KernelBackend: burn::backend::Backend {
         spec: AttnSpec,
     ) -> FloatTensor<Self>;
 
+    /// See [`attention_packed`]; inputs are already validated.
+    fn fused_attention_packed(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        spec: AttnSpec,
+    ) -> FloatTensor<Self>;
+
     /// See [`lstm_recurrence`]; inputs are already validated.
     fn fused_lstm(xp: FloatTensor<Self>, w_hh: FloatTensor<Self>) -> FloatTensor<Self>;
 
@@ -316,6 +374,20 @@ pub trait Kernels: burn::backend::Backend {
         d_o: FloatTensor<Self>,
         spec: &AttnSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Returns the merged `o [B, T, H·D]` and what the backward needs.
+    fn attention_packed_forward(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        spec: &AttnSpec,
+    ) -> (FloatTensor<Self>, Arc<PackedTrace>);
+
+    /// Returns `∂qkv` for upstream gradient `d_o [B, T, H·D]`.
+    fn attention_packed_backward(
+        trace: &PackedTrace,
+        d_o: FloatTensor<Self>,
+        spec: &AttnSpec,
+    ) -> FloatTensor<Self>;
 
     /// Returns `h` and the trace the backward pass needs.
     fn lstm_forward(
@@ -369,6 +441,33 @@ pub trait Kernels: burn::backend::Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
+/// What packed attention keeps for its backward: the heads in the kernel's
+/// layout `[B, H, T, D]` and the row log-sum-exp.
+#[derive(Debug)]
+pub struct PackedTrace {
+    packing: Packing,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    o: Vec<f32>,
+    lse: Vec<f32>,
+}
+
+/// The kernel's forward on `[B, H, N, D]` slices, in the spec's schedule.
+fn attend(
+    att: &Attention,
+    spec: &AttnSpec,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    match spec.schedule {
+        Schedule::Fused => att.forward_vec(q, k, v),
+        Schedule::Ring { chunks } => ring::forward(*att.shape(), chunks, att.scale(), q, k, v),
+    }
+    .expect("validated by the public function")
+}
+
 fn lstm_shape(w_hh: &FlexTensor, h_or_xp: &FlexTensor) -> LstmShape {
     let (s, w) = (h_or_xp.shape(), w_hh.shape());
     LstmShape {
@@ -414,14 +513,7 @@ impl Kernels for Flex {
         spec: &AttnSpec,
     ) -> (FlexTensor, Arc<[f32]>) {
         let att = kernel_for(&q, &k, spec);
-        let (qs, ks, vs) = (values(&q), values(&k), values(&v));
-        let (o, lse) = match spec.schedule {
-            Schedule::Fused => att.forward_vec(&qs, &ks, &vs),
-            Schedule::Ring { chunks } => {
-                ring::forward(*att.shape(), chunks, att.scale(), &qs, &ks, &vs)
-            }
-        }
-        .expect("validated by attention()");
+        let (o, lse) = attend(&att, spec, &values(&q), &values(&k), &values(&v));
         (tensor(o, dims4(&q)), lse.into())
     }
 
@@ -450,6 +542,56 @@ impl Kernels for Flex {
             tensor(dk, dims4(&k)),
             tensor(dv, dims4(&v)),
         )
+    }
+
+    fn attention_packed_forward(
+        qkv: FlexTensor,
+        heads: usize,
+        spec: &AttnSpec,
+    ) -> (FlexTensor, Arc<PackedTrace>) {
+        let s = qkv.shape();
+        let packing = qkv_packing(&[s[0], s[1], s[2]], heads).expect("validated");
+        let att = spec.kernel(packed_shape(packing)).expect("validated");
+        let [q, k, v]: [Vec<f32>; 3] = heads::split(packing, &values(&qkv))
+            .expect("validated")
+            .try_into()
+            .expect("three parts");
+        let (o, lse) = attend(&att, spec, &q, &k, &v);
+        let one = Packing {
+            parts: 1,
+            ..packing
+        };
+        let merged = heads::merge(one, &[&o]).expect("validated");
+        let dims = [packing.batch, packing.len, heads * packing.head_dim];
+        let o_packed = FlexTensor::from_data(TensorData::new(merged, dims));
+        let trace = PackedTrace {
+            packing,
+            q,
+            k,
+            v,
+            o,
+            lse,
+        };
+        (o_packed, Arc::new(trace))
+    }
+
+    fn attention_packed_backward(
+        trace: &PackedTrace,
+        d_o: FlexTensor,
+        spec: &AttnSpec,
+    ) -> FlexTensor {
+        let p = trace.packing;
+        let att = spec.kernel(packed_shape(p)).expect("validated");
+        let one = Packing { parts: 1, ..p };
+        let d_o = heads::split(one, &values(&d_o))
+            .expect("validated")
+            .remove(0);
+        let (dq, dk, dv) = att
+            .backward_vec(&trace.q, &trace.k, &trace.v, &trace.o, &trace.lse, &d_o)
+            .expect("validated");
+        let d_qkv = heads::merge(p, &[&dq, &dk, &dv]).expect("validated");
+        let dims = [p.batch, p.len, 3 * p.heads * p.head_dim];
+        FlexTensor::from_data(TensorData::new(d_qkv, dims))
     }
 
     fn lstm_forward(xp: FlexTensor, w_hh: FlexTensor) -> (FlexTensor, Arc<LstmTrace>) {
@@ -574,6 +716,10 @@ impl KernelBackend for Flex {
         Self::attention_forward(q, k, v, &spec).0
     }
 
+    fn fused_attention_packed(qkv: FlexTensor, heads: usize, spec: AttnSpec) -> FlexTensor {
+        Self::attention_packed_forward(qkv, heads, &spec).0
+    }
+
     fn fused_lstm(xp: FlexTensor, w_hh: FlexTensor) -> FlexTensor {
         Self::lstm_forward(xp, w_hh).0
     }
@@ -645,6 +791,27 @@ impl<B: Kernels> Backward<B, 3> for AttentionNode {
         let (q, k, v, o, lse, spec) = ops.state;
         let (dq, dk, dv) = B::attention_backward(q, k, v, o, &lse, d_o, &spec);
         register::<B, 3>(grads, parents, [dq, dk, dv]);
+    }
+}
+
+/// The packed attention node: saves the heads and `lse` (in the trace).
+#[derive(Debug)]
+struct PackedAttentionNode;
+
+impl<B: Kernels> Backward<B, 1> for PackedAttentionNode {
+    type State = (Arc<PackedTrace>, AttnSpec);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let parents = ops.parents.map(|p| p.map(|node| node.id));
+        let d_o = grads.consume::<B>(&ops.node);
+        let (trace, spec) = ops.state;
+        let d_qkv = B::attention_packed_backward(&trace, d_o, &spec);
+        register::<B, 1>(grads, parents, [d_qkv]);
     }
 }
 
@@ -773,6 +940,25 @@ impl<B: KernelBackend + Kernels, C: CheckpointStrategy> KernelBackend for Autodi
                 prep.finish((q, k, v, o.clone(), lse, spec), o)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::attention_forward(q, k, v, &spec).0),
+        }
+    }
+
+    fn fused_attention_packed(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        spec: AttnSpec,
+    ) -> FloatTensor<Self> {
+        let (qkv, node) = qkv.into_parts();
+        match PackedAttentionNode
+            .prepare::<C>([node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (o, trace) = B::attention_packed_forward(qkv, heads, &spec);
+                prep.finish((trace, spec), o)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention_packed(qkv, heads, spec)),
         }
     }
 

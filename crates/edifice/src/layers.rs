@@ -14,7 +14,7 @@ use burn::tensor::Distribution;
 use edifice_kernels::{Pattern, PatternKind};
 
 use crate::functional::{qk_layer_norm, rotary};
-use crate::kernel::{self, attention, gelu, lstm_recurrence, AttnSpec};
+use crate::kernel::{self, attention, attention_packed, gelu, lstm_recurrence, AttnSpec};
 use crate::Error;
 
 /// Axon's `Dense`: `y = x·W + b`, W glorot-uniform, b zero.
@@ -309,7 +309,13 @@ impl SelfAttention {
     /// `x [B, T, input_size]` → `[B, T, hidden_size]`.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         check_input(&x, self.qkv.weight.dims()[0], "self_attention")?;
-        let [mut q, mut k, v] = split_qkv(self.qkv.forward(x), self.num_heads);
+        let pattern = Pattern::new(PatternKind::Full, self.causal);
+        let qkv = self.qkv.forward(x);
+        if !self.qk_layernorm && !self.rope && self.chunk.is_none() {
+            let o = attention_packed(qkv, self.num_heads, &AttnSpec::new(pattern))?;
+            return Ok(self.dropout.forward(self.output.forward(o)));
+        }
+        let [mut q, mut k, v] = split_qkv(qkv, self.num_heads);
         if self.qk_layernorm {
             q = qk_layer_norm(q);
             k = qk_layer_norm(k);
@@ -318,7 +324,6 @@ impl SelfAttention {
             q = rotary(q)?;
             k = rotary(k)?;
         }
-        let pattern = Pattern::new(PatternKind::Full, self.causal);
         let o = merge_heads(attend(q, k, v, &pattern, self.chunk)?);
         Ok(self.dropout.forward(self.output.forward(o)))
     }
@@ -399,17 +404,21 @@ impl SlidingWindowAttention {
     /// `x [B, T, input_size]` → `[B, T, nh·hd]`.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         check_input(&x, self.qkv.weight.dims()[0], "sliding_window_attention")?;
-        let [mut q, mut k, v] = split_qkv(self.qkv.forward(x), self.num_heads);
-        if self.qk_layernorm {
-            q = qk_layer_norm(q);
-            k = qk_layer_norm(k);
-        }
         let pattern = Pattern::new(
             PatternKind::Window {
                 window: self.window,
             },
             true,
         );
+        let qkv = self.qkv.forward(x);
+        if !self.qk_layernorm && self.chunk.is_none() {
+            return attention_packed(qkv, self.num_heads, &AttnSpec::new(pattern));
+        }
+        let [mut q, mut k, v] = split_qkv(qkv, self.num_heads);
+        if self.qk_layernorm {
+            q = qk_layer_norm(q);
+            k = qk_layer_norm(k);
+        }
         Ok(merge_heads(attend(q, k, v, &pattern, self.chunk)?))
     }
 }
@@ -519,52 +528,47 @@ impl DualChunkAttention {
                 "dual chunk attention needs a sequence length that is a positive multiple of chunk_size {c}, got {t}"
             )));
         }
-        let [q, k, v] = split_qkv(self.qkv.forward(x), self.num_heads);
-        let [_, nh, _, hd] = q.dims();
-        let chunks = t / c;
-
-        let intra = attention(
-            q.clone(),
-            k.clone(),
-            v.clone(),
+        let (nh, chunks) = (self.num_heads, t / c);
+        let qkv = self.qkv.forward(x);
+        let width = qkv.dims()[2] / 3;
+        // Both paths stay in the projection's packed layout [B, T, (3·)nh·hd]:
+        // the mean over a chunk commutes with splitting the heads.
+        let intra = attention_packed(
+            qkv.clone(),
+            nh,
             &AttnSpec::new(Pattern::new(PatternKind::Chunk { chunk: c }, true)),
         )?;
-        let summary = |x: Tensor<4>| {
-            x.reshape([b, nh, chunks, c, hd])
-                .mean_dim(3)
-                .reshape([b, nh, chunks, hd])
-        };
-        let (ks, vs) = (summary(k), summary(v));
+        let summary = qkv.clone().reshape([b, chunks, c, 3 * width]).mean_dim(2);
         let inter = if self.strict_causal {
+            let [q, _, _] = split_qkv(qkv, nh);
+            let [_, ks, vs] = split_qkv(summary.reshape([b, chunks, 3 * width]), nh);
             let allowed: Vec<bool> = (0..t * chunks)
                 .map(|x| x % chunks < (x / chunks) / c)
                 .collect();
             let mask = edifice_kernels::BoolMask::new(allowed, &[t, chunks])?;
-            attention(
+            merge_heads(attention(
                 q,
                 ks,
                 vs,
                 &AttnSpec::new(Pattern::new(PatternKind::Mask(mask), false)),
-            )?
+            )?)
         } else {
-            let per_chunk = attention(
-                summary(q),
-                ks,
-                vs,
+            attention_packed(
+                summary.reshape([b, chunks, 3 * width]),
+                nh,
                 &AttnSpec::new(Pattern::new(PatternKind::Full, true)),
-            )?;
-            per_chunk
-                .reshape([b, nh, chunks, 1, hd])
-                .expand([b, nh, chunks, c, hd])
-                .reshape([b, nh, t, hd])
+            )?
+            .reshape([b, chunks, 1, width])
+            .expand([b, chunks, c, width])
+            .reshape([b, t, width])
         };
         let mixed = if self.sum {
             intra.add(inter)
         } else {
-            let g = sigmoid(self.gate.val()).reshape([1, nh, 1, hd]);
+            let g = sigmoid(self.gate.val()).reshape([1, 1, width]);
             inter.mul(g.clone()).add(intra.mul(g.neg().add_scalar(1.0)))
         };
-        Ok(self.out.forward(merge_heads(mixed)))
+        Ok(self.out.forward(mixed))
     }
 }
 
@@ -596,10 +600,8 @@ impl PatternAttention {
 
     /// `x [B, T, H]` → `[B, T, H]`.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        let [q, k, v] = split_qkv(self.qkv.forward(x), self.num_heads);
-        Ok(self
-            .out_proj
-            .forward(merge_heads(attention(q, k, v, &self.spec)?)))
+        let o = attention_packed(self.qkv.forward(x), self.num_heads, &self.spec)?;
+        Ok(self.out_proj.forward(o))
     }
 }
 

@@ -123,6 +123,57 @@ fn ring_schedule_matches_fused_forward_and_gradients() {
     }
 }
 
+/// Attention on the packed projection against splitting it into heads,
+/// attending and merging with burn's ops: output and `∂qkv`, for patterns
+/// and both schedules.
+#[test]
+fn packed_attention_matches_split_heads() {
+    use edifice::kernel::attention_packed;
+    use edifice::layers::{merge_heads, split_heads};
+    let (b, t, h, d) = (2, 24, 3, 8);
+    let causal = AttnSpec::new(Pattern::new(PatternKind::Full, true));
+    let specs = [
+        causal.clone(),
+        AttnSpec::new(Pattern::new(PatternKind::Window { window: 5 }, true)),
+        AttnSpec::new(Pattern::new(PatternKind::Chunk { chunk: 8 }, true)),
+        AttnSpec {
+            schedule: Schedule::Ring { chunks: 4 },
+            ..causal
+        },
+    ];
+    for spec in specs {
+        let run = |packed: bool| {
+            let qkv = random_n([b, t, 3 * h * d], 7, 1.0).require_grad();
+            let o = if packed {
+                attention_packed(qkv.clone(), h, &spec).unwrap()
+            } else {
+                let [q, k, v] =
+                    [0, 1, 2].map(|i| split_heads(qkv.clone().narrow(2, i * h * d, h * d), h));
+                merge_heads(attention(q, k, v, &spec).unwrap())
+            };
+            let grads = o
+                .clone()
+                .mul(random_n([b, t, h * d], 8, 1.0))
+                .sum()
+                .backward();
+            (o, qkv.grad(&grads).unwrap())
+        };
+        let ((o1, g1), (o2, g2)) = (run(true), run(false));
+        assert!(max_abs(o1, o2) < 1e-5, "{spec:?} o");
+        assert!(max_abs(g1, g2) < 1e-5, "{spec:?} dqkv");
+    }
+    let (qkv, spec) = (
+        random_n([1, 4, 3 * 8], 1, 1.0),
+        AttnSpec::new(Pattern::new(PatternKind::Full, true)),
+    );
+    for heads in [0, 5] {
+        let err = attention_packed(qkv.clone(), heads, &spec)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("3·heads·head_dim"), "{err}");
+    }
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let spec = AttnSpec::new(Pattern::new(PatternKind::Full, true));
