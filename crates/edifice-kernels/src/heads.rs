@@ -12,6 +12,8 @@
 //! element per task, so a layer calls the kernel on its projection without
 //! transposing copies of its own and their gradients.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::KernelError;
@@ -55,32 +57,43 @@ impl Packing {
 /// `packed [B, T, P·H·D]` → `P` parts `[B, H, T, D]`.
 pub fn split(p: Packing, packed: &[f32]) -> Result<Vec<Vec<f32>>, KernelError> {
     p.check("packed", packed.len(), p.packed_len())?;
-    let mut parts: Vec<Vec<f32>> = (0..p.parts).map(|_| vec![0.0; p.part_len()]).collect();
+    let mut parts: Vec<Vec<f32>> = (0..p.parts)
+        .map(|_| Vec::with_capacity(p.part_len()))
+        .collect();
     let (t, h, d) = (p.len, p.heads, p.head_dim);
     let (width, per_batch) = (p.parts * h * d, h * t * d);
-    if per_batch == 0 {
-        return Ok(parts);
-    }
-    // Each batch element's slab of every part, handed to one task.
-    let mut slabs: Vec<Vec<&mut [f32]>> = (0..p.batch).map(|_| Vec::new()).collect();
-    for part in &mut parts {
-        for (b, slab) in part.chunks_exact_mut(per_batch).enumerate() {
-            slabs[b].push(slab);
+    if per_batch > 0 {
+        // Each batch element's slab of every part, handed to one task. The
+        // outputs start uninitialised: they are large and each element is
+        // written once below, so zeroing them first would be a wasted pass.
+        let mut slabs: Vec<Vec<&mut [MaybeUninit<f32>]>> =
+            (0..p.batch).map(|_| Vec::new()).collect();
+        for part in &mut parts {
+            let spare = &mut part.spare_capacity_mut()[..p.part_len()];
+            for (b, slab) in spare.chunks_exact_mut(per_batch).enumerate() {
+                slabs[b].push(slab);
+            }
         }
-    }
-    slabs
-        .into_par_iter()
-        .zip(packed.par_chunks_exact(t * width))
-        .for_each(|(mut slabs, rows)| {
-            for (pos, row) in rows.chunks_exact(width).enumerate() {
-                for (slab, row) in slabs.iter_mut().zip(row.chunks_exact(h * d)) {
-                    for (head, x) in row.chunks_exact(d).enumerate() {
-                        let to = (head * t + pos) * d;
-                        slab[to..to + d].copy_from_slice(x);
+        slabs
+            .into_par_iter()
+            .zip(packed.par_chunks_exact(t * width))
+            .for_each(|(mut slabs, rows)| {
+                for (pos, row) in rows.chunks_exact(width).enumerate() {
+                    for (slab, row) in slabs.iter_mut().zip(row.chunks_exact(h * d)) {
+                        for (head, x) in row.chunks_exact(d).enumerate() {
+                            let to = (head * t + pos) * d;
+                            slab[to..to + d].write_copy_of_slice(x);
+                        }
                     }
                 }
-            }
-        });
+            });
+    }
+    for part in &mut parts {
+        // SAFETY: the loop above wrote every (b, head, pos, d) element of
+        // each part: `P·B·T` packed rows of `H` heads of `D` values, each to
+        // its own place (or the parts are empty).
+        unsafe { part.set_len(p.part_len()) };
+    }
     Ok(parts)
 }
 
@@ -90,26 +103,28 @@ pub fn merge(p: Packing, parts: &[&[f32]]) -> Result<Vec<f32>, KernelError> {
     for part in parts {
         p.check("part", part.len(), p.part_len())?;
     }
-    let mut packed = vec![0.0; p.packed_len()];
+    let mut packed = Vec::with_capacity(p.packed_len());
     let (t, h, d) = (p.len, p.heads, p.head_dim);
     let (width, per_batch) = (p.parts * h * d, h * t * d);
-    if per_batch == 0 {
-        return Ok(packed);
-    }
-    packed
-        .par_chunks_exact_mut(t * width)
-        .enumerate()
-        .for_each(|(b, rows)| {
-            for (pos, row) in rows.chunks_exact_mut(width).enumerate() {
-                for (part, row) in parts.iter().zip(row.chunks_exact_mut(h * d)) {
-                    let slab = &part[b * per_batch..(b + 1) * per_batch];
-                    for (head, x) in row.chunks_exact_mut(d).enumerate() {
-                        let from = (head * t + pos) * d;
-                        x.copy_from_slice(&slab[from..from + d]);
+    if per_batch > 0 {
+        packed.spare_capacity_mut()[..p.packed_len()]
+            .par_chunks_exact_mut(t * width)
+            .enumerate()
+            .for_each(|(b, rows)| {
+                for (pos, row) in rows.chunks_exact_mut(width).enumerate() {
+                    for (part, row) in parts.iter().zip(row.chunks_exact_mut(h * d)) {
+                        let slab = &part[b * per_batch..(b + 1) * per_batch];
+                        for (head, x) in row.chunks_exact_mut(d).enumerate() {
+                            let from = (head * t + pos) * d;
+                            x.write_copy_of_slice(&slab[from..from + d]);
+                        }
                     }
                 }
-            }
-        });
+            });
+    }
+    // SAFETY: every packed row is split into `P·H` pieces of `D` values and
+    // each piece was written above (or the tensor is empty).
+    unsafe { packed.set_len(p.packed_len()) };
     Ok(packed)
 }
 

@@ -10,7 +10,7 @@
 //! `W` is stored `[d_in, d_out]` (burn's layout) or `[d_out, d_in]`
 //! (PyTorch's `weight`, e.g. an LSTM's `W_ih`); either is read in place.
 
-use crate::matmul::matmul;
+use crate::matmul::{matmul, product};
 use crate::KernelError;
 
 /// Sizes of one dense layer call.
@@ -73,52 +73,34 @@ pub fn forward(
 /// The gradients of one dense layer call.
 #[derive(Clone, Debug)]
 pub struct Grads {
-    /// `∂x [rows, d_in]`.
-    pub dx: Vec<f32>,
+    /// `∂x [rows, d_in]`, when asked for.
+    pub dx: Option<Vec<f32>>,
     /// `∂W`, laid out as `W`.
     pub dw: Vec<f32>,
     /// `∂b [d_out]`.
     pub db: Vec<f32>,
 }
 
-/// Gradients for upstream `dy [rows, d_out]`.
+/// Gradients for upstream `dy [rows, d_out]`; `∂x` only when `input_grad`
+/// (a model's first layer reads data that needs none, and skipping it saves
+/// a third of the backward's matmul work there).
 pub fn backward(
     shape: LinearShape,
     x: &[f32],
     w: &[f32],
     dy: &[f32],
+    input_grad: bool,
 ) -> Result<Grads, KernelError> {
     let ((rows, d_in, d_out), weight_out_in) = (shape.sizes(), shape.weight_out_in);
     shape.check("x", x.len(), rows * d_in)?;
     shape.check("weight", w.len(), d_in * d_out)?;
     shape.check("dy", dy.len(), rows * d_out)?;
-    let mut dx = vec![0.0; rows * d_in];
-    let wt = !weight_out_in;
-    matmul(&mut dx, dy, false, w, wt, (rows, d_in, d_out), false, true);
-    let mut dw = vec![0.0; d_in * d_out];
-    if weight_out_in {
-        matmul(
-            &mut dw,
-            dy,
-            true,
-            x,
-            false,
-            (d_out, d_in, rows),
-            false,
-            true,
-        );
+    let dx = input_grad.then(|| product(dy, false, w, !weight_out_in, (rows, d_in, d_out), true));
+    let dw = if weight_out_in {
+        product(dy, true, x, false, (d_out, d_in, rows), true)
     } else {
-        matmul(
-            &mut dw,
-            x,
-            true,
-            dy,
-            false,
-            (d_in, d_out, rows),
-            false,
-            true,
-        );
-    }
+        product(x, true, dy, false, (d_in, d_out, rows), true)
+    };
     let mut db = vec![0.0; d_out];
     for row in dy.chunks_exact(d_out.max(1)) {
         for (db, &g) in db.iter_mut().zip(row) {

@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use crate::matmul::matmul;
+use crate::matmul::{matmul, product};
 use crate::simd::{Isa, Simd, WithSimd};
 use crate::KernelError;
 
@@ -183,9 +183,8 @@ pub fn backward(
     shape.check("d_h", d_h.len(), b * t * u)?;
     shape.check("trace", trace.h.len(), b * t * u)?;
     let mut d_xp = vec![0.0; b * t * 4 * u];
-    let mut d_w_hh = vec![0.0; 4 * u * u];
     if b == 0 || t == 0 || u == 0 {
-        return Ok((d_xp, d_w_hh));
+        return Ok((d_xp, vec![0.0; 4 * u * u]));
     }
     let rows = group_rows(b);
     d_xp.par_chunks_mut(rows * t * 4 * u)
@@ -201,16 +200,7 @@ pub fn backward(
         let base = row * t * u;
         h_shift[base + u..base + t * u].copy_from_slice(&trace.h[base..base + (t - 1) * u]);
     }
-    matmul(
-        &mut d_w_hh,
-        &d_xp,
-        true,
-        &h_shift,
-        false,
-        (4 * u, u, b * t),
-        false,
-        true,
-    );
+    let d_w_hh = product(&d_xp, true, &h_shift, false, (4 * u, u, b * t), true);
     Ok((d_xp, d_w_hh))
 }
 

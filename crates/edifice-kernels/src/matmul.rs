@@ -31,36 +31,75 @@ pub(crate) fn matmul(
     accumulate: bool,
     parallel: bool,
 ) {
-    assert!(
-        out.len() == m * n && a.len() == m * k && b.len() == k * n,
-        "matmul sizes"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
+    assert_eq!(out.len(), m * n, "matmul output size");
+    let (a, b) = operands(a, a_t, b, b_t, (m, n, k));
     if k == 0 {
         if !accumulate {
             out.fill(0.0);
         }
         return;
     }
-    let a = Operand::new(a, a_t, m, k);
-    let b = Operand::new(b, b_t, k, n);
+    // SAFETY: `out` holds the `[m, n]` output and `operands` checked `a`
+    // and `b` against the sizes.
+    unsafe { matmul_raw(out.as_mut_ptr(), a, b, (m, n, k), accumulate, parallel) };
+}
+
+/// `A · B` into a new `[m, n]` vector, operands as for [`matmul`]. The
+/// output is never zeroed: gemm writes every element without reading it.
+pub(crate) fn product(
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    (m, n, k): (usize, usize, usize),
+    parallel: bool,
+) -> Vec<f32> {
+    let (a, b) = operands(a, a_t, b, b_t, (m, n, k));
+    if k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: the capacity holds the `[m, n]` output, `operands` checked `a`
+    // and `b`, and without `accumulate` gemm writes every output element
+    // without reading it, so all `m·n` are initialised afterwards.
+    unsafe {
+        matmul_raw(out.as_mut_ptr(), a, b, (m, n, k), false, parallel);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// Checks the operands against the sizes and wraps them.
+fn operands(
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    (m, n, k): (usize, usize, usize),
+) -> (Operand, Operand) {
+    assert!(a.len() == m * k && b.len() == k * n, "matmul operand sizes");
+    (Operand::new(a, a_t, m, k), Operand::new(b, b_t, k, n))
+}
+
+/// The product on raw output memory, `k > 0`.
+///
+/// # Safety
+/// `out` must be valid for writes (and reads, with `accumulate`) of `m·n`
+/// values, and the operands must hold `[m, k]` and `[k, n]`.
+unsafe fn matmul_raw(
+    out: *mut f32,
+    a: Operand,
+    b: Operand,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
     let threads = rayon::current_num_threads();
     if !parallel || threads == 1 || m * n * k < PARALLEL_WORK {
-        // SAFETY: the assert above bounds every index of the whole product.
-        unsafe {
-            gemm_at(
-                out.as_mut_ptr(),
-                n,
-                (0, 0),
-                (m, n, k),
-                a,
-                b,
-                accumulate,
-                None,
-            )
-        };
+        gemm_at(out, n, (0, 0), (m, n, k), a, b, accumulate, None);
         return;
     }
     // Slabs along the longer side of the output: rows when it is tall,
@@ -69,22 +108,10 @@ pub(crate) fn matmul(
     let side = if split_rows { m } else { n };
     let slab = side.div_ceil(threads).next_multiple_of(16);
     if slab < MIN_SLAB {
-        // SAFETY: as above.
-        unsafe {
-            gemm_at(
-                out.as_mut_ptr(),
-                n,
-                (0, 0),
-                (m, n, k),
-                a,
-                b,
-                accumulate,
-                Some(threads),
-            )
-        };
+        gemm_at(out, n, (0, 0), (m, n, k), a, b, accumulate, Some(threads));
         return;
     }
-    let out = SharedOut(out.as_mut_ptr());
+    let out = SharedOut(out);
     (0..side.div_ceil(slab)).into_par_iter().for_each(|s| {
         let (start, len) = (s * slab, slab.min(side - s * slab));
         let (at, size) = if split_rows {
@@ -222,7 +249,8 @@ mod tests {
 
     /// Every path: one thread's gemm (small), row slabs (tall), column slabs
     /// (wide), gemm's own split (slabs under `MIN_SLAB`), each with both
-    /// operands in both layouts, overwriting and accumulating; three
+    /// operands in both layouts, overwriting, accumulating and into a new
+    /// vector ([`product`]); three
     /// threads, so the last slab is short.
     #[test]
     fn slabs_match_the_definition() {
@@ -233,12 +261,14 @@ mod tests {
         let sizes = [(5, 7, 3), (300, 70, 40), (70, 300, 40), (100, 90, 50)];
         for (m, n, k) in sizes {
             for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
-                for accumulate in [false, true] {
+                for mode in ["overwrite", "accumulate", "product"] {
+                    let accumulate = mode == "accumulate";
                     let (a, b) = (uniform(m * k, 1), uniform(k * n, 2));
                     let start = uniform(m * n, 3);
                     let mut out = start.clone();
-                    pool.install(|| {
-                        matmul(&mut out, &a, a_t, &b, b_t, (m, n, k), accumulate, true)
+                    pool.install(|| match mode {
+                        "product" => out = product(&a, a_t, &b, b_t, (m, n, k), true),
+                        _ => matmul(&mut out, &a, a_t, &b, b_t, (m, n, k), accumulate, true),
                     });
                     let mut want = naive(&a, a_t, &b, b_t, (m, n, k));
                     if accumulate {
@@ -247,7 +277,7 @@ mod tests {
                     for (i, (o, w)) in out.iter().zip(&want).enumerate() {
                         assert!(
                             (o - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                            "{m}x{n}x{k} a_t {a_t} b_t {b_t} acc {accumulate}: [{i}] {o} vs {w}"
+                            "{m}x{n}x{k} a_t {a_t} b_t {b_t} {mode}: [{i}] {o} vs {w}"
                         );
                     }
                 }

@@ -410,13 +410,19 @@ pub trait Kernels: burn::backend::Backend {
         out_in: bool,
     ) -> FloatTensor<Self>;
 
-    /// Returns `(∂x, ∂W, ∂b)` for upstream gradient `d_y`.
+    /// Returns `(∂x, ∂W, ∂b)` for upstream gradient `d_y`, `∂x` only when
+    /// `input_grad`.
     fn linear_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         d_y: FloatTensor<Self>,
         out_in: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+        input_grad: bool,
+    ) -> (
+        Option<FloatTensor<Self>>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
 
     /// `x` through the dropout mask of `seed` (forward and backward alike).
     fn dropout_masked(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
@@ -638,12 +644,13 @@ impl Kernels for Flex {
         weight: FlexTensor,
         d_y: FlexTensor,
         out_in: bool,
-    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        input_grad: bool,
+    ) -> (Option<FlexTensor>, FlexTensor, FlexTensor) {
         let shape = linear_shape(&x, &weight, out_in);
-        let g = linear::backward(shape, &values(&x), &values(&weight), &values(&d_y))
-            .expect("validated by linear()");
+        let (xs, ws, dys) = (values(&x), values(&weight), values(&d_y));
+        let g = linear::backward(shape, &xs, &ws, &dys, input_grad).expect("validated by linear()");
         let db = FlexTensor::from_data(TensorData::new(g.db, [shape.d_out]));
-        (like(&x, g.dx), like(&weight, g.dw), db)
+        (g.dx.map(|dx| like(&x, dx)), like(&weight, g.dw), db)
     }
 
     fn dropout_masked(x: FlexTensor, keep: f32, seed: u64) -> FlexTensor {
@@ -873,8 +880,12 @@ impl<B: Kernels> Backward<B, 3> for LinearNode {
         let parents = ops.parents.map(|p| p.map(|node| node.id));
         let d_y = grads.consume::<B>(&ops.node);
         let (x, weight, out_in) = ops.state;
-        let (dx, dw, db) = B::linear_backward(x, weight, d_y, out_in);
-        register::<B, 3>(grads, parents, [dx, dw, db]);
+        let [x_parent, w_parent, b_parent] = parents;
+        let (dx, dw, db) = B::linear_backward(x, weight, d_y, out_in, x_parent.is_some());
+        register::<B, 2>(grads, [w_parent, b_parent], [dw, db]);
+        if let Some(dx) = dx {
+            register::<B, 1>(grads, [x_parent], [dx]);
+        }
     }
 }
 

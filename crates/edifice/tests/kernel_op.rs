@@ -373,40 +373,47 @@ fn fused_dropout_gradient_uses_the_forward_mask() {
 fn check_linear(out_in: bool) {
     let (dims, d_in, d_out) = ([3, 5, 7], 7, 11);
     let w_dims = if out_in { [d_out, d_in] } else { [d_in, d_out] };
-    let run = |f: &dyn Fn(Tensor<3>, Tensor<2>, Tensor<1>) -> Tensor<3>| {
-        let x = random_n(dims, 41, 1.0).require_grad();
+    // `x_grad = false`: an input that needs no gradient (the backward then
+    // skips `∂x`; the others must not change).
+    let run = |f: &dyn Fn(Tensor<3>, Tensor<2>, Tensor<1>) -> Tensor<3>, x_grad: bool| {
+        let x = random_n(dims, 41, 1.0);
+        let x = if x_grad { x.require_grad() } else { x };
         let w = random_n(w_dims, 42, 1.0).require_grad();
         let b = random_n([d_out], 43, 1.0).require_grad();
         let y = f(x.clone(), w.clone(), b.clone());
         let r = random_n([3, 5, d_out], 44, 1.0);
         let grads = y.clone().mul(r).sum().backward();
+        let dx = x.grad(&grads);
+        assert_eq!(dx.is_some(), x_grad);
         [
             y.flatten::<1>(0, 2),
-            x.grad(&grads).unwrap().flatten::<1>(0, 2),
+            dx.map_or_else(|| Tensor::zeros([1], &device()), |dx| dx.flatten::<1>(0, 2)),
             w.grad(&grads).unwrap().flatten::<1>(0, 1),
             b.grad(&grads).unwrap(),
         ]
     };
-    let ours = run(&|x, w, b| {
+    let ours = |x, w, b| {
         if out_in {
             edifice::kernel::linear_out_in(x, w, b).unwrap()
         } else {
             edifice::kernel::linear(x, w, b).unwrap()
         }
-    });
-    let theirs = run(&|x, w, b| {
+    };
+    let theirs = |x: Tensor<3>, w: Tensor<2>, b: Tensor<1>| {
         let w = if out_in { w.transpose() } else { w };
         x.matmul(w.unsqueeze::<3>()).add(b.unsqueeze::<3>())
-    });
-    for (what, (a, b)) in ["y", "dx", "dw", "db"]
-        .iter()
-        .zip(ours.into_iter().zip(theirs))
-    {
-        let d = max_abs(a, b);
-        assert!(
-            d < 1e-5,
-            "linear (out_in {out_in}) {what} differs from burn's matmul by {d}"
-        );
+    };
+    for x_grad in [true, false] {
+        for (what, (a, b)) in ["y", "dx", "dw", "db"]
+            .iter()
+            .zip(run(&ours, x_grad).into_iter().zip(run(&theirs, x_grad)))
+        {
+            let d = max_abs(a, b);
+            assert!(
+                d < 1e-5,
+                "linear (out_in {out_in}, x_grad {x_grad}) {what} differs from burn's matmul by {d}"
+            );
+        }
     }
 }
 
