@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
+use edifice::optim::AdamWConfig;
 use edifice::weights;
 use edifice::{Model, ModelConfig};
 use serde::Serialize;

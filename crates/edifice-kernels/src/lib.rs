@@ -42,6 +42,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod adamw;
 mod bwd;
 pub mod dropout;
 mod element;

@@ -4,6 +4,7 @@ pub mod functional;
 pub mod kernel;
 pub mod layers;
 pub mod models;
+pub mod optim;
 pub mod tasks;
 pub mod train;
 pub mod weights;

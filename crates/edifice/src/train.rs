@@ -27,7 +27,7 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,7 @@ use serde_json::Value;
 use crate::layers::dense;
 use crate::layers::Linear;
 use crate::models::overlay;
+use crate::optim::AdamWConfig;
 use crate::tasks::{Batch, Split, TaskConfig};
 use crate::weights::{self, Walk, Walker};
 use crate::{Error, Model, ModelConfig};
