@@ -83,8 +83,32 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
     RunConfig::from_value(value).with_context(|| format!("run config ({from})"))
 }
 
+/// Appends one record as one write, so a killed run leaves whole lines.
 fn log_line(out: &mut std::fs::File, record: Value) -> Result<()> {
-    writeln!(out, "{record}").context("cannot append to metrics.jsonl")
+    out.write_all(format!("{record}\n").as_bytes())
+        .context("cannot append to metrics.jsonl")
+}
+
+/// Before resuming at `step`: keeps the records of steps up to the
+/// checkpoint's and drops the rest (steps the killed run did past its last
+/// checkpoint, which the resumed run redoes, and any partial last line).
+fn trim_metrics(path: &std::path::Path, step: usize) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).context("cannot read metrics.jsonl"),
+    };
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|line| line.ends_with('\n'))
+        .filter(|line| {
+            serde_json::from_str::<Value>(line)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step as u64)
+        })
+        .collect();
+    std::fs::write(path, kept).context("cannot rewrite metrics.jsonl")
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -98,6 +122,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Trainer::new(run)?
     };
     let steps = trainer.run.train.steps;
+    if args.resume {
+        trim_metrics(&args.out.join("metrics.jsonl"), trainer.step)?;
+    }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(args.resume)
@@ -242,4 +269,26 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resuming_drops_records_past_the_checkpoint_and_partial_lines() {
+        let dir = std::env::temp_dir().join(format!("edifice-trim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        let line = |step: usize| format!("{{\"step\":{step},\"split\":\"train\",\"loss\":1.0}}\n");
+        let text = format!("{}{}{}{{\"step\":4,\"spl", line(1), line(2), line(3));
+        std::fs::write(&path, text).unwrap();
+        trim_metrics(&path, 2).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}{}", line(1), line(2))
+        );
+        trim_metrics(&dir.join("absent.jsonl"), 2).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
