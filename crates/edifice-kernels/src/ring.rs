@@ -3,9 +3,11 @@
 //!
 //! The sequence is cut into `C` chunks of `N / C` positions. Query chunk `i`
 //! visits kv chunks `i, i+1, ..., i-1 (mod C)` (the order in which a ring of
-//! `C` workers would pass kv blocks round); each visit is one call of the
-//! fused kernel on a `[B, H, N/C, D]` block, returning a partial `(o, lse)`,
-//! and partials are folded together with [`merge`]:
+//! `C` workers would pass kv blocks round): at ring step `s` every query
+//! chunk `i` meets kv chunk `(i + s) mod C`, all of a step's visits in one
+//! call of the fused kernel (the chunks as an extra batch dimension), each
+//! returning a partial `(o, lse)`, and partials are folded together with
+//! [`merge`]:
 //!
 //! ```text
 //! lse = log(exp(lse_a) + exp(lse_b))
@@ -20,6 +22,8 @@
 //!
 //! The same [`merge`] is what a multi-process ring uses to combine blocks
 //! received from its neighbours.
+
+use rayon::prelude::*;
 
 use crate::{Attention, AttnShape, KernelError, Pattern, PatternKind};
 
@@ -80,72 +84,82 @@ pub fn forward(
             "ring attention needs a sequence length divisible by the number of chunks, got {n} and {chunks}"
         )));
     }
-    let cs = n / chunks;
-    let block = AttnShape {
+    let (cs, d) = (n / chunks, shape.head_dim);
+    if cs == 0 || shape.q_len() == 0 {
+        return Ok((vec![0.0; shape.q_len()], vec![f32::NEG_INFINITY; shape.lse_len()]));
+    }
+    // Chunk-major copies `[C, B, H, cs, D]`: chunk `c` of every plane is one
+    // contiguous run, so each ring step below is one kernel call over all
+    // the query chunks that step serves, the way the workers of a ring all
+    // compute at once.
+    let (qc, kc, vc) = (
+        chunk_major(q, &shape, shape.heads_q, chunks),
+        chunk_major(k, &shape, shape.heads_kv, chunks),
+        chunk_major(v, &shape, shape.heads_kv, chunks),
+    );
+    let (q_chunk, kv_chunk) = (qc.len() / chunks, kc.len() / chunks);
+    let lse_chunk = shape.lse_len() / chunks;
+    // Step 0: every query chunk against its own kv chunk (causal); this
+    // starts the running sums.
+    let block = |served: usize| AttnShape {
+        batch: served * shape.batch,
         len_q: cs,
         len_k: cs,
         ..shape
     };
     let diagonal =
-        Attention::new(block, Pattern::new(PatternKind::Full, true))?.with_scale(scale)?;
-    let earlier =
-        Attention::new(block, Pattern::new(PatternKind::Full, false))?.with_scale(scale)?;
-    let kv_chunks: Vec<(Vec<f32>, Vec<f32>)> = (0..chunks)
-        .map(|j| {
-            (
-                take_chunk(k, &shape, shape.heads_kv, j, cs),
-                take_chunk(v, &shape, shape.heads_kv, j, cs),
-            )
-        })
-        .collect();
-
-    let d = shape.head_dim;
-    let mut o = vec![0.0; shape.q_len()];
-    let mut lse = vec![f32::NEG_INFINITY; shape.lse_len()];
-    for i in 0..chunks {
-        let qc = take_chunk(q, &shape, shape.heads_q, i, cs);
-        let mut acc_o = vec![0.0; qc.len()];
-        let mut acc_lse = vec![f32::NEG_INFINITY; qc.len() / d];
-        for step in 0..chunks {
-            let j = (i + step) % chunks;
-            let attn = match j.cmp(&i) {
-                std::cmp::Ordering::Equal => &diagonal,
-                std::cmp::Ordering::Less => &earlier,
-                std::cmp::Ordering::Greater => continue,
-            };
-            let (kc, vc) = &kv_chunks[j];
-            let (po, plse) = attn.forward_vec(&qc, kc, vc)?;
-            merge(&mut acc_o, &mut acc_lse, &po, &plse, d);
-        }
-        put_chunk(&mut o, &mut lse, &acc_o, &acc_lse, &shape, i, cs);
+        Attention::new(block(chunks), Pattern::new(PatternKind::Full, true))?.with_scale(scale)?;
+    let mut acc_o = vec![0.0; qc.len()];
+    let mut acc_lse = vec![0.0; shape.lse_len()];
+    diagonal.forward(&qc, &kc, &vc, &mut acc_o, &mut acc_lse)?;
+    // Step s ≥ 1: query chunk i receives kv chunk (i + s) mod C. It is in
+    // the future (skipped) unless i ≥ C − s, when it is chunk i + s − C <
+    // i: the served query chunks are the last s, the kv chunks the first s,
+    // each a contiguous range.
+    for step in 1..chunks {
+        let earlier = Attention::new(block(step), Pattern::new(PatternKind::Full, false))?
+            .with_scale(scale)?;
+        let first = chunks - step;
+        let (part_o, part_lse) = earlier.forward_vec(
+            &qc[first * q_chunk..],
+            &kc[..step * kv_chunk],
+            &vc[..step * kv_chunk],
+        )?;
+        acc_o[first * q_chunk..]
+            .par_chunks_mut(cs * d)
+            .zip(acc_lse[first * lse_chunk..].par_chunks_mut(cs))
+            .zip(part_o.par_chunks(cs * d).zip(part_lse.par_chunks(cs)))
+            .for_each(|((o_a, l_a), (o_b, l_b))| merge(o_a, l_a, o_b, l_b, d));
     }
-    Ok((o, lse))
+    Ok((
+        plane_major(&acc_o, &shape, chunks, d),
+        plane_major(&acc_lse, &shape, chunks, 1),
+    ))
 }
 
-/// Rows `[c·cs, (c+1)·cs)` of every (batch, head) plane of `x`, contiguous.
-fn take_chunk(x: &[f32], shape: &AttnShape, heads: usize, c: usize, cs: usize) -> Vec<f32> {
+/// `x [B, heads, N, D]` → `[C, B, heads, N/C, D]`.
+fn chunk_major(x: &[f32], shape: &AttnShape, heads: usize, chunks: usize) -> Vec<f32> {
     let (n, d) = (shape.len_q, shape.head_dim);
-    let mut out = Vec::with_capacity(shape.batch * heads * cs * d);
-    for plane in x.chunks_exact(n * d) {
-        out.extend_from_slice(&plane[c * cs * d..(c + 1) * cs * d]);
-    }
+    let run = n / chunks * d;
+    let planes = shape.batch * heads;
+    let mut out = vec![0.0; x.len()];
+    out.par_chunks_mut(run).enumerate().for_each(|(r, out)| {
+        let (c, plane) = (r / planes, r % planes);
+        out.copy_from_slice(&x[plane * n * d + c * run..][..run]);
+    });
     out
 }
 
-/// Writes a chunk's `(o, lse)` back into the full `[B, Hq, N, ·]` buffers.
-fn put_chunk(
-    o: &mut [f32],
-    lse: &mut [f32],
-    co: &[f32],
-    clse: &[f32],
-    shape: &AttnShape,
-    c: usize,
-    cs: usize,
-) {
-    let (n, d) = (shape.len_q, shape.head_dim);
-    let planes = o.chunks_exact_mut(n * d).zip(lse.chunks_exact_mut(n));
-    for ((po, pl), (so, sl)) in planes.zip(co.chunks_exact(cs * d).zip(clse.chunks_exact(cs))) {
-        po[c * cs * d..(c + 1) * cs * d].copy_from_slice(so);
-        pl[c * cs..(c + 1) * cs].copy_from_slice(sl);
-    }
+/// `[C, B, Hq, N/C, width]` → `[B, Hq, N, width]` (`width` = D for `o`, 1
+/// for `lse`).
+fn plane_major(x: &[f32], shape: &AttnShape, chunks: usize, width: usize) -> Vec<f32> {
+    let n = shape.len_q;
+    let run = n / chunks * width;
+    let planes = shape.batch * shape.heads_q;
+    let mut out = vec![0.0; x.len()];
+    out.par_chunks_mut(run).enumerate().for_each(|(r, out)| {
+        let (plane, c) = (r / chunks, r % chunks);
+        out.copy_from_slice(&x[(c * planes + plane) * run..][..run]);
+    });
+    out
 }
