@@ -1,5 +1,6 @@
 //! The fused kernels of `edifice_kernels` as burn operations, each with its
-//! own backward pass under `Autodiff`: attention ([`attention`]), the LSTM
+//! own backward pass under `Autodiff`: attention ([`attention`], and
+//! [`attention_packed`] straight from a fused `qkv` projection), the LSTM
 //! recurrence ([`lstm_recurrence`]), [`linear()`], [`layer_norm()`], [`gelu()`]
 //! and [`dropout()`].
 //!
