@@ -190,7 +190,9 @@ impl<E: Element, P: Products<E>> WithSimd for QueryTile<'_, E, P> {
         );
         sc.m.fill(f32::NEG_INFINITY);
         sc.l.fill(0.0);
-        sc.acc.fill(0.0);
+        // Rows past the tile's own are never read out, and each row's
+        // accumulator only ever mixes with itself.
+        sc.acc[..n_rows * d].fill(0.0);
 
         let pattern = self.att.pattern();
         let class = pattern.class_of(shape, self.batch, self.head);

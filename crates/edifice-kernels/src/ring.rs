@@ -86,7 +86,10 @@ pub fn forward(
     }
     let (cs, d) = (n / chunks, shape.head_dim);
     if cs == 0 || shape.q_len() == 0 {
-        return Ok((vec![0.0; shape.q_len()], vec![f32::NEG_INFINITY; shape.lse_len()]));
+        return Ok((
+            vec![0.0; shape.q_len()],
+            vec![f32::NEG_INFINITY; shape.lse_len()],
+        ));
     }
     // Chunk-major copies `[C, B, H, cs, D]`: chunk `c` of every plane is one
     // contiguous run, so each ring step below is one kernel call over all

@@ -152,7 +152,17 @@ pub(crate) fn masked_scores<'b, S: Simd, T: Operand>(
             &mut bounds.lo,
             &mut bounds.hi,
         );
-    let live = (!full).then_some(&*bounds);
+    // A full tile of fewer than TILE_Q rows (the last of a plane, or every
+    // tile of a short sequence) reads all its keys from its rows and none
+    // from the padding rows past them: bounds that say so let every step
+    // skip the padding's vectors instead of computing on zeros.
+    let n_rows = pos.rows.last + 1 - pos.rows.first;
+    let short = full && n_rows < TILE_Q;
+    if short {
+        bounds.lo[..n_rows].fill(0);
+        bounds.hi[..n_rows].fill(keys.len as i32 - 1);
+    }
+    let live = (!full || short).then_some(&*bounds);
     scores(
         simd,
         a,
@@ -168,7 +178,7 @@ pub(crate) fn masked_scores<'b, S: Simd, T: Operand>(
     } else if !full {
         pattern.mask_tile(shape, pos.batch, pos.head, &pos.rows, keys, s, TILE_Q);
     }
-    (!full).then_some(&*bounds)
+    live
 }
 
 /// `s = factor · a · btᵀ` for one key tile (`d` operand elements per row;
