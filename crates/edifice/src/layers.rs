@@ -127,6 +127,12 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     x.swap_dims(1, 2).reshape([b, t, h * d])
 }
 
+/// `[B, T, W]` → the last position `[B, 1, W]`.
+pub fn last_position(x: Tensor<3>) -> Tensor<3> {
+    let t = x.dims()[1];
+    x.narrow(1, t.saturating_sub(1), t.min(1))
+}
+
 /// Splits a fused projection `[B, T, 3·width]` into q, k, v `[B, nh, T, hd]`.
 pub(crate) fn split_qkv(qkv: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
     let width = qkv.dims()[2] / 3;
@@ -308,12 +314,25 @@ pub struct SelfAttention {
 impl SelfAttention {
     /// `x [B, T, input_size]` → `[B, T, hidden_size]`.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        let o = self.heads(x)?;
+        Ok(self.dropout.forward(self.output.forward(o)))
+    }
+
+    /// `x [B, T, input_size]` → the last position's output
+    /// `[B, 1, hidden_size]`, its query reading every position: the output
+    /// projection runs on that position only.
+    pub fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        let o = last_position(self.heads(x)?);
+        Ok(self.dropout.forward(self.output.forward(o)))
+    }
+
+    /// The attention output before the output projection, heads merged.
+    fn heads(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         check_input(&x, self.qkv.weight.dims()[0], "self_attention")?;
         let pattern = Pattern::new(PatternKind::Full, self.causal);
         let qkv = self.qkv.forward(x);
         if !self.qk_layernorm && !self.rope && self.chunk.is_none() {
-            let o = attention_packed(qkv, self.num_heads, &AttnSpec::new(pattern))?;
-            return Ok(self.dropout.forward(self.output.forward(o)));
+            return attention_packed(qkv, self.num_heads, &AttnSpec::new(pattern));
         }
         let [mut q, mut k, v] = split_qkv(qkv, self.num_heads);
         if self.qk_layernorm {
@@ -324,8 +343,7 @@ impl SelfAttention {
             q = rotary(q)?;
             k = rotary(k)?;
         }
-        let o = merge_heads(attend(q, k, v, &pattern, self.chunk)?);
-        Ok(self.dropout.forward(self.output.forward(o)))
+        Ok(merge_heads(attend(q, k, v, &pattern, self.chunk)?))
     }
 }
 
@@ -520,6 +538,18 @@ pub struct DualChunkAttention {
 impl DualChunkAttention {
     /// `x [B, T, input_size]` → `[B, T, hidden_size]`.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        Ok(self.out.forward(self.mix(x)?))
+    }
+
+    /// `x [B, T, input_size]` → the last position's output
+    /// `[B, 1, hidden_size]` (both paths as in [`forward`](Self::forward));
+    /// the output projection runs on that position only.
+    pub fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        Ok(self.out.forward(last_position(self.mix(x)?)))
+    }
+
+    /// Both paths mixed, before the output projection: `[B, T, nh·hd]`.
+    fn mix(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         check_input(&x, self.qkv.weight.dims()[0], "dual_chunk_attention")?;
         let [b, t, _] = x.dims();
         let c = self.chunk;
@@ -568,7 +598,7 @@ impl DualChunkAttention {
             let g = sigmoid(self.gate.val()).reshape([1, 1, width]);
             inter.mul(g.clone()).add(intra.mul(g.neg().add_scalar(1.0)))
         };
-        Ok(self.out.forward(mixed))
+        Ok(mixed)
     }
 }
 
@@ -602,6 +632,14 @@ impl PatternAttention {
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         let o = attention_packed(self.qkv.forward(x), self.num_heads, &self.spec)?;
         Ok(self.out_proj.forward(o))
+    }
+
+    /// `x [B, T, H]` → the last position's output `[B, 1, H]`. The attention
+    /// runs as in [`forward`](Self::forward) (the ring schedule included);
+    /// the output projection on that position only.
+    pub fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        let o = attention_packed(self.qkv.forward(x), self.num_heads, &self.spec)?;
+        Ok(self.out_proj.forward(last_position(o)))
     }
 }
 

@@ -376,3 +376,53 @@ fn bad_configs_and_inputs_are_errors() {
     let json = ModelConfig::from_json(r#"{"model": "hybrid_mlp", "embed_dim": 8}"#).unwrap();
     assert_eq!(json.output_size(), 256);
 }
+
+/// `forward` (the last timestep, computed for that position alone after the
+/// last attention) equals the last row of `forward_all`, in value and in
+/// every parameter's gradient. Dropout off, so both paths draw nothing.
+#[test]
+fn last_timestep_path_equals_the_last_row_of_every_timestep() {
+    let device = Device::flex().autodiff();
+    let configs = [
+        r#"{"model": "dual_chunk", "embed_dim": 6, "hidden_size": 8, "num_heads": 2, "num_layers": 2, "chunk_size": 4, "seq_len": 12, "dropout": 0.0}"#,
+        r#"{"model": "sliding_window", "embed_dim": 6, "num_heads": 2, "head_dim": 4, "num_layers": 2, "ffn_dim": 8, "window_size": 5, "seq_len": 12, "dropout": 0.0}"#,
+        r#"{"model": "hybrid", "embed_dim": 6, "lstm_hidden": 8, "num_heads": 2, "head_dim": 4, "seq_len": 12, "dropout": 0.0}"#,
+        r#"{"model": "hybrid_mlp", "embed_dim": 6, "lstm_hidden": 8, "num_heads": 2, "head_dim": 4, "seq_len": 12, "mlp_sizes": [8, 5], "dropout": 0.0}"#,
+        r#"{"model": "ring", "embed_dim": 6, "hidden_size": 8, "num_heads": 2, "num_layers": 2, "num_chunks": 3, "window_size": 12, "dropout": 0.0}"#,
+        r#"{"model": "shifted_sparse", "embed_dim": 6, "hidden_size": 8, "num_heads": 2, "num_layers": 2, "seq_len": 12, "dropout": 0.0}"#,
+    ];
+    for text in configs {
+        let config = ModelConfig::from_json(text).unwrap();
+        let mut model = config.init(&device).unwrap();
+        let (t, e) = config.input_dims();
+        let x = random([3, t, e], 21, &device);
+        let r = random([3, config.output_size()], 22, &device);
+        let run = |model: &mut Model, last_only: bool| {
+            let y = if last_only {
+                model.forward(x.clone()).unwrap()
+            } else {
+                let all = model.forward_all(x.clone()).unwrap();
+                let [b, t, h] = all.dims();
+                all.narrow(1, t - 1, 1).reshape([b, h])
+            };
+            let grads = y.clone().mul(r.clone()).sum().backward();
+            let mut out = vec![values(y)];
+            for (name, grad) in weights::gradients(model, &grads) {
+                out.push(
+                    grad.unwrap_or_else(|| panic!("{}: no gradient for {name}", config.name())),
+                );
+            }
+            out
+        };
+        let (fast, full) = (run(&mut model, true), run(&mut model, false));
+        assert_eq!(fast.len(), full.len());
+        for (i, (a, b)) in fast.iter().zip(&full).enumerate() {
+            let d = max_diff(a, b);
+            assert!(
+                d < 1e-5,
+                "{}: tensor {i} (0 = output) differs by {d}",
+                config.name()
+            );
+        }
+    }
+}

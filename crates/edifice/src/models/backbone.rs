@@ -13,7 +13,9 @@
 use burn::module::Module;
 use burn::prelude::*;
 
-use crate::layers::{check_input, dense, layer_norm, Dropout, Ffn, LayerNorm, Linear};
+use crate::layers::{
+    check_input, dense, last_position, layer_norm, Dropout, Ffn, LayerNorm, Linear,
+};
 use crate::weights::{Walk, Walker};
 use crate::Error;
 
@@ -21,6 +23,9 @@ use crate::Error;
 pub trait BlockAttention: Module {
     /// `[B, T, H]` → `[B, T, H]`.
     fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error>;
+    /// `[B, T, H]` → the last position's output `[B, 1, H]` (its query
+    /// still reads every position it may).
+    fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error>;
     /// Walks the sublayer's parameters; `axon` is the block's Axon name.
     fn walk(&mut self, w: &mut Walker, axon: &str);
 }
@@ -90,19 +95,41 @@ impl<A: BlockAttention> Backbone<A> {
 
     /// `[B, T, E]` → `[B, T, H]` (every timestep, after the final norm).
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        self.run(x, false)
+    }
+
+    /// `[B, T, E]` → the last timestep `[B, 1, H]`, equal to the last row of
+    /// [`forward`](Self::forward). Only the last block's attention needs
+    /// every position (as keys and values); its residual stream, FFN and
+    /// the final norm run on the last position alone.
+    pub fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        self.run(x, true)
+    }
+
+    fn run(&self, x: Tensor<3>, last_only: bool) -> Result<Tensor<3>, Error> {
         check_input(&x, self.embed_dim, "the model")?;
         let mut x = match &self.input_projection {
             Some(p) => p.forward(x),
             None => x,
         };
+        let n = self.blocks.len();
         for (i, block) in self.blocks.iter().enumerate() {
-            let a = block.attn.forward(block.attn_norm.forward(x.clone()))?;
+            let h = block.attn_norm.forward(x.clone());
+            let a = if last_only && i + 1 == n {
+                x = last_position(x);
+                block.attn.forward_last(h)?
+            } else {
+                block.attn.forward(h)?
+            };
             x = x.add(block.dropout.forward(a));
             let f = block.ffn.forward(block.ffn_norm.forward(x.clone()));
             x = x.add(block.dropout.forward(f));
-            if i + 1 < self.blocks.len() {
+            if i + 1 < n {
                 x = self.inter_block_dropout.forward(x);
             }
+        }
+        if last_only && n == 0 {
+            x = last_position(x);
         }
         Ok(self.final_norm.forward(x))
     }
@@ -162,7 +189,8 @@ impl<A: BlockAttention> SequenceModel<A> {
 
     /// `[B, seq_len, embed_dim]` → last timestep `[B, hidden_size]`.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
-        Ok(last_timestep(self.forward_all(x)?))
+        check_len(&x, self.seq_len, &self.name)?;
+        Ok(last_timestep(self.backbone.forward_last(x)?))
     }
 }
 

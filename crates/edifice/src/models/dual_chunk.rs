@@ -108,6 +108,10 @@ impl BlockAttention for DualChunkAttention {
         DualChunkAttention::forward(self, x)
     }
 
+    fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        DualChunkAttention::forward_last(self, x)
+    }
+
     fn walk(&mut self, w: &mut Walker, axon: &str) {
         walk_dual_chunk_attention(self, w, &format!("{axon}_attn"));
     }

@@ -16,8 +16,8 @@ use burn::tensor::activation::relu;
 
 use super::backbone::{check_len, last_timestep};
 use crate::layers::{
-    check_input, dense, layer_norm, validate_dropout, validate_positive, Dropout, LayerNorm,
-    Linear, Lstm, SelfAttention, SelfAttentionConfig,
+    check_input, dense, last_position, layer_norm, validate_dropout, validate_positive, Dropout,
+    LayerNorm, Linear, Lstm, SelfAttention, SelfAttentionConfig,
 };
 use crate::weights::{Walk, Walker};
 use crate::Error;
@@ -157,7 +157,10 @@ pub struct Hybrid {
 }
 
 impl Hybrid {
-    fn encode(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+    /// Every timestep, or (`last_only`) the last `[B, 1, ·]`: the attention
+    /// reads every position either way; its output projection, residual
+    /// and norm then run on the last one alone.
+    fn encode(&self, x: Tensor<3>, last_only: bool) -> Result<Tensor<3>, Error> {
         check_input(&x, self.input_ln.gamma.dims()[0], "hybrid")?;
         check_len(&x, self.seq_len, "hybrid")?;
         let mut x = self.input_ln.forward(x);
@@ -168,7 +171,13 @@ impl Hybrid {
             }
         }
         let x = self.lstm_to_attn_proj.forward(x);
-        let a = self.attn.forward(x.clone())?;
+        let (x, a) = if last_only {
+            let a = self.attn.forward_last(x.clone())?;
+            (last_position(x), a)
+        } else {
+            let a = self.attn.forward(x.clone())?;
+            (x, a)
+        };
         Ok(self.attn_norm.forward(x.add(a)))
     }
 
@@ -181,12 +190,12 @@ impl Hybrid {
 
     /// `[B, seq_len, embed_dim]` → every timestep `[B, seq_len, output_size]`.
     pub fn forward_all(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        Ok(self.head(self.encode(x)?))
+        Ok(self.head(self.encode(x, false)?))
     }
 
     /// `[B, seq_len, embed_dim]` → last timestep `[B, output_size]`.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
-        Ok(self.head(last_timestep(self.encode(x)?)))
+        Ok(self.head(last_timestep(self.encode(x, true)?)))
     }
 }
 

@@ -91,6 +91,10 @@ impl BlockAttention for PatternAttention {
         PatternAttention::forward(self, x)
     }
 
+    fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        PatternAttention::forward_last(self, x)
+    }
+
     fn walk(&mut self, w: &mut Walker, axon: &str) {
         w.linear("qkv", &format!("{axon}_qkv"), &mut self.qkv);
         w.linear("out_proj", &format!("{axon}_out_proj"), &mut self.out_proj);

@@ -16,8 +16,8 @@ use super::backbone::{check_len, last_timestep};
 use crate::functional::add_positional_encoding;
 use crate::kernel::gelu;
 use crate::layers::{
-    check_input, dense, layer_norm, validate_dropout, validate_positive, Dropout, LayerNorm,
-    Linear, SlidingWindowAttention, SlidingWindowAttentionConfig,
+    check_input, dense, last_position, layer_norm, validate_dropout, validate_positive, Dropout,
+    LayerNorm, Linear, SlidingWindowAttention, SlidingWindowAttentionConfig,
 };
 use crate::weights::{Walk, Walker};
 use crate::Error;
@@ -157,11 +157,27 @@ pub struct SlidingWindow {
 impl SlidingWindow {
     /// `[B, seq_len, embed_dim]` → every timestep `[B, seq_len, nh·hd]`.
     pub fn forward_all(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        self.run(x, false)
+    }
+
+    /// `[B, seq_len, embed_dim]` → last position `[B, nh·hd]`, equal to the
+    /// last row of [`forward_all`](Self::forward_all): the last layer's
+    /// attention reads every position, its residuals, norms and FFN run on
+    /// the last position alone.
+    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
+        Ok(last_timestep(self.run(x, true)?))
+    }
+
+    fn run(&self, x: Tensor<3>, last_only: bool) -> Result<Tensor<3>, Error> {
         check_input(&x, self.input_proj.weight.dims()[0], "sliding_window")?;
         check_len(&x, self.seq_len, "sliding_window")?;
         let mut x = add_positional_encoding(self.input_proj.forward(x), 0.01);
-        for layer in &self.layers {
-            let a = layer.attn.forward(x.clone())?;
+        let n = self.layers.len();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut a = layer.attn.forward(x.clone())?;
+            if last_only && i + 1 == n {
+                (x, a) = (last_position(x), last_position(a));
+            }
             x = layer.norm1.forward(x.add(a));
             let f = layer
                 .dropout
@@ -169,11 +185,6 @@ impl SlidingWindow {
             x = layer.norm2.forward(x.add(f));
         }
         Ok(x)
-    }
-
-    /// `[B, seq_len, embed_dim]` → last position `[B, nh·hd]`.
-    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
-        Ok(last_timestep(self.forward_all(x)?))
     }
 }
 
