@@ -142,11 +142,34 @@ pub fn attention(
 /// Errors: `heads` of zero or not dividing the width into three equal
 /// parts, or a `spec` that does not fit the sizes (see [`attention`]).
 pub fn attention_packed(qkv: Tensor<3>, heads: usize, spec: &AttnSpec) -> Result<Tensor<3>, Error> {
+    let len = qkv.dims()[1];
+    attention_packed_tail(qkv, heads, len, spec)
+}
+
+/// [`attention_packed`] for the last `queries` positions only:
+/// `qkv [B, T, 3·H·D]` → `o [B, queries, H·D]`, the queries reading keys
+/// and values at every position their pattern allows (query `i` sits at
+/// position `T − queries + i`): the way to the last timestep's output
+/// without computing the others. Not with the ring schedule, which needs
+/// as many queries as keys.
+pub fn attention_packed_tail(
+    qkv: Tensor<3>,
+    heads: usize,
+    queries: usize,
+    spec: &AttnSpec,
+) -> Result<Tensor<3>, Error> {
     let packing = qkv_packing(&qkv.dims(), heads)?;
-    spec.kernel(packed_shape(packing))?;
+    if queries > packing.len {
+        return Err(Error::Shape(format!(
+            "packed attention: {queries} trailing queries of a sequence of {}",
+            packing.len
+        )));
+    }
+    spec.kernel(packed_shape(packing, queries))?;
     Ok(Tensor::from_dispatch(Dispatch::fused_attention_packed(
         qkv.into_dispatch(),
         heads,
+        queries,
         spec.clone(),
     )))
 }
@@ -168,13 +191,14 @@ fn qkv_packing(dims: &[usize; 3], heads: usize) -> Result<Packing, Error> {
     })
 }
 
-/// The kernel's view of packed self-attention: `H` heads for q and kv.
-fn packed_shape(p: Packing) -> AttnShape {
+/// The kernel's view of packed self-attention: `H` heads for q and kv, the
+/// last `queries` positions as queries.
+fn packed_shape(p: Packing, queries: usize) -> AttnShape {
     AttnShape {
         batch: p.batch,
         heads_q: p.heads,
         heads_kv: p.heads,
-        len_q: p.len,
+        len_q: queries,
         len_k: p.len,
         head_dim: p.head_dim,
     }
@@ -324,6 +348,7 @@ pub trait KernelBackend: burn::backend::Backend {
     fn fused_attention_packed(
         qkv: FloatTensor<Self>,
         heads: usize,
+        queries: usize,
         spec: AttnSpec,
     ) -> FloatTensor<Self>;
 
@@ -380,6 +405,7 @@ pub trait Kernels: burn::backend::Backend {
     fn attention_packed_forward(
         qkv: FloatTensor<Self>,
         heads: usize,
+        queries: usize,
         spec: &AttnSpec,
     ) -> (FloatTensor<Self>, Arc<PackedTrace>);
 
@@ -449,10 +475,12 @@ pub trait Kernels: burn::backend::Backend {
 }
 
 /// What packed attention keeps for its backward: the heads in the kernel's
-/// layout `[B, H, T, D]` and the row log-sum-exp.
+/// layout (`q`, `o` `[B, H, queries, D]`, `k`, `v` `[B, H, T, D]`) and the
+/// row log-sum-exp.
 #[derive(Debug)]
 pub struct PackedTrace {
     packing: Packing,
+    queries: usize,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -473,6 +501,33 @@ fn attend(
         Schedule::Ring { chunks } => ring::forward(*att.shape(), chunks, att.scale(), q, k, v),
     }
     .expect("validated by the public function")
+}
+
+/// The last `queries` rows of every `[T, D]` plane of `x [B, H, T, D]`.
+fn tail_rows(x: Vec<f32>, p: Packing, queries: usize) -> Vec<f32> {
+    if queries == p.len {
+        return x;
+    }
+    let (t, d) = (p.len, p.head_dim);
+    x.chunks_exact(t * d)
+        .flat_map(|plane| &plane[(t - queries) * d..])
+        .copied()
+        .collect()
+}
+
+/// The inverse of [`tail_rows`] for gradients: zero rows before the tail.
+fn padded_rows(x: Vec<f32>, p: Packing, queries: usize) -> Vec<f32> {
+    if queries == p.len {
+        return x;
+    }
+    let (t, d) = (p.len, p.head_dim);
+    let mut out = vec![0.0; p.part_len()];
+    if queries > 0 {
+        for (plane, tail) in out.chunks_exact_mut(t * d).zip(x.chunks_exact(queries * d)) {
+            plane[(t - queries) * d..].copy_from_slice(tail);
+        }
+    }
+    out
 }
 
 fn lstm_shape(w_hh: &FlexTensor, h_or_xp: &FlexTensor) -> LstmShape {
@@ -554,25 +609,31 @@ impl Kernels for Flex {
     fn attention_packed_forward(
         qkv: FlexTensor,
         heads: usize,
+        queries: usize,
         spec: &AttnSpec,
     ) -> (FlexTensor, Arc<PackedTrace>) {
         let s = qkv.shape();
         let packing = qkv_packing(&[s[0], s[1], s[2]], heads).expect("validated");
-        let att = spec.kernel(packed_shape(packing)).expect("validated");
+        let att = spec
+            .kernel(packed_shape(packing, queries))
+            .expect("validated");
         let [q, k, v]: [Vec<f32>; 3] = heads::split(packing, &values(&qkv))
             .expect("validated")
             .try_into()
             .expect("three parts");
+        let q = tail_rows(q, packing, queries);
         let (o, lse) = attend(&att, spec, &q, &k, &v);
         let one = Packing {
             parts: 1,
+            len: queries,
             ..packing
         };
         let merged = heads::merge(one, &[&o]).expect("validated");
-        let dims = [packing.batch, packing.len, heads * packing.head_dim];
+        let dims = [packing.batch, queries, heads * packing.head_dim];
         let o_packed = FlexTensor::from_data(TensorData::new(merged, dims));
         let trace = PackedTrace {
             packing,
+            queries,
             q,
             k,
             v,
@@ -587,15 +648,20 @@ impl Kernels for Flex {
         d_o: FlexTensor,
         spec: &AttnSpec,
     ) -> FlexTensor {
-        let p = trace.packing;
-        let att = spec.kernel(packed_shape(p)).expect("validated");
-        let one = Packing { parts: 1, ..p };
+        let (p, queries) = (trace.packing, trace.queries);
+        let att = spec.kernel(packed_shape(p, queries)).expect("validated");
+        let one = Packing {
+            parts: 1,
+            len: queries,
+            ..p
+        };
         let d_o = heads::split(one, &values(&d_o))
             .expect("validated")
             .remove(0);
         let (dq, dk, dv) = att
             .backward_vec(&trace.q, &trace.k, &trace.v, &trace.o, &trace.lse, &d_o)
             .expect("validated");
+        let dq = padded_rows(dq, p, queries);
         let d_qkv = heads::merge(p, &[&dq, &dk, &dv]).expect("validated");
         let dims = [p.batch, p.len, 3 * p.heads * p.head_dim];
         FlexTensor::from_data(TensorData::new(d_qkv, dims))
@@ -724,8 +790,13 @@ impl KernelBackend for Flex {
         Self::attention_forward(q, k, v, &spec).0
     }
 
-    fn fused_attention_packed(qkv: FlexTensor, heads: usize, spec: AttnSpec) -> FlexTensor {
-        Self::attention_packed_forward(qkv, heads, &spec).0
+    fn fused_attention_packed(
+        qkv: FlexTensor,
+        heads: usize,
+        queries: usize,
+        spec: AttnSpec,
+    ) -> FlexTensor {
+        Self::attention_packed_forward(qkv, heads, queries, &spec).0
     }
 
     fn fused_lstm(xp: FlexTensor, w_hh: FlexTensor) -> FlexTensor {
@@ -958,6 +1029,7 @@ impl<B: KernelBackend + Kernels, C: CheckpointStrategy> KernelBackend for Autodi
     fn fused_attention_packed(
         qkv: FloatTensor<Self>,
         heads: usize,
+        queries: usize,
         spec: AttnSpec,
     ) -> FloatTensor<Self> {
         let (qkv, node) = qkv.into_parts();
@@ -967,10 +1039,12 @@ impl<B: KernelBackend + Kernels, C: CheckpointStrategy> KernelBackend for Autodi
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (o, trace) = B::attention_packed_forward(qkv, heads, &spec);
+                let (o, trace) = B::attention_packed_forward(qkv, heads, queries, &spec);
                 prep.finish((trace, spec), o)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention_packed(qkv, heads, spec)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_attention_packed(qkv, heads, queries, spec))
+            }
         }
     }
 

@@ -14,7 +14,10 @@ use burn::tensor::Distribution;
 use edifice_kernels::{Pattern, PatternKind};
 
 use crate::functional::{qk_layer_norm, rotary};
-use crate::kernel::{self, attention, attention_packed, gelu, lstm_recurrence, AttnSpec};
+use crate::kernel::{
+    self, attention, attention_packed, attention_packed_tail, gelu, lstm_recurrence, AttnSpec,
+    Schedule,
+};
 use crate::Error;
 
 /// Axon's `Dense`: `y = x·W + b`, W glorot-uniform, b zero.
@@ -322,8 +325,19 @@ impl SelfAttention {
     /// `[B, 1, hidden_size]`, its query reading every position: the output
     /// projection runs on that position only.
     pub fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        let o = last_position(self.heads(x)?);
+        let o = if self.packed() {
+            check_input(&x, self.qkv.weight.dims()[0], "self_attention")?;
+            let spec = AttnSpec::new(Pattern::new(PatternKind::Full, self.causal));
+            attention_packed_tail(self.qkv.forward(x), self.num_heads, 1, &spec)?
+        } else {
+            last_position(self.heads(x)?)
+        };
         Ok(self.dropout.forward(self.output.forward(o)))
+    }
+
+    /// Whether the heads come straight from the packed projection.
+    fn packed(&self) -> bool {
+        !self.qk_layernorm && !self.rope && self.chunk.is_none()
     }
 
     /// The attention output before the output projection, heads merged.
@@ -331,7 +345,7 @@ impl SelfAttention {
         check_input(&x, self.qkv.weight.dims()[0], "self_attention")?;
         let pattern = Pattern::new(PatternKind::Full, self.causal);
         let qkv = self.qkv.forward(x);
-        if !self.qk_layernorm && !self.rope && self.chunk.is_none() {
+        if self.packed() {
             return attention_packed(qkv, self.num_heads, &AttnSpec::new(pattern));
         }
         let [mut q, mut k, v] = split_qkv(qkv, self.num_heads);
@@ -422,12 +436,7 @@ impl SlidingWindowAttention {
     /// `x [B, T, input_size]` → `[B, T, nh·hd]`.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         check_input(&x, self.qkv.weight.dims()[0], "sliding_window_attention")?;
-        let pattern = Pattern::new(
-            PatternKind::Window {
-                window: self.window,
-            },
-            true,
-        );
+        let pattern = self.pattern();
         let qkv = self.qkv.forward(x);
         if !self.qk_layernorm && self.chunk.is_none() {
             return attention_packed(qkv, self.num_heads, &AttnSpec::new(pattern));
@@ -438,6 +447,26 @@ impl SlidingWindowAttention {
             k = qk_layer_norm(k);
         }
         Ok(merge_heads(attend(q, k, v, &pattern, self.chunk)?))
+    }
+
+    /// `x [B, T, input_size]` → the last position's output `[B, 1, nh·hd]`,
+    /// its query reading its window.
+    pub fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        if self.qk_layernorm || self.chunk.is_some() {
+            return Ok(last_position(self.forward(x)?));
+        }
+        check_input(&x, self.qkv.weight.dims()[0], "sliding_window_attention")?;
+        let spec = AttnSpec::new(self.pattern());
+        attention_packed_tail(self.qkv.forward(x), self.num_heads, 1, &spec)
+    }
+
+    fn pattern(&self) -> Pattern {
+        Pattern::new(
+            PatternKind::Window {
+                window: self.window,
+            },
+            true,
+        )
     }
 }
 
@@ -634,12 +663,18 @@ impl PatternAttention {
         Ok(self.out_proj.forward(o))
     }
 
-    /// `x [B, T, H]` → the last position's output `[B, 1, H]`. The attention
-    /// runs as in [`forward`](Self::forward) (the ring schedule included);
-    /// the output projection on that position only.
+    /// `x [B, T, H]` → the last position's output `[B, 1, H]`: the last
+    /// query alone, or with the ring schedule (which needs every query) the
+    /// full attention; the output projection on that position only.
     pub fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        let o = attention_packed(self.qkv.forward(x), self.num_heads, &self.spec)?;
-        Ok(self.out_proj.forward(last_position(o)))
+        let qkv = self.qkv.forward(x);
+        let o = match self.spec.schedule {
+            Schedule::Fused => attention_packed_tail(qkv, self.num_heads, 1, &self.spec)?,
+            Schedule::Ring { .. } => {
+                last_position(attention_packed(qkv, self.num_heads, &self.spec)?)
+            }
+        };
+        Ok(self.out_proj.forward(o))
     }
 }
 

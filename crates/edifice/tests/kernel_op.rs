@@ -174,6 +174,52 @@ fn packed_attention_matches_split_heads() {
     }
 }
 
+/// The last `q` queries alone equal the last `q` rows of every query, with
+/// the same `∂qkv` for a loss on those rows; too many queries, or the ring
+/// schedule, are errors.
+#[test]
+fn packed_attention_tail_equals_the_last_rows() {
+    use edifice::kernel::{attention_packed, attention_packed_tail};
+    let (b, t, h, d) = (2, 20, 2, 8);
+    let specs = [
+        AttnSpec::new(Pattern::new(PatternKind::Full, true)),
+        AttnSpec::new(Pattern::new(PatternKind::Window { window: 6 }, true)),
+        AttnSpec::new(Pattern::new(PatternKind::Chunk { chunk: 8 }, true)),
+        AttnSpec::new(Pattern::new(PatternKind::Full, false)),
+    ];
+    for spec in specs {
+        for q in [1, 3, t] {
+            let run = |tail: bool| {
+                let qkv = random_n([b, t, 3 * h * d], 31, 1.0).require_grad();
+                let o = if tail {
+                    attention_packed_tail(qkv.clone(), h, q, &spec).unwrap()
+                } else {
+                    attention_packed(qkv.clone(), h, &spec)
+                        .unwrap()
+                        .narrow(1, t - q, q)
+                };
+                let grads = o
+                    .clone()
+                    .mul(random_n([b, q, h * d], 32, 1.0))
+                    .sum()
+                    .backward();
+                (o, qkv.grad(&grads).unwrap())
+            };
+            let ((o1, g1), (o2, g2)) = (run(true), run(false));
+            assert!(max_abs(o1, o2) < 1e-5, "{spec:?} {q} queries: o");
+            assert!(max_abs(g1, g2) < 1e-5, "{spec:?} {q} queries: dqkv");
+        }
+    }
+    let qkv = random_n([1, 4, 3 * 8], 1, 1.0);
+    let spec = AttnSpec::new(Pattern::new(PatternKind::Full, true));
+    assert!(attention_packed_tail(qkv.clone(), 1, 5, &spec).is_err());
+    let ring = AttnSpec {
+        schedule: Schedule::Ring { chunks: 2 },
+        ..spec
+    };
+    assert!(attention_packed_tail(qkv, 1, 1, &ring).is_err());
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let spec = AttnSpec::new(Pattern::new(PatternKind::Full, true));

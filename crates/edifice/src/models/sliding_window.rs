@@ -174,10 +174,13 @@ impl SlidingWindow {
         let mut x = add_positional_encoding(self.input_proj.forward(x), 0.01);
         let n = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut a = layer.attn.forward(x.clone())?;
-            if last_only && i + 1 == n {
-                (x, a) = (last_position(x), last_position(a));
-            }
+            let a = if last_only && i + 1 == n {
+                let a = layer.attn.forward_last(x.clone())?;
+                x = last_position(x);
+                a
+            } else {
+                layer.attn.forward(x.clone())?
+            };
             x = layer.norm1.forward(x.add(a));
             let f = layer
                 .dropout
