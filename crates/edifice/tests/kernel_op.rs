@@ -123,6 +123,16 @@ fn ring_schedule_matches_fused_forward_and_gradients() {
     }
 }
 
+/// `op` on a random `qkv` of `dims` (seed 7): its output and the gradient
+/// of `Σ o ⊙ r` for a random `r` (seed 8) with respect to `qkv`.
+fn packed_run(dims: [usize; 3], op: impl Fn(Tensor<3>) -> Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+    let qkv = random_n(dims, 7, 1.0).require_grad();
+    let o = op(qkv.clone());
+    let r = random_n(o.dims(), 8, 1.0);
+    let grads = o.clone().mul(r).sum().backward();
+    (o, qkv.grad(&grads).unwrap())
+}
+
 /// Attention on the packed projection against splitting it into heads,
 /// attending and merging with burn's ops: output and `∂qkv`, for patterns
 /// and both schedules.
@@ -142,23 +152,14 @@ fn packed_attention_matches_split_heads() {
         },
     ];
     for spec in specs {
-        let run = |packed: bool| {
-            let qkv = random_n([b, t, 3 * h * d], 7, 1.0).require_grad();
-            let o = if packed {
-                attention_packed(qkv.clone(), h, &spec).unwrap()
-            } else {
-                let [q, k, v] =
-                    [0, 1, 2].map(|i| split_heads(qkv.clone().narrow(2, i * h * d, h * d), h));
-                merge_heads(attention(q, k, v, &spec).unwrap())
-            };
-            let grads = o
-                .clone()
-                .mul(random_n([b, t, h * d], 8, 1.0))
-                .sum()
-                .backward();
-            (o, qkv.grad(&grads).unwrap())
-        };
-        let ((o1, g1), (o2, g2)) = (run(true), run(false));
+        let (o1, g1) = packed_run([b, t, 3 * h * d], |qkv| {
+            attention_packed(qkv, h, &spec).unwrap()
+        });
+        let (o2, g2) = packed_run([b, t, 3 * h * d], |qkv| {
+            let [q, k, v] =
+                [0, 1, 2].map(|i| split_heads(qkv.clone().narrow(2, i * h * d, h * d), h));
+            merge_heads(attention(q, k, v, &spec).unwrap())
+        });
         assert!(max_abs(o1, o2) < 1e-5, "{spec:?} o");
         assert!(max_abs(g1, g2) < 1e-5, "{spec:?} dqkv");
     }
@@ -189,23 +190,12 @@ fn packed_attention_tail_equals_the_last_rows() {
     ];
     for spec in specs {
         for q in [1, 3, t] {
-            let run = |tail: bool| {
-                let qkv = random_n([b, t, 3 * h * d], 31, 1.0).require_grad();
-                let o = if tail {
-                    attention_packed_tail(qkv.clone(), h, q, &spec).unwrap()
-                } else {
-                    attention_packed(qkv.clone(), h, &spec)
-                        .unwrap()
-                        .narrow(1, t - q, q)
-                };
-                let grads = o
-                    .clone()
-                    .mul(random_n([b, q, h * d], 32, 1.0))
-                    .sum()
-                    .backward();
-                (o, qkv.grad(&grads).unwrap())
-            };
-            let ((o1, g1), (o2, g2)) = (run(true), run(false));
+            let (o1, g1) = packed_run([b, t, 3 * h * d], |qkv| {
+                attention_packed_tail(qkv, h, q, &spec).unwrap()
+            });
+            let (o2, g2) = packed_run([b, t, 3 * h * d], |qkv| {
+                attention_packed(qkv, h, &spec).unwrap().narrow(1, t - q, q)
+            });
             assert!(max_abs(o1, o2) < 1e-5, "{spec:?} {q} queries: o");
             assert!(max_abs(g1, g2) < 1e-5, "{spec:?} {q} queries: dqkv");
         }
