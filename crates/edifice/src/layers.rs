@@ -326,9 +326,7 @@ impl SelfAttention {
     /// projection runs on that position only.
     pub fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         let o = if self.packed() {
-            check_input(&x, self.qkv.weight.dims()[0], "self_attention")?;
-            let spec = AttnSpec::new(Pattern::new(PatternKind::Full, self.causal));
-            attention_packed_tail(self.qkv.forward(x), self.num_heads, 1, &spec)?
+            attention_packed_tail(self.project(x)?, self.num_heads, 1, &self.spec())?
         } else {
             last_position(self.heads(x)?)
         };
@@ -340,13 +338,21 @@ impl SelfAttention {
         !self.qk_layernorm && !self.rope && self.chunk.is_none()
     }
 
+    /// The checked input through the fused q, k, v projection.
+    fn project(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        check_input(&x, self.qkv.weight.dims()[0], "self_attention")?;
+        Ok(self.qkv.forward(x))
+    }
+
+    fn spec(&self) -> AttnSpec {
+        AttnSpec::new(Pattern::new(PatternKind::Full, self.causal))
+    }
+
     /// The attention output before the output projection, heads merged.
     fn heads(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        check_input(&x, self.qkv.weight.dims()[0], "self_attention")?;
-        let pattern = Pattern::new(PatternKind::Full, self.causal);
-        let qkv = self.qkv.forward(x);
+        let (qkv, spec) = (self.project(x)?, self.spec());
         if self.packed() {
-            return attention_packed(qkv, self.num_heads, &AttnSpec::new(pattern));
+            return attention_packed(qkv, self.num_heads, &spec);
         }
         let [mut q, mut k, v] = split_qkv(qkv, self.num_heads);
         if self.qk_layernorm {
@@ -357,7 +363,7 @@ impl SelfAttention {
             q = rotary(q)?;
             k = rotary(k)?;
         }
-        Ok(merge_heads(attend(q, k, v, &pattern, self.chunk)?))
+        Ok(merge_heads(attend(q, k, v, &spec.pattern, self.chunk)?))
     }
 }
 
@@ -435,10 +441,8 @@ pub struct SlidingWindowAttention {
 impl SlidingWindowAttention {
     /// `x [B, T, input_size]` → `[B, T, nh·hd]`.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        check_input(&x, self.qkv.weight.dims()[0], "sliding_window_attention")?;
-        let pattern = self.pattern();
-        let qkv = self.qkv.forward(x);
-        if !self.qk_layernorm && self.chunk.is_none() {
+        let (qkv, pattern) = (self.project(x)?, self.pattern());
+        if self.packed() {
             return attention_packed(qkv, self.num_heads, &AttnSpec::new(pattern));
         }
         let [mut q, mut k, v] = split_qkv(qkv, self.num_heads);
@@ -452,12 +456,22 @@ impl SlidingWindowAttention {
     /// `x [B, T, input_size]` → the last position's output `[B, 1, nh·hd]`,
     /// its query reading its window.
     pub fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        if self.qk_layernorm || self.chunk.is_some() {
+        if !self.packed() {
             return Ok(last_position(self.forward(x)?));
         }
-        check_input(&x, self.qkv.weight.dims()[0], "sliding_window_attention")?;
         let spec = AttnSpec::new(self.pattern());
-        attention_packed_tail(self.qkv.forward(x), self.num_heads, 1, &spec)
+        attention_packed_tail(self.project(x)?, self.num_heads, 1, &spec)
+    }
+
+    /// Whether the heads come straight from the packed projection.
+    fn packed(&self) -> bool {
+        !self.qk_layernorm && self.chunk.is_none()
+    }
+
+    /// The checked input through the fused q, k, v projection.
+    fn project(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        check_input(&x, self.qkv.weight.dims()[0], "sliding_window_attention")?;
+        Ok(self.qkv.forward(x))
     }
 
     fn pattern(&self) -> Pattern {
