@@ -79,8 +79,8 @@ pub fn forward(shape: LstmShape, xp: &[f32], w_hh: &[f32]) -> Result<LstmTrace, 
         return Ok(trace);
     }
     let rows = group_rows(b);
-    // With a few rows per group, each gate is a dot product of `h` with a
-    // row of `W_hh` as stored. With more, the step matmul reads `W_hhᵀ`
+    // With one row per group, each gate is a dot product of `h` with a row
+    // of `W_hh` as stored. With more, the step matmul reads `W_hhᵀ`
     // `[U, 4U]` row-major: gemm packs a transposed right operand with a
     // strided gather on every call, which cost more than the product itself
     // (a 4x slower step at 16 rows).

@@ -95,10 +95,12 @@ pub fn forward(
     // contiguous run, so each ring step below is one kernel call over all
     // the query chunks that step serves, the way the workers of a ring all
     // compute at once.
+    let run = cs * d;
+    let (q_planes, kv_planes) = (shape.batch * shape.heads_q, shape.batch * shape.heads_kv);
     let (qc, kc, vc) = (
-        chunk_major(q, &shape, shape.heads_q, chunks),
-        chunk_major(k, &shape, shape.heads_kv, chunks),
-        chunk_major(v, &shape, shape.heads_kv, chunks),
+        swap_runs(q, q_planes, chunks, run),
+        swap_runs(k, kv_planes, chunks, run),
+        swap_runs(v, kv_planes, chunks, run),
     );
     let (q_chunk, kv_chunk) = (qc.len() / chunks, kc.len() / chunks);
     let lse_chunk = shape.lse_len() / chunks;
@@ -135,34 +137,18 @@ pub fn forward(
             .for_each(|((o_a, l_a), (o_b, l_b))| merge(o_a, l_a, o_b, l_b, d));
     }
     Ok((
-        plane_major(&acc_o, &shape, chunks, d),
-        plane_major(&acc_lse, &shape, chunks, 1),
+        swap_runs(&acc_o, chunks, q_planes, run),
+        swap_runs(&acc_lse, chunks, q_planes, cs),
     ))
 }
 
-/// `x [B, heads, N, D]` → `[C, B, heads, N/C, D]`.
-fn chunk_major(x: &[f32], shape: &AttnShape, heads: usize, chunks: usize) -> Vec<f32> {
-    let (n, d) = (shape.len_q, shape.head_dim);
-    let run = n / chunks * d;
-    let planes = shape.batch * heads;
+/// `x [outer, inner, run]` → `[inner, outer, run]`: planes to chunk-major
+/// (`outer` = planes, `inner` = chunks) and back.
+fn swap_runs(x: &[f32], outer: usize, inner: usize, run: usize) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     out.par_chunks_mut(run).enumerate().for_each(|(r, out)| {
-        let (c, plane) = (r / planes, r % planes);
-        out.copy_from_slice(&x[plane * n * d + c * run..][..run]);
-    });
-    out
-}
-
-/// `[C, B, Hq, N/C, width]` → `[B, Hq, N, width]` (`width` = D for `o`, 1
-/// for `lse`).
-fn plane_major(x: &[f32], shape: &AttnShape, chunks: usize, width: usize) -> Vec<f32> {
-    let n = shape.len_q;
-    let run = n / chunks * width;
-    let planes = shape.batch * shape.heads_q;
-    let mut out = vec![0.0; x.len()];
-    out.par_chunks_mut(run).enumerate().for_each(|(r, out)| {
-        let (plane, c) = (r / chunks, r % chunks);
-        out.copy_from_slice(&x[(c * planes + plane) * run..][..run]);
+        let (i, o) = (r / outer, r % outer);
+        out.copy_from_slice(&x[(o * inner + i) * run..][..run]);
     });
     out
 }

@@ -503,6 +503,15 @@ fn attend(
     .expect("validated by the public function")
 }
 
+/// The packing of packed attention's output `o [B, queries, H·D]`.
+fn output_packing(p: Packing, queries: usize) -> Packing {
+    Packing {
+        parts: 1,
+        len: queries,
+        ..p
+    }
+}
+
 /// The last `queries` rows of every `[T, D]` plane of `x [B, H, T, D]`.
 fn tail_rows(x: Vec<f32>, p: Packing, queries: usize) -> Vec<f32> {
     if queries == p.len {
@@ -623,12 +632,7 @@ impl Kernels for Flex {
             .expect("three parts");
         let q = tail_rows(q, packing, queries);
         let (o, lse) = attend(&att, spec, &q, &k, &v);
-        let one = Packing {
-            parts: 1,
-            len: queries,
-            ..packing
-        };
-        let merged = heads::merge(one, &[&o]).expect("validated");
+        let merged = heads::merge(output_packing(packing, queries), &[&o]).expect("validated");
         let dims = [packing.batch, queries, heads * packing.head_dim];
         let o_packed = FlexTensor::from_data(TensorData::new(merged, dims));
         let trace = PackedTrace {
@@ -650,12 +654,7 @@ impl Kernels for Flex {
     ) -> FlexTensor {
         let (p, queries) = (trace.packing, trace.queries);
         let att = spec.kernel(packed_shape(p, queries)).expect("validated");
-        let one = Packing {
-            parts: 1,
-            len: queries,
-            ..p
-        };
-        let d_o = heads::split(one, &values(&d_o))
+        let d_o = heads::split(output_packing(p, queries), &values(&d_o))
             .expect("validated")
             .remove(0);
         let (dq, dk, dv) = att
