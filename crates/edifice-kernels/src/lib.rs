@@ -60,6 +60,8 @@ mod simd;
 mod tile;
 pub mod tile_map;
 
+use std::sync::{Arc, OnceLock};
+
 pub use bwd::CHUNK_K;
 use element::widen;
 pub use element::Element;
@@ -191,7 +193,9 @@ pub enum BackwardSchedule {
     TwoPass,
 }
 
-/// A validated attention: shape, pattern, scale and instruction set.
+/// A validated attention: shape, pattern, scale and instruction set, and
+/// its tile map, built at first use and shared by clones (so a forward and
+/// the backward that follows it build it once).
 #[derive(Clone, Debug)]
 pub struct Attention {
     shape: AttnShape,
@@ -200,6 +204,7 @@ pub struct Attention {
     isa: Isa,
     gather_budget: usize,
     backward_schedule: BackwardSchedule,
+    map: Arc<OnceLock<TileMap>>,
 }
 
 impl Attention {
@@ -215,6 +220,7 @@ impl Attention {
             isa: Isa::best_for(shape.head_dim),
             gather_budget: DEFAULT_GATHER_BUDGET,
             backward_schedule: BackwardSchedule::Auto,
+            map: Arc::default(),
         })
     }
 
@@ -297,22 +303,23 @@ impl Attention {
     }
 
     /// The tile map the kernel uses.
-    pub fn tile_map(&self) -> TileMap {
-        TileMap::build(&self.shape, &self.pattern, TILE_Q, TILE_K)
+    pub fn tile_map(&self) -> &TileMap {
+        self.map
+            .get_or_init(|| TileMap::build(&self.shape, &self.pattern, TILE_Q, TILE_K))
     }
 
     /// Bytes of working memory a call holds beyond its inputs and outputs,
     /// with `threads` worker threads: the tile map plus per-thread scratch.
     pub fn extra_bytes(&self, threads: usize) -> usize {
         let map = self.tile_map();
-        map.bytes() + threads * fwd::Scratch::bytes(self.shape.head_dim, self.gather_rows(&map))
+        map.bytes() + threads * fwd::Scratch::bytes(self.shape.head_dim, self.gather_rows(map))
     }
 
     /// Bytes of working memory a backward call holds beyond its inputs and
     /// outputs, with `threads` worker threads.
     pub fn backward_extra_bytes(&self, threads: usize) -> usize {
         let map = self.tile_map();
-        map.bytes() + threads * bwd::Plan::new(self, &map).scratch_bytes(self.shape.head_dim)
+        map.bytes() + threads * bwd::Plan::new(self, map).scratch_bytes(self.shape.head_dim)
     }
 
     /// Number of allowed (query, key) pairs summed over batches and heads.
@@ -402,8 +409,8 @@ impl Attention {
         let map = self.tile_map();
         let call = fwd::Forward {
             att: self,
-            map: &map,
-            gather_rows: self.gather_rows(&map),
+            map,
+            gather_rows: self.gather_rows(map),
             q,
             k,
             v,
@@ -463,7 +470,7 @@ impl Attention {
             lse.len(),
         )?;
         let map = self.tile_map();
-        let plan = bwd::Plan::new(self, &map);
+        let plan = bwd::Plan::new(self, map);
         let (q, k, v, o, d_o) = (widen(q), widen(k), widen(v), widen(o), widen(d_o));
         let inputs = bwd::Inputs {
             q: &q,
@@ -474,7 +481,7 @@ impl Attention {
             d_o: &d_o,
         };
         E::with_f32_outputs([dq, dk, dv], |[dq, dk, dv]| {
-            bwd::backward(self, &map, &plan, &inputs, dq, dk, dv)
+            bwd::backward(self, map, &plan, &inputs, dq, dk, dv)
         });
         Ok(())
     }

@@ -10,7 +10,7 @@
 //! `W` is stored `[d_in, d_out]` (burn's layout) or `[d_out, d_in]`
 //! (PyTorch's `weight`, e.g. an LSTM's `W_ih`); either is read in place.
 
-use crate::matmul::{matmul, product};
+use crate::matmul::{matmul, product, Dims, Mat, Threads, Write};
 use crate::KernelError;
 
 /// Sizes of one dense layer call.
@@ -22,8 +22,38 @@ pub struct LinearShape {
     pub d_in: usize,
     /// Output width.
     pub d_out: usize,
-    /// `W` stored `[d_out, d_in]` (PyTorch's layout) instead of `[d_in, d_out]`.
-    pub weight_out_in: bool,
+    /// How `W` is stored.
+    pub weight: WeightLayout,
+}
+
+/// How a dense layer's weight is stored, row-major.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `[d_in, d_out]` (burn's layout): `y = x·W`.
+    #[default]
+    InOut,
+    /// `[d_out, d_in]` (PyTorch's `weight`): `y = x·Wᵀ`.
+    OutIn,
+}
+
+impl WeightLayout {
+    /// `w` as the logical `[d_in, d_out]` operand of `x·W`.
+    fn stored(self, w: &[f32]) -> Mat<'_> {
+        match self {
+            Self::InOut => Mat::as_is(w),
+            Self::OutIn => Mat::transposed(w),
+        }
+    }
+}
+
+/// Whether [`backward`] computes `∂x`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputGrad {
+    /// The input needs a gradient.
+    Wanted,
+    /// It does not (a model's first layer reading data): skip a third of the
+    /// backward's matmul work.
+    Skipped,
 }
 
 impl LinearShape {
@@ -49,7 +79,7 @@ pub fn forward(
     w: &[f32],
     b: &[f32],
 ) -> Result<Vec<f32>, KernelError> {
-    let ((rows, d_in, d_out), weight_out_in) = (shape.sizes(), shape.weight_out_in);
+    let (rows, d_in, d_out) = shape.sizes();
     shape.check("x", x.len(), rows * d_in)?;
     shape.check("weight", w.len(), d_in * d_out)?;
     shape.check("bias", b.len(), d_out)?;
@@ -59,13 +89,15 @@ pub fn forward(
     }
     matmul(
         &mut y,
-        x,
-        false,
-        w,
-        weight_out_in,
-        (rows, d_out, d_in),
-        true,
-        true,
+        Mat::as_is(x),
+        shape.weight.stored(w),
+        Dims {
+            m: rows,
+            n: d_out,
+            k: d_in,
+        },
+        Write::Accumulate,
+        Threads::Pool,
     );
     Ok(y)
 }
@@ -82,25 +114,42 @@ pub struct Grads {
 }
 
 /// Gradients for upstream `dy [rows, d_out]`; `∂x` only when `input_grad`
-/// (a model's first layer reads data that needs none, and skipping it saves
-/// a third of the backward's matmul work there).
+/// says so.
 pub fn backward(
     shape: LinearShape,
     x: &[f32],
     w: &[f32],
     dy: &[f32],
-    input_grad: bool,
+    input_grad: InputGrad,
 ) -> Result<Grads, KernelError> {
-    let ((rows, d_in, d_out), weight_out_in) = (shape.sizes(), shape.weight_out_in);
+    let (rows, d_in, d_out) = shape.sizes();
     shape.check("x", x.len(), rows * d_in)?;
     shape.check("weight", w.len(), d_in * d_out)?;
     shape.check("dy", dy.len(), rows * d_out)?;
-    let dx = input_grad.then(|| product(dy, false, w, !weight_out_in, (rows, d_in, d_out), true));
-    let dw = if weight_out_in {
-        product(dy, true, x, false, (d_out, d_in, rows), true)
-    } else {
-        product(x, true, dy, false, (d_in, d_out, rows), true)
+    let dx = (input_grad == InputGrad::Wanted).then(|| {
+        let w_t = match shape.weight {
+            WeightLayout::InOut => Mat::transposed(w),
+            WeightLayout::OutIn => Mat::as_is(w),
+        };
+        let dims = Dims {
+            m: rows,
+            n: d_in,
+            k: d_out,
+        };
+        product(Mat::as_is(dy), w_t, dims, Threads::Pool)
+    });
+    // ∂W in W's own layout: xᵀ·∂y, or (∂y)ᵀ·x when W is [d_out, d_in].
+    let (first, second, (m, n)) = match shape.weight {
+        WeightLayout::InOut => (x, dy, (d_in, d_out)),
+        WeightLayout::OutIn => (dy, x, (d_out, d_in)),
     };
+    let dims = Dims { m, n, k: rows };
+    let dw = product(
+        Mat::transposed(first),
+        Mat::as_is(second),
+        dims,
+        Threads::Pool,
+    );
     let mut db = vec![0.0; d_out];
     for row in dy.chunks_exact(d_out.max(1)) {
         for (db, &g) in db.iter_mut().zip(row) {

@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use crate::matmul::{matmul, product};
+use crate::matmul::{matmul, product, Dims, Layout, Mat, Threads, Write};
 use crate::simd::{Isa, Simd, WithSimd};
 use crate::KernelError;
 
@@ -84,18 +84,18 @@ pub fn forward(shape: LstmShape, xp: &[f32], w_hh: &[f32]) -> Result<LstmTrace, 
     // `[U, 4U]` row-major: gemm packs a transposed right operand with a
     // strided gather on every call, which cost more than the product itself
     // (a 4x slower step at 16 rows).
-    let w_t;
-    let (w, w_is_t) = if rows >= TRANSPOSE_ROWS {
+    let stored_t;
+    let w_t = if rows >= TRANSPOSE_ROWS {
         let mut t = vec![0.0; 4 * u * u];
         for (r, row) in w_hh.chunks_exact(u).enumerate() {
             for (c, &w) in row.iter().enumerate() {
                 t[c * 4 * u + r] = w;
             }
         }
-        w_t = t;
-        (&w_t[..], true)
+        stored_t = t;
+        Mat::new(&stored_t, Layout::AsIs)
     } else {
-        (w_hh, false)
+        Mat::new(w_hh, Layout::Transposed)
     };
     trace
         .h
@@ -104,7 +104,7 @@ pub fn forward(shape: LstmShape, xp: &[f32], w_hh: &[f32]) -> Result<LstmTrace, 
         .zip(trace.gates.par_chunks_mut(rows * t * 4 * u))
         .zip(xp.par_chunks(rows * t * 4 * u))
         .for_each(|(((h, c), gates), xp)| {
-            forward_rows(xp.len() / (t * 4 * u), t, u, xp, (w, w_is_t), h, c, gates)
+            forward_rows(xp.len() / (t * 4 * u), t, u, xp, w_t, h, c, gates)
         });
     Ok(trace)
 }
@@ -118,14 +118,14 @@ fn group_rows(batch: usize) -> usize {
 }
 
 /// The forward recurrence of `b` sequences, into their slices of the trace;
-/// `w` is `W_hh` `[4U, U]`, or `W_hhᵀ` `[U, 4U]` when `w_is_t`.
+/// `w_t` is the logical `W_hhᵀ` `[U, 4U]` (stored transposed or not).
 #[allow(clippy::too_many_arguments)]
 fn forward_rows(
     b: usize,
     t: usize,
     u: usize,
     xp: &[f32],
-    (w, w_is_t): (&[f32], bool),
+    w_t: Mat,
     trace_h: &mut [f32],
     trace_c: &mut [f32],
     trace_gates: &mut [f32],
@@ -140,15 +140,18 @@ fn forward_rows(
             gates[row * 4 * u..(row + 1) * 4 * u].copy_from_slice(&xp[at..at + 4 * u]);
         }
         // gates += h_prev · W_hhᵀ
+        let dims = Dims {
+            m: b,
+            n: 4 * u,
+            k: u,
+        };
         matmul(
             &mut gates,
-            &h_prev,
-            false,
-            w,
-            !w_is_t,
-            (b, 4 * u, u),
-            true,
-            false,
+            Mat::as_is(&h_prev),
+            w_t,
+            dims,
+            Write::Accumulate,
+            Threads::One,
         );
         isa.run(CellForward {
             gates: &mut gates,
@@ -200,7 +203,17 @@ pub fn backward(
         let base = row * t * u;
         h_shift[base + u..base + t * u].copy_from_slice(&trace.h[base..base + (t - 1) * u]);
     }
-    let d_w_hh = product(&d_xp, true, &h_shift, false, (4 * u, u, b * t), true);
+    let dims = Dims {
+        m: 4 * u,
+        n: u,
+        k: b * t,
+    };
+    let d_w_hh = product(
+        Mat::transposed(&d_xp),
+        Mat::as_is(&h_shift),
+        dims,
+        Threads::Pool,
+    );
     Ok((d_xp, d_w_hh))
 }
 
@@ -253,15 +266,19 @@ fn backward_rows(
             d_xp[at4..at4 + 4 * u].copy_from_slice(dg);
         }
         // dh_next = d_gates · W_hh
+        let dims = Dims {
+            m: b,
+            n: u,
+            k: 4 * u,
+        };
+        let (d_gates, w_hh) = (Mat::as_is(&d_gates), Mat::as_is(w_hh));
         matmul(
             &mut dh_next,
-            &d_gates,
-            false,
+            d_gates,
             w_hh,
-            false,
-            (b, u, 4 * u),
-            false,
-            false,
+            dims,
+            Write::Overwrite,
+            Threads::One,
         );
     }
 }

@@ -17,112 +17,170 @@ const PARALLEL_WORK: usize = 1 << 18;
 /// 2-D split.
 const MIN_SLAB: usize = 64;
 
-/// `out [m, n] (+)= A · B` with `A` `[m, k]` (or stored `[k, m]` when
-/// `a_t`) and `B` `[k, n]` (or stored `[n, k]` when `b_t`), row-major; over
-/// the rayon threads when `parallel` and large enough.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
-    out: &mut [f32],
-    a: &[f32],
-    a_t: bool,
-    b: &[f32],
-    b_t: bool,
-    (m, n, k): (usize, usize, usize),
-    accumulate: bool,
-    parallel: bool,
-) {
-    assert_eq!(out.len(), m * n, "matmul output size");
-    let (a, b) = operands(a, a_t, b, b_t, (m, n, k));
-    if k == 0 {
-        if !accumulate {
+/// How a matrix operand is stored, row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// A logical `[rows, cols]` matrix stored `[rows, cols]`.
+    AsIs,
+    /// A logical `[rows, cols]` matrix stored as its transpose `[cols, rows]`,
+    /// read in place through its strides.
+    Transposed,
+}
+
+/// A matrix operand: its values and how they are stored.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mat<'a> {
+    data: &'a [f32],
+    layout: Layout,
+}
+
+impl<'a> Mat<'a> {
+    /// `data` read as stored or transposed.
+    pub(crate) fn new(data: &'a [f32], layout: Layout) -> Self {
+        Self { data, layout }
+    }
+
+    /// `data` read as stored.
+    pub(crate) fn as_is(data: &'a [f32]) -> Self {
+        Self::new(data, Layout::AsIs)
+    }
+
+    /// The transpose of `data` (read in place).
+    pub(crate) fn transposed(data: &'a [f32]) -> Self {
+        Self::new(data, Layout::Transposed)
+    }
+}
+
+/// The sizes of `out [m, n] = A [m, k] · B [k, n]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Dims {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// What [`matmul`] does with the output's previous values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// `out = A·B`.
+    Overwrite,
+    /// `out += A·B`.
+    Accumulate,
+}
+
+/// Whether a matmul may spread over the rayon threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// On the calling thread (e.g. inside a task that already owns one).
+    One,
+    /// Over the rayon threads when the product is large enough.
+    Pool,
+}
+
+/// `out [m, n] (+)= A · B`, row-major, as `write` says, on `threads`.
+///
+/// Panics if an operand or the output does not hold its `dims`.
+pub(crate) fn matmul(out: &mut [f32], a: Mat, b: Mat, dims: Dims, write: Write, threads: Threads) {
+    assert_eq!(out.len(), dims.m * dims.n, "matmul output size");
+    let (a, b) = operands(a, b, dims);
+    if dims.k == 0 {
+        if write == Write::Overwrite {
             out.fill(0.0);
         }
         return;
     }
     // SAFETY: `out` holds the `[m, n]` output and `operands` checked `a`
     // and `b` against the sizes.
-    unsafe { matmul_raw(out.as_mut_ptr(), a, b, (m, n, k), accumulate, parallel) };
+    unsafe { matmul_raw(out.as_mut_ptr(), a, b, dims, write, threads) };
 }
 
-/// `A · B` into a new `[m, n]` vector, operands as for [`matmul`]. The
-/// output is never zeroed: gemm writes every element without reading it.
-pub(crate) fn product(
-    a: &[f32],
-    a_t: bool,
-    b: &[f32],
-    b_t: bool,
-    (m, n, k): (usize, usize, usize),
-    parallel: bool,
-) -> Vec<f32> {
-    let (a, b) = operands(a, a_t, b, b_t, (m, n, k));
-    if k == 0 {
-        return vec![0.0; m * n];
+/// `A · B` into a new `[m, n]` vector. The output is never zeroed: gemm
+/// writes every element without reading it.
+///
+/// Panics if an operand does not hold its `dims`.
+pub(crate) fn product(a: Mat, b: Mat, dims: Dims, threads: Threads) -> Vec<f32> {
+    let (a, b) = operands(a, b, dims);
+    let size = dims.m * dims.n;
+    if dims.k == 0 {
+        return vec![0.0; size];
     }
-    let mut out = Vec::with_capacity(m * n);
+    let mut out = Vec::with_capacity(size);
     // SAFETY: the capacity holds the `[m, n]` output, `operands` checked `a`
-    // and `b`, and without `accumulate` gemm writes every output element
+    // and `b`, and overwriting, gemm writes every output element
     // without reading it, so all `m·n` are initialised afterwards.
     unsafe {
-        matmul_raw(out.as_mut_ptr(), a, b, (m, n, k), false, parallel);
-        out.set_len(m * n);
+        matmul_raw(out.as_mut_ptr(), a, b, dims, Write::Overwrite, threads);
+        out.set_len(size);
     }
     out
 }
 
 /// Checks the operands against the sizes and wraps them.
-fn operands(
-    a: &[f32],
-    a_t: bool,
-    b: &[f32],
-    b_t: bool,
-    (m, n, k): (usize, usize, usize),
-) -> (Operand, Operand) {
-    assert!(a.len() == m * k && b.len() == k * n, "matmul operand sizes");
-    (Operand::new(a, a_t, m, k), Operand::new(b, b_t, k, n))
+fn operands(a: Mat, b: Mat, Dims { m, n, k }: Dims) -> (Operand, Operand) {
+    assert!(
+        a.data.len() == m * k && b.data.len() == k * n,
+        "matmul operand sizes"
+    );
+    (Operand::new(a, m, k), Operand::new(b, k, n))
 }
 
 /// The product on raw output memory, `k > 0`.
 ///
 /// # Safety
-/// `out` must be valid for writes (and reads, with `accumulate`) of `m·n`
-/// values, and the operands must hold `[m, k]` and `[k, n]`.
+/// `out` must be valid for writes (and reads, with [`Write::Accumulate`]) of
+/// `m·n` values, and the operands must hold `[m, k]` and `[k, n]`.
 unsafe fn matmul_raw(
     out: *mut f32,
     a: Operand,
     b: Operand,
-    (m, n, k): (usize, usize, usize),
-    accumulate: bool,
-    parallel: bool,
+    dims: Dims,
+    write: Write,
+    threads: Threads,
 ) {
+    let Dims { m, n, k } = dims;
     if m == 0 || n == 0 {
         return;
     }
-    let threads = rayon::current_num_threads();
-    if !parallel || threads == 1 || m * n * k < PARALLEL_WORK {
-        gemm_at(out, n, (0, 0), (m, n, k), a, b, accumulate, None);
+    let product = Product { a, b, write };
+    let whole = Block {
+        row: 0,
+        col: 0,
+        dims,
+    };
+    let pool = rayon::current_num_threads();
+    if threads == Threads::One || pool == 1 || m * n * k < PARALLEL_WORK {
+        product.block(out, n, whole, gemm::Parallelism::None);
         return;
     }
     // Slabs along the longer side of the output: rows when it is tall,
     // columns when it is wide (a weight gradient `[d_in, d_out]`).
     let split_rows = m > n;
     let side = if split_rows { m } else { n };
-    let slab = side.div_ceil(threads).next_multiple_of(16);
+    let slab = side.div_ceil(pool).next_multiple_of(16);
     if slab < MIN_SLAB {
-        gemm_at(out, n, (0, 0), (m, n, k), a, b, accumulate, Some(threads));
+        product.block(out, n, whole, gemm::Parallelism::Rayon(pool));
         return;
     }
     let out = SharedOut(out);
     (0..side.div_ceil(slab)).into_par_iter().for_each(|s| {
         let (start, len) = (s * slab, slab.min(side - s * slab));
-        let (at, size) = if split_rows {
-            ((start, 0), (len, n, k))
+        let block = if split_rows {
+            Block {
+                row: start,
+                col: 0,
+                dims: Dims { m: len, n, k },
+            }
         } else {
-            ((0, start), (m, len, k))
+            Block {
+                row: 0,
+                col: start,
+                dims: Dims { m, n: len, k },
+            }
         };
         // SAFETY: slab `s` covers rows (or columns) `start..start + len`
         // of the `[m, n]` output, inside it and disjoint from every other
         // slab, so no two threads write one element.
-        unsafe { gemm_at(out.get(), n, at, size, a, b, accumulate, None) };
+        unsafe { product.block(out.get(), n, block, gemm::Parallelism::None) };
     });
 }
 
@@ -141,15 +199,14 @@ unsafe impl Send for Operand {}
 unsafe impl Sync for Operand {}
 
 impl Operand {
-    /// Logical `[rows, cols]`, stored `[cols, rows]` when `transposed`.
-    fn new(data: &[f32], transposed: bool, rows: usize, cols: usize) -> Self {
-        let (row_stride, col_stride) = if transposed {
-            (1, rows as isize)
-        } else {
-            (cols as isize, 1)
+    /// The logical `[rows, cols]` matrix `mat`.
+    fn new(mat: Mat, rows: usize, cols: usize) -> Self {
+        let (row_stride, col_stride) = match mat.layout {
+            Layout::Transposed => (1, rows as isize),
+            Layout::AsIs => (cols as isize, 1),
         };
         Self {
-            ptr: data.as_ptr(),
+            ptr: mat.data.as_ptr(),
             row_stride,
             col_stride,
         }
@@ -176,47 +233,57 @@ impl SharedOut {
     }
 }
 
-/// The block `(m, n, k)` of the product whose output starts at row, column
-/// `at` of a row-major output with row length `ld`.
-///
-/// # Safety
-/// `out`, `a` and `b` must hold every element the block reads or writes.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_at(
-    out: *mut f32,
-    ld: usize,
-    (row, col): (usize, usize),
-    (m, n, k): (usize, usize, usize),
+/// The output block `dims` whose first element is at `(row, col)`.
+#[derive(Clone, Copy)]
+struct Block {
+    row: usize,
+    col: usize,
+    dims: Dims,
+}
+
+/// Both operands and what to do with the output.
+#[derive(Clone, Copy)]
+struct Product {
     a: Operand,
     b: Operand,
-    accumulate: bool,
-    threads: Option<usize>,
-) {
-    let parallelism = match threads {
-        Some(t) => gemm::Parallelism::Rayon(t),
-        None => gemm::Parallelism::None,
-    };
-    gemm::gemm(
-        m,
-        n,
-        k,
-        out.add(row * ld + col),
-        1,
-        ld as isize,
-        accumulate,
-        a.at(row, 0),
-        a.col_stride,
-        a.row_stride,
-        b.at(0, col),
-        b.col_stride,
-        b.row_stride,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        parallelism,
-    );
+    write: Write,
+}
+
+impl Product {
+    /// The product's `block` of a row-major output with row length `ld`.
+    ///
+    /// # Safety
+    /// `out`, `a` and `b` must hold every element the block reads or writes.
+    unsafe fn block(
+        &self,
+        out: *mut f32,
+        ld: usize,
+        Block { row, col, dims }: Block,
+        parallelism: gemm::Parallelism,
+    ) {
+        let Self { a, b, write } = *self;
+        gemm::gemm(
+            dims.m,
+            dims.n,
+            dims.k,
+            out.add(row * ld + col),
+            1,
+            ld as isize,
+            write == Write::Accumulate,
+            a.at(row, 0),
+            a.col_stride,
+            a.row_stride,
+            b.at(0, col),
+            b.col_stride,
+            b.row_stride,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -266,9 +333,17 @@ mod tests {
                     let (a, b) = (uniform(m * k, 1), uniform(k * n, 2));
                     let start = uniform(m * n, 3);
                     let mut out = start.clone();
+                    let layout = |t: bool| if t { Layout::Transposed } else { Layout::AsIs };
+                    let (ma, mb) = (Mat::new(&a, layout(a_t)), Mat::new(&b, layout(b_t)));
+                    let dims = Dims { m, n, k };
+                    let write = if accumulate {
+                        Write::Accumulate
+                    } else {
+                        Write::Overwrite
+                    };
                     pool.install(|| match mode {
-                        "product" => out = product(&a, a_t, &b, b_t, (m, n, k), true),
-                        _ => matmul(&mut out, &a, a_t, &b, b_t, (m, n, k), accumulate, true),
+                        "product" => out = product(ma, mb, dims, Threads::Pool),
+                        _ => matmul(&mut out, ma, mb, dims, write, Threads::Pool),
                     });
                     let mut want = naive(&a, a_t, &b, b_t, (m, n, k));
                     if accumulate {
