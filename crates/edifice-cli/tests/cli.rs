@@ -677,6 +677,40 @@ fn train_writes_metrics_and_checkpoints_and_resumes() {
     assert!(err.contains("bad [task]"), "{err}");
 }
 
+/// A learning rate that makes the loss NaN stops the run with an error
+/// naming the step and a non-zero exit; the checkpoint of the run before it
+/// is left byte for byte and still evaluates.
+#[test]
+fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
+    let dir = Dir::new("diverge");
+    let out = dir.path("run");
+    let out_s = out.to_str().unwrap();
+    let common = [
+        "train",
+        "--quiet",
+        "--out",
+        out_s,
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+    ];
+    run_ok(&[&common[..], &["--steps", "4"]].concat());
+    let ckpt = out.join("checkpoint.safetensors");
+    let before = std::fs::read(&ckpt).unwrap();
+    let err = run_err(&[&common[..], &["--steps", "6", "--lr", "1e30"]].concat());
+    assert!(
+        err.contains("diverged") && err.contains("of step 2 is NaN"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before);
+    let eval = run_ok(&["eval", ckpt.to_str().unwrap(), "--json", "--batches", "2"]);
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(eval["step"], 4);
+    assert!(eval["loss"].as_f64().unwrap().is_finite());
+}
+
 /// Killing `edifice train` mid-run (SIGKILL, like a crash) and resuming ends
 /// with the same weights as an uninterrupted run. (The optimizer state is
 /// keyed by parameter ids, which differ between processes, so its bytes are

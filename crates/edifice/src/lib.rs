@@ -29,4 +29,7 @@ pub enum Error {
     /// A checkpoint that cannot be written, read or resumed.
     #[error("checkpoint {0}")]
     Checkpoint(String),
+    /// Training diverged: a loss or a weight is NaN or infinite.
+    #[error("training diverged: {0}")]
+    Diverged(String),
 }

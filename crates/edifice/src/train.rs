@@ -331,6 +331,9 @@ impl Trainer {
     }
 
     /// One optimizer step on training batch `self.step`.
+    ///
+    /// A loss that is not finite is an [`Error::Diverged`] naming the step;
+    /// the model and the step count are left as they were.
     pub fn train_step(&mut self) -> Result<Stats, Error> {
         let t = &self.run.train;
         self.device.seed(mix(t.seed, self.step as u64));
@@ -342,6 +345,13 @@ impl Trainer {
         let logits = self.model.forward(x)?;
         let (loss, accuracy) = Self::stats(logits, y, &self.device);
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        if !loss_value.is_finite() {
+            return Err(Error::Diverged(format!(
+                "the training loss of step {} is {loss_value} (try a lower learning rate; \
+                 the last checkpoint is left as it was)",
+                self.step + 1
+            )));
+        }
         let grads = GradientsParams::from_grads(loss.backward(), &self.model);
         let lr = self.run.lr(self.step);
         let model = self.model.clone();
@@ -353,7 +363,8 @@ impl Trainer {
         })
     }
 
-    /// Loss and accuracy on the held-out batches (dropout off, no gradients).
+    /// Loss and accuracy on the held-out batches (dropout off, no
+    /// gradients). A loss that is not finite is an [`Error::Diverged`].
     pub fn evaluate(&self) -> Result<Stats, Error> {
         let t = &self.run.train;
         let model = self.model.valid();
@@ -370,6 +381,13 @@ impl Trainer {
             accuracy += a;
         }
         let n = t.eval_batches as f64;
+        if !loss.is_finite() {
+            return Err(Error::Diverged(format!(
+                "the held-out loss after step {} is {}",
+                self.step,
+                loss / n
+            )));
+        }
         Ok(Stats {
             loss: loss / n,
             accuracy: accuracy / n,
@@ -377,11 +395,23 @@ impl Trainer {
     }
 
     /// Writes a checkpoint (weights, optimizer state, step, run config) to
-    /// `path` atomically: a temporary file beside it, fsync, rename.
+    /// `path` atomically: a temporary file beside it, fsync, rename. Weights
+    /// that are not finite are an [`Error::Diverged`] and leave `path` as it
+    /// was.
     pub fn save(&mut self, path: &Path) -> Result<(), Error> {
         let io =
             |e: std::io::Error| Error::Checkpoint(format!("cannot write {}: {e}", path.display()));
         let tensors = weights::tensors(&mut self.model);
+        if let Some((name, _)) = tensors
+            .iter()
+            .find(|(_, (_, values))| values.iter().any(|x| !x.is_finite()))
+        {
+            return Err(Error::Diverged(format!(
+                "weight `{name}` is not finite after step {}; {} was not overwritten",
+                self.step,
+                path.display()
+            )));
+        }
         let ids = weights::param_ids(&mut self.model);
         let optimizer = self.optim.into_bytes().map_err(|e| {
             Error::Checkpoint(format!("cannot serialise the optimizer state: {e:?}"))

@@ -145,3 +145,26 @@ fn bad_run_configs_are_refused() {
     assert!(run.lr(0) < run.lr(49) && (run.lr(49) - 3e-3).abs() < 1e-12);
     assert!((run.lr(999) - run.train.min_lr).abs() < 1e-6);
 }
+
+/// A weight that is not finite: evaluation and saving are errors naming
+/// what diverged, and saving leaves the file on disk as it was.
+#[test]
+fn non_finite_weights_are_never_saved() {
+    let mut trainer = Trainer::new(tiny_run()).unwrap();
+    let dir = std::env::temp_dir().join(format!("edifice-nonfinite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("checkpoint.safetensors");
+    trainer.save(&path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let mut tensors = weights::tensors(&mut trainer.model);
+    let (name, (_, values)) = tensors.iter_mut().next().unwrap();
+    let name = name.clone();
+    values[0] = f32::NAN;
+    weights::load_tensors(&mut trainer.model, tensors).unwrap();
+    let err = trainer.save(&path).unwrap_err().to_string();
+    assert!(err.contains("diverged") && err.contains(&name), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let err = trainer.evaluate().unwrap_err().to_string();
+    assert!(err.contains("held-out loss"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
