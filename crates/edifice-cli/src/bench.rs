@@ -64,7 +64,8 @@ pub struct KernelArgs {
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
     /// Instruction set (default: the widest the CPU has for the head
-    /// dimension). `avx512-bf16` makes bf16 use `vdpbf16ps` pair products.
+    /// dimension; bf16 then uses `vdpbf16ps` pair products where they run at
+    /// full rate). `avx512-bf16` forces pair products, any other widening.
     #[arg(long, value_enum)]
     isa: Option<IsaArg>,
     /// Print the standard pattern set, one per line, and exit.
@@ -145,6 +146,9 @@ struct Record {
     isa: String,
     /// Storage type of q, k, v and o.
     dtype: String,
+    /// How the forward's tile products ran: `f32`, or for bf16 `widen`
+    /// (widened to f32) or `pairs` (`vdpbf16ps`).
+    products: String,
     /// Median wall time of one call.
     ms: f64,
     /// Useful FLOPs over the median time: 4 × allowed pairs × D for the
@@ -230,8 +234,8 @@ fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
     let mut records = Vec::new();
     if !args.json {
         println!(
-            "{:<22} {:>6} {:>10} {:>9} {:>10} {:>13}",
-            "pattern", "N", "ms", "GFLOP/s", "extra MiB", "impl"
+            "{:<22} {:>6} {:>10} {:>9} {:>10} {:>13} {:>8}",
+            "pattern", "N", "ms", "GFLOP/s", "extra MiB", "impl", "products"
         );
     }
     for spec in &patterns {
@@ -261,13 +265,14 @@ fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
             for record in found {
                 if !args.json {
                     println!(
-                        "{:<22} {:>6} {:>10.3} {:>9.1} {:>10.2} {:>13} {}",
+                        "{:<22} {:>6} {:>10.3} {:>9.1} {:>10.2} {:>13} {:>8} {}",
                         record.pattern,
                         n,
                         record.ms,
                         record.gflops,
                         record.extra_bytes as f64 / (1 << 20) as f64,
                         record.impl_name,
+                        record.products,
                         if record.pass == "forward" {
                             ""
                         } else {
@@ -323,6 +328,10 @@ fn time_kernel<E: Element>(
         threads,
         isa: format!("{:?}", att.isa()),
         dtype: E::NAME.into(),
+        products: match E::NAME {
+            "bf16" => format!("{:?}", att.bf16_products()).to_lowercase(),
+            other => other.into(),
+        },
         ms: secs * 1e3,
         gflops: 4.0 * allowed_pairs as f64 * args.head_dim as f64 / secs / 1e9,
         allowed_pairs,
@@ -354,6 +363,7 @@ fn time_kernel<E: Element>(
             pattern: found[0].pattern.clone(),
             isa: found[0].isa.clone(),
             dtype: found[0].dtype.clone(),
+            products: found[0].products.clone(),
             ..found[0]
         });
     }
@@ -386,6 +396,7 @@ fn peers(args: &KernelArgs, ours: &Record, causal: bool) -> Result<Vec<Record>> 
             pass: "forward".into(),
             isa: String::new(),
             dtype: "f32".into(),
+            products: "f32".into(),
             ms: secs * 1e3,
             gflops: 4.0 * ours.allowed_pairs as f64 * ours.head_dim as f64 / secs / 1e9,
             extra_bytes,

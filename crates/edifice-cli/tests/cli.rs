@@ -677,6 +677,52 @@ fn train_writes_metrics_and_checkpoints_and_resumes() {
     assert!(err.contains("bad [task]"), "{err}");
 }
 
+/// Models and runs that cannot fit in memory are refused before anything is
+/// allocated, with the size named (a 10^9-wide layer used to abort in the
+/// allocator with a backtrace).
+#[test]
+fn models_too_big_for_the_machine_are_refused_before_allocating() {
+    let dir = Dir::new("huge");
+    let huge = dir.path("huge.toml");
+    std::fs::write(
+        &huge,
+        "model = \"dual_chunk\"\nembed_dim = 32\nhidden_size = 1000000000\n",
+    )
+    .unwrap();
+    let long = dir.path("long.toml");
+    std::fs::write(
+        &long,
+        "model = \"sliding_window\"\nembed_dim = 32\nwindow_size = 100000000\n",
+    )
+    .unwrap();
+    let out = dir.path("w.safetensors");
+    for config in [&huge, &long] {
+        let err = run_err(&[
+            "init",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            err.contains("would need about") && err.contains("more than this machine"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!out.exists());
+    }
+    let run = dir.path("run");
+    let err = run_err(&[
+        "train",
+        "--quiet",
+        "--batch-size",
+        "100000000",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(err.contains("training would need about"), "{err}");
+}
+
 /// A learning rate that makes the loss NaN stops the run with an error
 /// naming the step and a non-zero exit; the checkpoint of the run before it
 /// is left byte for byte and still evaluates.

@@ -278,10 +278,19 @@ impl TileGrad {
         // the keys its rows read and stores P = dS = 0 for the others.
         scores(simd, v, keys, &self.dot, d, live, None, &mut self.ds);
         let zero = simd.splat(0.0);
+        let rows = keys.len * TILE_Q;
+        assert!(
+            self.lse2.len() >= TILE_Q
+                && self.delta.len() >= TILE_Q
+                && self.p.len() >= rows
+                && self.ds.len() >= rows,
+            "probability buffers out of bounds"
+        );
         for i0 in (0..TILE_Q).step_by(S::LANES) {
             let read = live.map_or(0..keys.len, |b| b.union(i0..i0 + S::LANES));
-            // SAFETY: i0 + LANES ≤ TILE_Q, the length of lse2 and delta and
-            // the row length of p and ds, which hold keys.len ≤ S_ROWS rows.
+            // SAFETY: i0 + LANES ≤ TILE_Q ≤ the length of lse2 and delta, and
+            // p and ds hold keys.len rows of TILE_Q (asserted above); only
+            // rows j < keys.len are touched.
             unsafe {
                 let lse2 = simd.load(self.lse2.as_ptr().add(i0));
                 let delta = simd.load(self.delta.as_ptr().add(i0));

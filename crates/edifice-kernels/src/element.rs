@@ -3,15 +3,17 @@
 //!
 //! With bf16 the forward kernel reads half the bytes and computes its tile
 //! products in one of two ways ([`Products`]):
-//! * [`Widen`] (the default): each key tile's K and V rows, and each query
-//!   tile, are widened to f32 (exact) and multiplied by the f32 kernels. The
-//!   only rounding beyond the f32 kernel's is that of `o` to bf16.
-//! * [`Pairs`], with [`Isa::Avx512Bf16`](crate::Isa): bf16 products in pairs
-//!   along the reduction with `vdpbf16ps`, f32 sums. P is rounded to bf16
-//!   before P·V (as FlashAttention does on GPUs). On the CPU these kernels
-//!   were measured on, `vdpbf16ps` retires a quarter as many instructions
-//!   per second as a 512-bit FMA (half the FLOP rate), so this path is
-//!   opt-in; on a CPU without AVX512-BF16 the pair products are emulated.
+//! * [`Widen`]: each key tile's K and V rows, and each query tile, are
+//!   widened to f32 (exact) and multiplied by the f32 kernels. The only
+//!   rounding beyond the f32 kernel's is that of `o` to bf16.
+//! * [`Pairs`]: bf16 products in pairs along the reduction with
+//!   `vdpbf16ps`, f32 sums. P is rounded to bf16 before P·V (as
+//!   FlashAttention does on GPUs). Chosen by default where `vdpbf16ps`
+//!   retires as fast as an f32 FMA (twice the FLOP rate; AMD Zen 4), not
+//!   where it retires at a quarter of it (the Intel vCPUs these kernels were
+//!   first measured on): see [`crate::calibrate`]. Forced with
+//!   [`Isa::Avx512Bf16`](crate::Isa); on a CPU without AVX512-BF16 the pair
+//!   products are emulated.
 //!
 //! Every sum, the online softmax and `lse` are f32 either way.
 
@@ -24,7 +26,7 @@ use half::bf16;
 
 use crate::simd::{Isa, Operand, Pair, Simd};
 use crate::tile::{load_transposed, Bounds, KeyRows, RankUpdate, TILE_K, TILE_Q};
-use crate::Attention;
+use crate::{Attention, Bf16Products};
 
 /// A storage type of the attention tensors: `f32` or [`half::bf16`].
 pub trait Element: sealed::Storage {
@@ -104,6 +106,11 @@ pub(crate) trait ForProducts<E> {
 /// rows become operands.
 pub(crate) trait Products<E>: Send + Sync + 'static {
     type Op: Operand;
+
+    /// The instruction set the products run on, given the attention's.
+    fn isa(att: Isa) -> Isa {
+        att
+    }
 
     /// Loads a query tile (`x`: up to `TILE_Q` rows of `d`) as the
     /// transposed operand `qt`, `[d / TERMS, TILE_Q]`, with rows past `x`
@@ -237,11 +244,9 @@ impl sealed::Storage for bf16 {
     }
 
     fn with_products<Op: ForProducts<bf16>>(att: &Attention, op: Op) -> Op::Output {
-        // Pairs need an even D (they run along it).
-        if att.isa() == Isa::Avx512Bf16 && att.shape().head_dim.is_multiple_of(2) {
-            op.run::<Pairs>()
-        } else {
-            op.run::<Widen>()
+        match att.bf16_products() {
+            Bf16Products::Pairs => op.run::<Pairs>(),
+            Bf16Products::Widen => op.run::<Widen>(),
         }
     }
 }
@@ -322,6 +327,15 @@ fn widened_rows<'a, S: Simd, E: Element>(
 
 impl Products<bf16> for Pairs {
     type Op = Pair;
+
+    /// `vdpbf16ps` where the attention runs on AVX-512 (chosen for its f32
+    /// code, which AVX512-BF16 shares).
+    fn isa(att: Isa) -> Isa {
+        match att {
+            Isa::Avx512 => Isa::Avx512Bf16,
+            other => other,
+        }
+    }
 
     /// K rows are read in place, as pairs.
     fn k_ops_len(_: usize) -> usize {

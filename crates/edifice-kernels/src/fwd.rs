@@ -124,6 +124,7 @@ impl<E: Element> ForProducts<E> for Forward<'_, E> {
             return;
         }
         let scratch = PerWorker::new(|| Scratch::<E, P>::new(d, gather_rows));
+        let isa = P::isa(att.isa());
         o.par_chunks_mut(nq * d)
             .zip(lse.par_chunks_mut(nq))
             .enumerate()
@@ -134,7 +135,7 @@ impl<E: Element> ForProducts<E> for Forward<'_, E> {
                     .enumerate()
                     .for_each(|(t, (o_tile, lse_tile))| {
                         scratch.with(|scratch| {
-                            att.isa().run(QueryTile {
+                            isa.run(QueryTile {
                                 att,
                                 map,
                                 q,
@@ -269,10 +270,18 @@ fn online_softmax<S: Simd>(
     // Stand-in for a -inf max, so that (-inf) - max stays -inf instead of NaN.
     let floor = simd.splat(-1.0e30);
     let zero = simd.splat(0.0);
+    assert!(
+        m.len() >= TILE_Q
+            && l.len() >= TILE_Q
+            && alpha.len() >= TILE_Q
+            && s.len() >= n_keys * TILE_Q,
+        "online softmax buffers out of bounds"
+    );
     for i0 in (0..TILE_Q).step_by(S::LANES) {
         let keys = live.map_or(0..n_keys, |b| b.union(i0..i0 + S::LANES));
-        // SAFETY: i0 + LANES ≤ TILE_Q = len of m, l, alpha; s holds
-        // n_keys ≤ TILE_K rows of TILE_Q, and `keys` ⊆ 0..n_keys.
+        let keys = keys.start..keys.end.min(n_keys);
+        // SAFETY: i0 + LANES ≤ TILE_Q ≤ len of m, l, alpha; s holds n_keys
+        // rows of TILE_Q (asserted above), and `keys` ⊆ 0..n_keys.
         unsafe {
             let m_old = simd.load(m.as_ptr().add(i0));
             let mut m_new = m_old;

@@ -44,6 +44,7 @@
 
 pub mod adamw;
 mod bwd;
+pub mod calibrate;
 pub mod dropout;
 mod element;
 mod fwd;
@@ -68,6 +69,7 @@ pub use element::Element;
 pub use half::bf16;
 pub use pattern::{BoolMask, KeySpan, Pattern, PatternKind, TileKind};
 pub use simd::Isa;
+
 pub use tile::{TILE_K, TILE_Q};
 pub use tile_map::{KeyBlock, TileMap};
 
@@ -204,7 +206,20 @@ pub struct Attention {
     isa: Isa,
     gather_budget: usize,
     backward_schedule: BackwardSchedule,
+    /// Set by [`Attention::with_isa`]: the caller chose the instruction set
+    /// (and so, for bf16, the product path) instead of the CPU's best.
+    isa_forced: bool,
     map: Arc<OnceLock<TileMap>>,
+}
+
+/// How a bf16 forward computes its tile products (see
+/// [`Element`]): reported by [`Attention::bf16_products`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Products {
+    /// Widened to f32 and multiplied by the f32 kernels.
+    Widen,
+    /// bf16 pair products in `vdpbf16ps`.
+    Pairs,
 }
 
 impl Attention {
@@ -220,6 +235,7 @@ impl Attention {
             isa: Isa::best_for(shape.head_dim),
             gather_budget: DEFAULT_GATHER_BUDGET,
             backward_schedule: BackwardSchedule::Auto,
+            isa_forced: false,
             map: Arc::default(),
         })
     }
@@ -235,7 +251,10 @@ impl Attention {
 
     /// Forces an instruction set (for tests and benchmarks). One the CPU
     /// lacks, or whose vectors do not divide `D`, falls back to scalar code.
+    /// For bf16, [`Isa::Avx512Bf16`] forces pair products and any other
+    /// forces widening (unforced, [`Attention::bf16_products`] decides).
     pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.isa_forced = true;
         self.isa = if self.shape.head_dim.is_multiple_of(isa.lanes()) {
             isa
         } else {
@@ -300,6 +319,23 @@ impl Attention {
     /// The instruction set the kernel runs on.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// How a bf16 forward computes its tile products: as forced by
+    /// [`Attention::with_isa`], else pairs where the CPU runs them at full
+    /// rate ([`calibrate::bf16_pairs_full_rate`]) and widening elsewhere.
+    /// Pairs need an even head dim.
+    pub fn bf16_products(&self) -> Bf16Products {
+        let pairs = if self.isa_forced {
+            self.isa == Isa::Avx512Bf16
+        } else {
+            self.isa == Isa::Avx512 && calibrate::bf16_pairs_full_rate()
+        };
+        if pairs && self.shape.head_dim.is_multiple_of(2) {
+            Bf16Products::Pairs
+        } else {
+            Bf16Products::Widen
+        }
     }
 
     /// The tile map the kernel uses.

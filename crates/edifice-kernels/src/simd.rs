@@ -634,9 +634,9 @@ impl Isa {
     }
 
     /// The widest available instruction set whose vectors divide `head_dim`,
-    /// never `Avx512Bf16`: its f32 code is `Avx512`'s, and its bf16 pair
-    /// products measured slower than widening bf16 to f32 (see
-    /// [`Element`](crate::Element)), so it is opt-in.
+    /// never `Avx512Bf16`: its f32 code is `Avx512`'s, and whether bf16
+    /// attention uses its pair products is decided per CPU (see
+    /// [`Attention::bf16_products`](crate::Attention::bf16_products)).
     pub fn best_for(head_dim: usize) -> Isa {
         Isa::available()
             .into_iter()

@@ -245,8 +245,8 @@ fn scores_blocked<S: Simd, T: Operand, const MR: usize, const NV: usize>(
                 row[c1 * S::LANES..].fill(f32::NEG_INFINITY);
             }
             // Rows past the tile repeat its last key: computed, never read.
-            let rows: [*const T; MR] =
-                std::array::from_fn(|r| a[(j0 + r).min(keys.len - 1) * stride..].as_ptr());
+            let rows: [&[T]; MR] =
+                std::array::from_fn(|r| &a[(j0 + r).min(keys.len - 1) * stride..]);
             let block = ScoreBlock {
                 rows,
                 bt: &bt[i0 + c0 * S::LANES..],
@@ -268,7 +268,8 @@ fn scores_blocked<S: Simd, T: Operand, const MR: usize, const NV: usize>(
 /// `MR` key rows against `NV` query vectors of `Qᵀ`: one register block of
 /// [`scores`].
 struct ScoreBlock<'a, T, const MR: usize> {
-    rows: [*const T; MR],
+    /// Each key row from its first element (at least `d` long).
+    rows: [&'a [T]; MR],
     /// `Qᵀ` from the block's first query column (rows `TILE_Q` apart).
     bt: &'a [T],
     d: usize,
@@ -280,11 +281,17 @@ struct ScoreBlock<'a, T, const MR: usize> {
 impl<T: Operand, const MR: usize> ScoreBlock<'_, T, MR> {
     #[inline(always)]
     fn compute<S: Simd, const NV: usize>(self, simd: S) {
-        debug_assert!((self.d - 1) * TILE_Q + NV * S::LANES <= self.bt.len());
-        debug_assert!((MR - 1) * TILE_Q + NV * S::LANES <= self.out.len());
-        // SAFETY: every row pointer has `d` readable operands (the callers
-        // slice them bounds-checked from rows of d), and the assertions
-        // above bound what is read from `bt` and written to `out`.
+        // One check per register block (against its d·MR·NV products)
+        // keeps this safe function sound in release builds.
+        assert!(
+            self.d > 0
+                && (self.d - 1) * TILE_Q + NV * S::LANES <= self.bt.len()
+                && (MR - 1) * TILE_Q + NV * S::LANES <= self.out.len()
+                && self.rows.iter().all(|row| row.len() >= self.d),
+            "score block out of bounds"
+        );
+        // SAFETY: the assertion above bounds every read of `rows` and `bt`
+        // and every write to `out`.
         unsafe {
             let mut acc = [[simd.splat(0.0); NV]; MR];
             let bt = self.bt.as_ptr();
@@ -294,7 +301,7 @@ impl<T: Operand, const MR: usize> ScoreBlock<'_, T, MR> {
                     bv[c] = T::load(simd, bt.add(dd * TILE_Q + c * S::LANES));
                 }
                 for r in 0..MR {
-                    let ab = T::splat(simd, self.rows[r].add(dd));
+                    let ab = T::splat(simd, self.rows[r].as_ptr().add(dd));
                     for c in 0..NV {
                         acc[r][c] = T::madd(simd, acc[r][c], ab, bv[c]);
                     }
@@ -616,13 +623,18 @@ impl<'a, T: Operand> RankUpdate<'a, T> {
         // computed and stored twice.
         let row = |r: usize| (r0 + r).min(self.rows - 1);
         let last = row(MR - 1);
-        debug_assert!(
-            red.is_empty() || (red.end - 1) * self.b_stride + col + NV * S::LANES <= self.b.len()
+        // One check per register block (against its MR·NV·|red| products)
+        // keeps this safe function sound in release builds.
+        assert!(
+            self.rows > 0
+                && (red.is_empty()
+                    || ((red.end - 1) * self.b_stride + col + NV * S::LANES <= self.b.len()
+                        && last * A_ROW + (red.end - 1) * A_RED < self.a.len()))
+                && last * out_stride + col + NV * S::LANES <= out.len(),
+            "rank update block out of bounds"
         );
-        debug_assert!(red.is_empty() || last * A_ROW + (red.end - 1) * A_RED < self.a.len());
-        debug_assert!(last * out_stride + col + NV * S::LANES <= out.len());
-        // SAFETY: the debug assertions above state the bounds the callers
-        // guarantee: every a, b and out element touched is in its slice.
+        // SAFETY: the assertion above bounds every a, b and out element the
+        // block touches (rows up to `last`, reductions up to `red.end`).
         unsafe {
             // Plain loops, not `array::from_fn`: closures do not inherit the
             // target features, and one that LLVM declines to inline turns

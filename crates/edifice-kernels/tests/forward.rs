@@ -239,3 +239,53 @@ fn bad_inputs_are_errors() {
         }
     );
 }
+
+/// bf16 products: a forced instruction set picks the path (pairs only with
+/// `Avx512Bf16`); unforced, pairs exactly where the CPU has AVX-512 and the
+/// calibration found `vdpbf16ps` at full rate. Both paths agree with the
+/// reference either way (the proptests above run both).
+#[test]
+fn bf16_products_follow_the_forced_isa_else_the_calibration() {
+    use edifice_kernels::calibrate::bf16_pairs_full_rate;
+    use edifice_kernels::Bf16Products;
+    let shape = AttnShape {
+        batch: 1,
+        heads_q: 1,
+        heads_kv: 1,
+        len_q: 8,
+        len_k: 8,
+        head_dim: 16,
+    };
+    let att = Attention::new(shape, Pattern::new(PatternKind::Full, false)).unwrap();
+    let auto = if att.isa() == Isa::Avx512 && bf16_pairs_full_rate() {
+        Bf16Products::Pairs
+    } else {
+        Bf16Products::Widen
+    };
+    assert_eq!(att.bf16_products(), auto);
+    assert_eq!(
+        att.clone().with_isa(Isa::Avx512Bf16).bf16_products(),
+        Bf16Products::Pairs
+    );
+    for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar] {
+        assert_eq!(
+            att.clone().with_isa(isa).bf16_products(),
+            Bf16Products::Widen
+        );
+    }
+    let odd = AttnShape {
+        head_dim: 15,
+        ..shape
+    };
+    let att = Attention::new(odd, Pattern::new(PatternKind::Full, false)).unwrap();
+    assert_eq!(
+        att.with_isa(Isa::Avx512Bf16).bf16_products(),
+        Bf16Products::Widen
+    );
+    // Without AVX512-BF16 there is nothing to calibrate.
+    #[cfg(target_arch = "x86_64")]
+    if !std::arch::is_x86_feature_detected!("avx512bf16") {
+        assert!(!bf16_pairs_full_rate());
+        assert!(edifice_kernels::calibrate::pair_rate().is_none());
+    }
+}

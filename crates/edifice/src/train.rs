@@ -35,7 +35,7 @@ use serde_json::Value;
 
 use crate::layers::dense;
 use crate::layers::Linear;
-use crate::models::overlay;
+use crate::models::{overlay, Footprint, Use};
 use crate::optim::AdamWConfig;
 use crate::tasks::{Batch, Split, TaskConfig};
 use crate::weights::{self, Walk, Walker};
@@ -286,6 +286,8 @@ impl Trainer {
         device.seed(run.train.seed);
         let model = run.model.init(&device)?;
         let head = dense(run.model.output_size(), run.task.classes, &device);
+        let footprint = Footprint::of(&model, run.task.seq_len);
+        footprint.check(run.train.batch_size, Use::Training, "training")?;
         let optim = Self::optimizer(&run);
         Ok(Self {
             run,

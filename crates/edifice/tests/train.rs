@@ -5,6 +5,10 @@ use edifice::tasks::{Split, TaskConfig, TaskKind};
 use edifice::train::{RunConfig, Trainer};
 use edifice::weights;
 
+/// Trainers seed and draw from the device's one RNG: tests that build them
+/// take turns, so a run's weights do not depend on another test's draws.
+static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn tiny_run() -> RunConfig {
     RunConfig::from_toml(
         r#"
@@ -66,6 +70,7 @@ fn tasks_are_deterministic_and_labelled() {
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
+    let _rng = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let mut straight = Trainer::new(tiny_run()).unwrap();
     for _ in 0..12 {
         straight.train_step().unwrap();
@@ -150,6 +155,7 @@ fn bad_run_configs_are_refused() {
 /// what diverged, and saving leaves the file on disk as it was.
 #[test]
 fn non_finite_weights_are_never_saved() {
+    let _rng = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let mut trainer = Trainer::new(tiny_run()).unwrap();
     let dir = std::env::temp_dir().join(format!("edifice-nonfinite-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -15,6 +15,7 @@
 
 pub mod backbone;
 pub mod dual_chunk;
+pub mod footprint;
 pub mod hybrid;
 pub mod ring;
 pub mod shifted_sparse;
@@ -28,6 +29,8 @@ pub use hybrid::{Hybrid, HybridConfig};
 pub use ring::{Ring, RingConfig};
 pub use shifted_sparse::{ShiftedSparse, ShiftedSparseConfig, SparsePattern};
 pub use sliding_window::{SlidingWindow, SlidingWindowConfig};
+
+pub use footprint::{Footprint, Use};
 
 use crate::weights::{Walk, Walker};
 use crate::Error;
@@ -224,8 +227,19 @@ impl ModelConfig {
         }
     }
 
-    /// Builds the model with fresh parameters.
+    /// Builds the model with fresh parameters. A model whose parameters and
+    /// one sequence's activations would not fit in the machine's memory is
+    /// refused before any of it is allocated (see [`footprint`]).
     pub fn init(&self, device: &Device) -> Result<Model, Error> {
+        let model = self.init_lazy(device)?;
+        let what = format!("model `{}`", self.name());
+        Footprint::of(&model, self.input_dims().0).check(1, Use::Inference, &what)?;
+        Ok(model)
+    }
+
+    /// The model with its parameters not yet allocated (burn initialises
+    /// them at first use).
+    fn init_lazy(&self, device: &Device) -> Result<Model, Error> {
         Ok(match self {
             Self::DualChunk(c) => Model::DualChunk(c.init(device)?),
             Self::SlidingWindow(c) => Model::SlidingWindow(c.init(device)?),
