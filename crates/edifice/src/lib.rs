@@ -1,4 +1,5 @@
 //! Edifice's attention models on burn (Flex CPU backend).
+#![warn(missing_docs)]
 
 pub mod functional;
 pub mod kernel;
