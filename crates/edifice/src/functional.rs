@@ -11,15 +11,18 @@
 //! | `RoPE.apply_rotary_4d(q, k)` | [`rotary`] | `[B, H, T, hd]` |
 //! | `add_positional_encoding(x, scale:)` | [`add_positional_encoding`] | `[B, T, E]` |
 //!
-//! Every attention here runs on the fused kernel ([`crate::kernel`]), so none
-//! of them builds a `Tq × Tk` score tensor; a mask is read by the kernel as
-//! a predicate. The three variants give the same numbers: the plain one
-//! makes one kernel call, the chunked one one call per query chunk (its
-//! memory is bounded by the chunk), and the memory-efficient one is the
-//! kernel's own online softmax over key tiles. Scale is `1/sqrt(D)`.
+//! The plain and chunked attentions run on the fused kernel
+//! ([`crate::kernel`]), so neither builds a `Tq × Tk` score tensor; a mask is
+//! read by the kernel as a predicate. The plain one makes one kernel call,
+//! the chunked one one call per query chunk. The memory-efficient one is
+//! Edifice's algorithm itself, an online softmax over chunks of keys in burn
+//! ops ([`online_softmax_attention`], one `Tq × chunk` block at a time):
+//! slower than the kernel, but a second, independent computation of the
+//! same numbers. Scale is `1/sqrt(D)`.
 //!
 //! One difference from Edifice: a query row whose mask allows no key gets
-//! zeros (Edifice's `-1e9` fill gives the mean of `v` over all keys).
+//! zeros from the kernel paths (Edifice's `-1e9` fill gives the mean of `v`
+//! over all keys).
 
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use edifice_kernels::{BoolMask, Pattern, PatternKind};
@@ -176,8 +179,8 @@ pub fn chunked_attention(
 
 /// Online-softmax attention over key/value chunks: Edifice's
 /// `memory_efficient_attention`. `causal` allows `i >= j` (query and key
-/// positions both counted from 0, as in Edifice). `chunk_size` is checked
-/// but does not change the result: the kernel walks keys in its own tiles.
+/// positions both counted from 0, as in Edifice). Runs
+/// [`online_softmax_attention`] with chunks of `chunk_size` keys.
 pub fn memory_efficient_attention(
     q: Tensor<3>,
     k: Tensor<3>,
@@ -185,19 +188,79 @@ pub fn memory_efficient_attention(
     chunk_size: usize,
     causal: bool,
 ) -> Result<Tensor<3>, Error> {
-    let (_, tq, tk) = dims3(&q, &k, &v)?;
+    dims3(&q, &k, &v)?;
+    let o = online_softmax_attention(
+        q.unsqueeze_dim(1),
+        k.unsqueeze_dim(1),
+        v.unsqueeze_dim(1),
+        chunk_size,
+        |i, j| !causal || i >= j,
+    )?;
+    Ok(o.squeeze_dim(1))
+}
+
+/// Attention computed the way Edifice's memory-efficient path does it, one
+/// chunk of `chunk_size` keys at a time with a running max `m`, sum `l` and
+/// output `acc` per query row, in burn ops (differentiable by burn's
+/// autodiff, independent of the fused kernel):
+///
+/// ```text
+/// s = q·k_cᵀ/√D (−1e30 where !allowed(i, j))   m' = max(m, rowmax s)
+/// l = l·e^(m−m') + Σ_j e^(s−m')                 acc = acc·e^(m−m') + e^(s−m')·v_c
+/// o = acc / l
+/// ```
+///
+/// `q [B, H, Tq, D]`, `k, v [B, H, Tk, D]` → `[B, H, Tq, D]`; `allowed(i, j)`
+/// is the mask for query row `i` and key `j`. Memory holds one `[Tq, chunk]`
+/// block of scores per head. A row that allows no key at all gets the mean of
+/// `v` (Edifice's finite fill), unlike the fused kernel's zeros.
+pub fn online_softmax_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    chunk_size: usize,
+    allowed: impl Fn(usize, usize) -> bool,
+) -> Result<Tensor<4>, Error> {
+    let ([b, h, tq, d], [bk, hk, tk, dk]) = (q.dims(), k.dims());
     if chunk_size == 0 {
         return Err(Error::Config("chunk_size must be at least 1".into()));
     }
-    let pattern = if !causal {
-        Pattern::new(PatternKind::Full, false)
-    } else if tq == tk {
-        Pattern::new(PatternKind::Full, true)
-    } else {
-        // The kernel aligns queries to the end of the keys; Edifice to the start.
-        Mask::Shared(mask_from(tq, tk, &q.device(), |i, j| i >= j)).pattern(0, tq)
-    };
-    attend3(q, k, v, pattern)
+    if [b, h, d] != [bk, hk, dk] || k.dims() != v.dims() {
+        return Err(Error::Shape(format!(
+            "online softmax attention needs q [B, H, Tq, D] and k, v [B, H, Tk, D], got {:?}, {:?}, {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )));
+    }
+    const FLOOR: f32 = -1.0e30;
+    let device = q.device();
+    let q = q.mul_scalar(1.0 / (d as f32).sqrt());
+    let mut m = Tensor::<4>::full([b, h, tq, 1], FLOOR, &device);
+    let mut l = Tensor::<4>::zeros([b, h, tq, 1], &device);
+    let mut acc = Tensor::<4>::zeros([b, h, tq, d], &device);
+    for start in (0..tk).step_by(chunk_size) {
+        let len = chunk_size.min(tk - start);
+        let (k_c, v_c) = (
+            k.clone().narrow(2, start, len),
+            v.clone().narrow(2, start, len),
+        );
+        let blocked = mask_from(tq, len, &device, |i, j| !allowed(i, start + j));
+        let scores = q
+            .clone()
+            .matmul(k_c.swap_dims(2, 3))
+            .mask_fill(blocked.unsqueeze::<4>().expand([b, h, tq, len]), FLOOR);
+        let m_new = m.clone().max_pair(scores.clone().max_dim(3));
+        let p = scores.sub(m_new.clone()).exp();
+        let correction = m.sub(m_new.clone()).exp();
+        l = l.mul(correction.clone()).add(p.clone().sum_dim(3));
+        acc = acc.mul(correction).add(p.matmul(v_c));
+        m = m_new;
+    }
+    if tk == 0 {
+        return Ok(acc);
+    }
+    Ok(acc.div(l))
 }
 
 /// `(x - mean) / sqrt(var + 1e-6)` over the last axis, no affine

@@ -11,9 +11,9 @@ use burn::nn::{DropoutConfig, Initializer, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::Distribution;
-use edifice_kernels::{Pattern, PatternKind};
+use edifice_kernels::{AttnShape, Pattern, PatternKind};
 
-use crate::functional::{qk_layer_norm, rotary};
+use crate::functional::{online_softmax_attention, qk_layer_norm, rotary};
 use crate::kernel::{
     self, attention, attention_packed, attention_packed_tail, gelu, lstm_recurrence, AttnSpec,
     Schedule,
@@ -142,19 +142,58 @@ pub(crate) fn split_qkv(qkv: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
     [0, 1, 2].map(|i| split_heads(qkv.clone().narrow(2, i * width, width), heads))
 }
 
-/// Attention over `[B, nh, T, hd]` heads with a structural pattern. With
-/// `chunk = Some(c)` the queries are processed `c` rows at a time against
-/// the key prefix they can see (Edifice's `chunked` option); the result is
-/// the same as one call.
+/// How an attention layer walks its queries and keys (Edifice's `chunked`
+/// and `memory_efficient` options). Every way gives the same result up to
+/// float summation order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Chunking {
+    /// One fused kernel call.
+    Whole,
+    /// One kernel call per chunk of this many query rows (`chunked`).
+    Queries(usize),
+    /// Edifice's online softmax over chunks of this many keys, in burn ops
+    /// (`memory_efficient`; [`online_softmax_attention`]).
+    Keys(usize),
+}
+
+impl Chunking {
+    /// The chunking Edifice's options ask for (`memory_efficient` wins).
+    fn of(chunked: bool, memory_efficient: bool, chunk_size: usize) -> Self {
+        match (chunked, memory_efficient) {
+            (_, true) => Chunking::Keys(chunk_size),
+            (true, false) => Chunking::Queries(chunk_size),
+            (false, false) => Chunking::Whole,
+        }
+    }
+}
+
+/// Attention over `[B, nh, T, hd]` heads with a structural pattern, walked
+/// as `chunking` says.
 fn attend(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
     pattern: &Pattern,
-    chunk: Option<usize>,
+    chunking: Chunking,
 ) -> Result<Tensor<4>, Error> {
-    let Some(chunk) = chunk else {
-        return attention(q, k, v, &AttnSpec::new(pattern.clone()));
+    let spec = AttnSpec::new(pattern.clone());
+    let chunk = match chunking {
+        Chunking::Whole => return attention(q, k, v, &spec),
+        Chunking::Keys(chunk) => {
+            let [b, h, tq, d] = q.dims();
+            let shape = AttnShape {
+                batch: b,
+                heads_q: h,
+                heads_kv: h,
+                len_q: tq,
+                len_k: k.dims()[2],
+                head_dim: d,
+            };
+            pattern.validate(&shape)?;
+            let allowed = |i, j| pattern.allowed(&shape, 0, 0, i, j);
+            return online_softmax_attention(q, k, v, chunk, allowed);
+        }
+        Chunking::Queries(chunk) => chunk,
     };
     let t = q.dims()[2];
     let mut parts = Vec::with_capacity(t.div_ceil(chunk));
@@ -167,7 +206,7 @@ fn attend(
             q.clone().narrow(2, start, rows),
             k.clone().narrow(2, 0, keys),
             v.clone().narrow(2, 0, keys),
-            &AttnSpec::new(pattern.clone()),
+            &spec,
         )?);
     }
     Ok(Tensor::cat(parts, 2))
@@ -287,7 +326,7 @@ impl SelfAttentionConfig {
             causal: self.causal,
             qk_layernorm: self.qk_layernorm,
             rope: self.rope,
-            chunk: (self.chunked && !self.memory_efficient).then_some(self.chunk_size),
+            chunking: Chunking::of(self.chunked, self.memory_efficient, self.chunk_size),
         })
     }
 }
@@ -311,7 +350,8 @@ pub struct SelfAttention {
     causal: bool,
     qk_layernorm: bool,
     rope: bool,
-    chunk: Option<usize>,
+    #[module(skip)]
+    chunking: Chunking,
 }
 
 impl SelfAttention {
@@ -335,7 +375,7 @@ impl SelfAttention {
 
     /// Whether the heads come straight from the packed projection.
     fn packed(&self) -> bool {
-        !self.qk_layernorm && !self.rope && self.chunk.is_none()
+        !self.qk_layernorm && !self.rope && self.chunking == Chunking::Whole
     }
 
     /// The checked input through the fused q, k, v projection.
@@ -363,7 +403,7 @@ impl SelfAttention {
             q = rotary(q)?;
             k = rotary(k)?;
         }
-        Ok(merge_heads(attend(q, k, v, &spec.pattern, self.chunk)?))
+        Ok(merge_heads(attend(q, k, v, &spec.pattern, self.chunking)?))
     }
 }
 
@@ -420,7 +460,7 @@ impl SlidingWindowAttentionConfig {
             num_heads: self.num_heads,
             window: self.window_size,
             qk_layernorm: self.qk_layernorm,
-            chunk: (self.chunked && !self.memory_efficient).then_some(self.chunk_size),
+            chunking: Chunking::of(self.chunked, self.memory_efficient, self.chunk_size),
         })
     }
 }
@@ -435,7 +475,8 @@ pub struct SlidingWindowAttention {
     num_heads: usize,
     window: usize,
     qk_layernorm: bool,
-    chunk: Option<usize>,
+    #[module(skip)]
+    chunking: Chunking,
 }
 
 impl SlidingWindowAttention {
@@ -450,7 +491,7 @@ impl SlidingWindowAttention {
             q = qk_layer_norm(q);
             k = qk_layer_norm(k);
         }
-        Ok(merge_heads(attend(q, k, v, &pattern, self.chunk)?))
+        Ok(merge_heads(attend(q, k, v, &pattern, self.chunking)?))
     }
 
     /// `x [B, T, input_size]` → the last position's output `[B, 1, nh·hd]`,
@@ -465,7 +506,7 @@ impl SlidingWindowAttention {
 
     /// Whether the heads come straight from the packed projection.
     fn packed(&self) -> bool {
-        !self.qk_layernorm && self.chunk.is_none()
+        !self.qk_layernorm && self.chunking == Chunking::Whole
     }
 
     /// The checked input through the fused q, k, v projection.
