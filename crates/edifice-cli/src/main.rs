@@ -19,7 +19,7 @@ static ALLOC: alloc::Counting = alloc::Counting;
 
 /// Long-context and real-time attention on the CPU.
 #[derive(Parser)]
-#[command(name = "edifice", version, about)]
+#[command(name = "edifice", version, about, after_help = edifice::models::models_help())]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -35,7 +35,7 @@ use serde_json::Value;
 
 use crate::layers::dense;
 use crate::layers::Linear;
-use crate::models::{overlay, Footprint, Use};
+use crate::models::{model_info, overlay, Footprint, Use};
 use crate::optim::AdamWConfig;
 use crate::tasks::{Batch, Split, TaskConfig};
 use crate::weights::{self, Walk, Walker};
@@ -141,12 +141,12 @@ impl RunConfig {
         }
         let task_defaults = serde_json::to_value(TaskConfig::new()).expect("serialisable");
         let task: TaskConfig =
-            serde_json::from_value(overlay(object(task_defaults), task, "[task]")?)
+            serde_json::from_value(overlay(object(task_defaults), task, "[task]", &["kind"])?)
                 .map_err(|e| Error::Config(format!("bad [task] options: {e}")))?;
         task.validate()?;
         let train_defaults = serde_json::to_value(TrainOptions::default()).expect("serialisable");
         let train: TrainOptions =
-            serde_json::from_value(overlay(object(train_defaults), train, "[train]")?)
+            serde_json::from_value(overlay(object(train_defaults), train, "[train]", &[])?)
                 .map_err(|e| Error::Config(format!("bad [train] options: {e}")))?;
         if train.steps == 0
             || train.batch_size == 0
@@ -182,10 +182,11 @@ impl RunConfig {
                 model.entry(k).or_insert(v);
             }
         }
-        let len_key = match model.get("model").and_then(Value::as_str) {
-            Some("ring") => "window_size",
-            _ => "seq_len",
-        };
+        let len_key = model
+            .get("model")
+            .and_then(Value::as_str)
+            .and_then(model_info)
+            .map_or("seq_len", |info| info.length_key);
         model.entry("embed_dim").or_insert(task.embed_dim.into());
         model.entry(len_key).or_insert(task.seq_len.into());
         if model.get("model").and_then(Value::as_str) == Some("sliding_window") {

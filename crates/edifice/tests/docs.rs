@@ -16,33 +16,12 @@ finds each tensor in an Edifice/Axon dump (names under `param/`; ᵀ = transpose
 `shifted_sparse` has no Edifice counterpart, so its column only shows the names `convert` would look for.\n\n\
 Generated from the code by `EDIFICE_BLESS=1 cargo test --release -p edifice --test docs`, for the configs shown.\n";
 
+/// Every registered model with its example config.
 fn configs() -> Vec<(&'static str, &'static str)> {
-    vec![
-        (
-            "dual_chunk",
-            r#"{"model": "dual_chunk", "embed_dim": 32, "hidden_size": 16, "num_heads": 2, "num_layers": 2, "chunk_size": 4, "seq_len": 8}"#,
-        ),
-        (
-            "sliding_window",
-            r#"{"model": "sliding_window", "embed_dim": 32, "num_heads": 2, "head_dim": 8, "num_layers": 2, "ffn_dim": 32}"#,
-        ),
-        (
-            "hybrid",
-            r#"{"model": "hybrid", "embed_dim": 32, "lstm_hidden": 16, "lstm_layers": 2, "num_heads": 2, "head_dim": 8}"#,
-        ),
-        (
-            "hybrid_mlp",
-            r#"{"model": "hybrid_mlp", "embed_dim": 32, "lstm_hidden": 16, "num_heads": 2, "head_dim": 8, "mlp_sizes": [16, 8]}"#,
-        ),
-        (
-            "ring",
-            r#"{"model": "ring", "embed_dim": 32, "hidden_size": 16, "num_heads": 2, "num_layers": 2, "window_size": 8}"#,
-        ),
-        (
-            "shifted_sparse",
-            r#"{"model": "shifted_sparse", "embed_dim": 32, "hidden_size": 16, "num_heads": 2, "num_layers": 2}"#,
-        ),
-    ]
+    edifice::models::MODELS
+        .iter()
+        .map(|m| (m.name, m.example))
+        .collect()
 }
 
 fn render() -> String {
@@ -68,4 +47,18 @@ fn weights_doc_matches_the_code() {
         have == want,
         "docs/weights.md is out of date; rerun with EDIFICE_BLESS=1"
     );
+}
+
+/// The README's model table has a row for every registered model.
+#[test]
+fn readme_lists_every_model() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(path).unwrap();
+    for info in edifice::models::MODELS {
+        assert!(
+            readme.contains(&format!("| `{}` |", info.name)),
+            "README.md has no row for `{}`",
+            info.name
+        );
+    }
 }

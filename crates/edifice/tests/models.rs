@@ -426,3 +426,27 @@ fn last_timestep_path_equals_the_last_row_of_every_timestep() {
         }
     }
 }
+
+/// The registry is the one list of models: an unknown name's error and the
+/// CLI's help name every registered model, and each model's example config
+/// parses to a config of that model whose length key sets its length.
+#[test]
+fn the_registry_lists_every_model_once() {
+    use edifice::models::{model_info, models_help, MODELS};
+    let err = ModelConfig::from_toml("model = \"nope\"\nembed_dim = 4\n")
+        .unwrap_err()
+        .to_string();
+    let help = models_help();
+    for info in MODELS {
+        assert!(err.contains(info.name), "{err}");
+        assert!(help.contains(info.name), "{help}");
+        assert_eq!(model_info(info.name), Some(info));
+        let config = ModelConfig::from_json(info.example).unwrap();
+        assert_eq!(config.info(), info);
+        let longer = config.with_seq_len(24);
+        assert_eq!(longer.input_dims().0, 24);
+        assert_eq!(longer.to_value()[info.length_key], 24);
+    }
+    let names: std::collections::BTreeSet<_> = MODELS.iter().map(|m| m.name).collect();
+    assert_eq!(names.len(), MODELS.len());
+}

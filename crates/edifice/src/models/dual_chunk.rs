@@ -5,12 +5,38 @@
 use burn::prelude::*;
 
 use super::backbone::{Backbone, BlockAttention, SequenceModel};
+use super::{Model, ModelInfo, ModelOptions};
 use crate::layers::{
     validate_dropout, validate_heads, validate_positive, Combine, DualChunkAttention,
     DualChunkAttentionConfig,
 };
 use crate::weights::{Source, Walker};
 use crate::Error;
+
+/// `dual_chunk` in the model registry.
+pub const INFO: ModelInfo = ModelInfo {
+    name: "dual_chunk",
+    edifice: "DualChunk.build",
+    length_key: "seq_len",
+    shapes: "[B, seq_len, embed_dim] → [B, hidden_size]",
+    enum_options: &["combine"],
+    refused_options: &[],
+    example: r#"{"model": "dual_chunk", "embed_dim": 32, "hidden_size": 16, "num_heads": 2, "num_layers": 2, "chunk_size": 4, "seq_len": 8}"#,
+};
+
+impl ModelOptions for DualChunkConfig {
+    fn input_dims(&self) -> (usize, usize) {
+        (self.seq_len(), self.embed_dim)
+    }
+
+    fn with_len(&self, len: usize) -> Self {
+        self.clone().with_seq_len(Some(len))
+    }
+
+    fn model(&self, device: &Device) -> Result<Model, Error> {
+        Ok(Model::DualChunk(self.init(device)?))
+    }
+}
 
 /// Options of `Edifice.Attention.DualChunk.build` (Edifice's names and defaults).
 #[derive(Config, Debug)]

@@ -15,12 +15,49 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::backbone::{check_len, last_timestep};
+use super::{Model, ModelInfo, ModelOptions};
 use crate::layers::{
     check_input, dense, last_position, layer_norm, validate_dropout, validate_positive, Dropout,
     LayerNorm, Linear, Lstm, SelfAttention, SelfAttentionConfig,
 };
 use crate::weights::{Walk, Walker};
 use crate::Error;
+
+/// `hybrid` in the model registry.
+pub const INFO: ModelInfo = ModelInfo {
+    name: "hybrid",
+    edifice: "MultiHead.build_hybrid",
+    length_key: "seq_len",
+    shapes: "[B, seq_len, embed_dim] → [B, num_heads·head_dim]",
+    enum_options: &[],
+    refused_options: &[("mlp_sizes", "hybrid_mlp")],
+    example: r#"{"model": "hybrid", "embed_dim": 32, "lstm_hidden": 16, "lstm_layers": 2, "num_heads": 2, "head_dim": 8}"#,
+};
+
+/// `hybrid_mlp` in the model registry.
+pub const INFO_MLP: ModelInfo = ModelInfo {
+    name: "hybrid_mlp",
+    edifice: "MultiHead.build_hybrid_mlp",
+    length_key: "seq_len",
+    shapes: "[B, seq_len, embed_dim] → [B, last of mlp_sizes]",
+    enum_options: &[],
+    refused_options: &[],
+    example: r#"{"model": "hybrid_mlp", "embed_dim": 32, "lstm_hidden": 16, "num_heads": 2, "head_dim": 8, "mlp_sizes": [16, 8]}"#,
+};
+
+impl ModelOptions for HybridConfig {
+    fn input_dims(&self) -> (usize, usize) {
+        (self.seq_len(), self.embed_dim)
+    }
+
+    fn with_len(&self, len: usize) -> Self {
+        self.clone().with_seq_len(Some(len))
+    }
+
+    fn model(&self, device: &Device) -> Result<Model, Error> {
+        Ok(Model::Hybrid(self.init(device)?))
+    }
+}
 
 /// Options of `MultiHead.build_hybrid` and `build_hybrid_mlp` (Edifice's
 /// names and defaults; `mlp_sizes` is empty for `hybrid`, `[256, 256]` by

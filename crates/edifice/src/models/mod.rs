@@ -33,33 +33,183 @@ pub use sliding_window::{SlidingWindow, SlidingWindowConfig};
 pub use footprint::{Footprint, Use};
 
 use crate::weights::{Walk, Walker};
+
+/// `match` over the [`Model`] variants, binding the model as `$m`.
+macro_rules! each_model {
+    ($self:expr, $m:ident => $body:expr) => {
+        match $self {
+            Model::DualChunk($m) => $body,
+            Model::SlidingWindow($m) => $body,
+            Model::Hybrid($m) => $body,
+            Model::Ring($m) => $body,
+            Model::ShiftedSparse($m) => $body,
+        }
+    };
+}
 use crate::Error;
 
-/// The config of one of the models.
-#[derive(Clone, Debug)]
-pub enum ModelConfig {
-    /// `dual_chunk`: `Edifice.Attention.DualChunk.build`.
-    DualChunk(DualChunkConfig),
-    /// `sliding_window`: `MultiHead.build_sliding_window` (and `MultiHead.build`).
-    SlidingWindow(SlidingWindowConfig),
-    /// `hybrid`: `MultiHead.build_hybrid`.
-    Hybrid(HybridConfig),
-    /// `hybrid_mlp`: `MultiHead.build_hybrid_mlp`.
-    HybridMlp(HybridConfig),
-    /// `ring`: `RingAttention.build`.
-    Ring(RingConfig),
-    /// `shifted_sparse`: ours (no Edifice counterpart).
-    ShiftedSparse(ShiftedSparseConfig),
+/// One model as the registry knows it: everything said about it once.
+/// Parsing, error messages, the CLI's help and `docs/weights.md` read these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// Name in config files (`model = "..."`).
+    pub name: &'static str,
+    /// The Edifice function it ports (or "ours").
+    pub edifice: &'static str,
+    /// The option that sets the sequence length.
+    pub length_key: &'static str,
+    /// What it maps its input to.
+    pub shapes: &'static str,
+    /// Options whose values name enum variants (they may be written in
+    /// lowercase; burn's Config names the variants).
+    pub enum_options: &'static [&'static str],
+    /// Options of another model sharing this one's config that this one
+    /// refuses: `(option, the model that has it)`.
+    pub refused_options: &'static [(&'static str, &'static str)],
+    /// A small config of the model, as JSON (docs and tests).
+    pub example: &'static str,
 }
 
-/// The model names a config file may use.
-pub const MODEL_NAMES: &[&str] = &[
-    "dual_chunk",
-    "sliding_window",
-    "hybrid",
-    "hybrid_mlp",
-    "ring",
-];
+/// What each model's config provides to the registry beyond burn's
+/// `validate` and `output_size` (implemented beside each config).
+pub trait ModelOptions: Sized {
+    /// `(seq_len, embed_dim)`: the input each sample must have.
+    fn input_dims(&self) -> (usize, usize);
+    /// The same config for sequences of `len` frames.
+    fn with_len(&self, len: usize) -> Self;
+    /// The model, parameters not yet allocated (burn initialises them at
+    /// first use).
+    fn model(&self, device: &Device) -> Result<Model, Error>;
+}
+
+/// Declares the models once: the [`ModelConfig`] variants, [`MODELS`], and
+/// every dispatch over them.
+macro_rules! registry {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident($config:ty) = $defaults:expr, $info:expr;
+    )*) => {
+        /// The config of one of the models.
+        #[derive(Clone, Debug)]
+        pub enum ModelConfig {
+            $( $(#[$doc])* $variant($config), )*
+        }
+
+        /// Every model, in the order of the docs.
+        pub const MODELS: &[ModelInfo] = &[$($info),*];
+
+        impl ModelConfig {
+            /// The registry entry of this config's model.
+            pub fn info(&self) -> &'static ModelInfo {
+                let mut at = 0;
+                $(
+                    if matches!(self, Self::$variant(_)) {
+                        return &MODELS[at];
+                    }
+                    at += 1;
+                )*
+                unreachable!("{at} models, every variant registered")
+            }
+
+            /// Edifice's defaults for model `name` with frames of `embed_dim`.
+            fn defaults(name: &str, embed_dim: usize) -> Option<Self> {
+                $(
+                    if name == $info.name {
+                        return Some(Self::$variant($defaults(embed_dim)));
+                    }
+                )*
+                None
+            }
+
+            /// A config of the same model from `options` (JSON).
+            fn reparse(&self, options: Value) -> Result<Self, Error> {
+                let what = |e: serde_json::Error| {
+                    Error::Config(format!("bad options for model `{}`: {e}", self.name()))
+                };
+                Ok(match self {
+                    $( Self::$variant(_) => Self::$variant(serde_json::from_value(options).map_err(what)?), )*
+                })
+            }
+
+            /// The options alone, as JSON.
+            fn options(&self) -> Result<Value, serde_json::Error> {
+                match self {
+                    $( Self::$variant(c) => serde_json::to_value(c), )*
+                }
+            }
+
+            /// Checks the options.
+            pub fn validate(&self) -> Result<(), Error> {
+                match self {
+                    $( Self::$variant(c) => c.validate(), )*
+                }
+            }
+
+            /// Width of the model's output.
+            pub fn output_size(&self) -> usize {
+                match self {
+                    $( Self::$variant(c) => c.output_size(), )*
+                }
+            }
+
+            /// `(seq_len, embed_dim)`: the input each sample must have.
+            pub fn input_dims(&self) -> (usize, usize) {
+                match self {
+                    $( Self::$variant(c) => c.input_dims(), )*
+                }
+            }
+
+            /// The same config for sequences of `len` frames (the model's
+            /// [`ModelInfo::length_key`]).
+            pub fn with_seq_len(&self, len: usize) -> Self {
+                match self {
+                    $( Self::$variant(c) => Self::$variant(c.with_len(len)), )*
+                }
+            }
+
+            /// The model with its parameters not yet allocated.
+            fn init_lazy(&self, device: &Device) -> Result<Model, Error> {
+                match self {
+                    $( Self::$variant(c) => c.model(device), )*
+                }
+            }
+        }
+    };
+}
+
+registry! {
+    /// `dual_chunk`: `Edifice.Attention.DualChunk.build`.
+    DualChunk(DualChunkConfig) = DualChunkConfig::new, dual_chunk::INFO;
+    /// `sliding_window`: `MultiHead.build_sliding_window` (and `MultiHead.build`).
+    SlidingWindow(SlidingWindowConfig) = SlidingWindowConfig::new, sliding_window::INFO;
+    /// `hybrid`: `MultiHead.build_hybrid`.
+    Hybrid(HybridConfig) = HybridConfig::new, hybrid::INFO;
+    /// `hybrid_mlp`: `MultiHead.build_hybrid_mlp`.
+    HybridMlp(HybridConfig) = HybridConfig::new_mlp, hybrid::INFO_MLP;
+    /// `ring`: `RingAttention.build`.
+    Ring(RingConfig) = RingConfig::new, ring::INFO;
+    /// `shifted_sparse`: ours (no Edifice counterpart).
+    ShiftedSparse(ShiftedSparseConfig) = ShiftedSparseConfig::new, shifted_sparse::INFO;
+}
+
+/// The registry entry of model `name`.
+pub fn model_info(name: &str) -> Option<&'static ModelInfo> {
+    MODELS.iter().find(|m| m.name == name)
+}
+
+/// The model names, comma-separated (for messages and help).
+pub fn model_names() -> String {
+    MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+}
+
+/// A table of the models for `--help`: name, Edifice function, shapes.
+pub fn models_help() -> String {
+    let rows: Vec<String> = MODELS
+        .iter()
+        .map(|m| format!("  {:<15} {} ({})", m.name, m.shapes, m.edifice))
+        .collect();
+    format!("Models (`model = ...` in a config):\n{}", rows.join("\n"))
+}
 
 impl ModelConfig {
     /// Parses a TOML config file's text.
@@ -103,14 +253,24 @@ impl ModelConfig {
             None => {
                 return Err(Error::Config(format!(
                     "the config needs a `model` key, one of {}",
-                    MODEL_NAMES.join(", ")
+                    model_names()
                 )))
             }
         };
-        if model == "hybrid" && options.contains_key("mlp_sizes") {
-            return Err(Error::Config(
-                "`mlp_sizes` is an option of hybrid_mlp, not hybrid".into(),
-            ));
+        let info = model_info(&model).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown model `{model}`; expected one of {}",
+                model_names()
+            ))
+        })?;
+        if let Some((key, owner)) = info
+            .refused_options
+            .iter()
+            .find(|(k, _)| options.contains_key(*k))
+        {
+            return Err(Error::Config(format!(
+                "`{key}` is an option of {owner}, not {model}"
+            )));
         }
         let embed_dim = match options.get("embed_dim") {
             Some(v) => v.as_u64().ok_or_else(|| {
@@ -125,45 +285,24 @@ impl ModelConfig {
             }
         };
         // Edifice's defaults, overlaid with the file's options.
-        let defaults = match model.as_str() {
-            "dual_chunk" => Self::DualChunk(DualChunkConfig::new(embed_dim)),
-            "sliding_window" => Self::SlidingWindow(SlidingWindowConfig::new(embed_dim)),
-            "hybrid" => Self::Hybrid(HybridConfig::new(embed_dim)),
-            "hybrid_mlp" => Self::HybridMlp(HybridConfig::new_mlp(embed_dim)),
-            "ring" => Self::Ring(RingConfig::new(embed_dim)),
-            "shifted_sparse" => Self::ShiftedSparse(ShiftedSparseConfig::new(embed_dim)),
-            other => {
-                return Err(Error::Config(format!(
-                    "unknown model `{other}`; expected one of {}",
-                    MODEL_NAMES.join(", ")
-                )))
-            }
-        };
+        let defaults =
+            Self::defaults(&model, embed_dim).expect("every registered name has defaults");
         let mut defaults_map = defaults.to_value();
         defaults_map.remove("model");
-        let merged = overlay(defaults_map, options, &format!("model `{model}`"))?;
-        let config = match defaults {
-            Self::DualChunk(_) => Self::DualChunk(parse(&model, merged)?),
-            Self::SlidingWindow(_) => Self::SlidingWindow(parse(&model, merged)?),
-            Self::Hybrid(_) => Self::Hybrid(parse(&model, merged)?),
-            Self::HybridMlp(_) => Self::HybridMlp(parse(&model, merged)?),
-            Self::Ring(_) => Self::Ring(parse(&model, merged)?),
-            Self::ShiftedSparse(_) => Self::ShiftedSparse(parse(&model, merged)?),
-        };
+        let merged = overlay(
+            defaults_map,
+            options,
+            &format!("model `{model}`"),
+            info.enum_options,
+        )?;
+        let config = defaults.reparse(merged)?;
         config.validate()?;
         Ok(config)
     }
 
     /// The config as a JSON object, `model` key included.
     pub fn to_value(&self) -> serde_json::Map<String, Value> {
-        let value = match self {
-            Self::DualChunk(c) => serde_json::to_value(c),
-            Self::SlidingWindow(c) => serde_json::to_value(c),
-            Self::Hybrid(c) | Self::HybridMlp(c) => serde_json::to_value(c),
-            Self::Ring(c) => serde_json::to_value(c),
-            Self::ShiftedSparse(c) => serde_json::to_value(c),
-        };
-        let Ok(Value::Object(mut map)) = value else {
+        let Ok(Value::Object(mut map)) = self.options() else {
             unreachable!("configs serialise to objects")
         };
         map.insert("model".into(), Value::String(self.name().into()));
@@ -172,59 +311,7 @@ impl ModelConfig {
 
     /// The model's name in config files.
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::DualChunk(_) => "dual_chunk",
-            Self::SlidingWindow(_) => "sliding_window",
-            Self::Hybrid(_) => "hybrid",
-            Self::HybridMlp(_) => "hybrid_mlp",
-            Self::Ring(_) => "ring",
-            Self::ShiftedSparse(_) => "shifted_sparse",
-        }
-    }
-
-    /// Checks the options.
-    pub fn validate(&self) -> Result<(), Error> {
-        match self {
-            Self::DualChunk(c) => c.validate(),
-            Self::SlidingWindow(c) => c.validate(),
-            Self::Hybrid(c) | Self::HybridMlp(c) => c.validate(),
-            Self::Ring(c) => c.validate(),
-            Self::ShiftedSparse(c) => c.validate(),
-        }
-    }
-
-    /// Width of the model's output.
-    pub fn output_size(&self) -> usize {
-        match self {
-            Self::DualChunk(c) => c.output_size(),
-            Self::SlidingWindow(c) => c.output_size(),
-            Self::Hybrid(c) | Self::HybridMlp(c) => c.output_size(),
-            Self::Ring(c) => c.output_size(),
-            Self::ShiftedSparse(c) => c.output_size(),
-        }
-    }
-
-    /// `(seq_len, embed_dim)`: the input each sample must have.
-    pub fn input_dims(&self) -> (usize, usize) {
-        match self {
-            Self::DualChunk(c) => (c.seq_len(), c.embed_dim),
-            Self::SlidingWindow(c) => (c.seq_len(), c.embed_dim),
-            Self::Hybrid(c) | Self::HybridMlp(c) => (c.seq_len(), c.embed_dim),
-            Self::Ring(c) => (c.window_size, c.embed_dim),
-            Self::ShiftedSparse(c) => (c.seq_len, c.embed_dim),
-        }
-    }
-
-    /// The same config for sequences of `len` frames (`window_size` for ring).
-    pub fn with_seq_len(&self, len: usize) -> Self {
-        match self.clone() {
-            Self::DualChunk(c) => Self::DualChunk(c.with_seq_len(Some(len))),
-            Self::SlidingWindow(c) => Self::SlidingWindow(c.with_seq_len(Some(len))),
-            Self::Hybrid(c) => Self::Hybrid(c.with_seq_len(Some(len))),
-            Self::HybridMlp(c) => Self::HybridMlp(c.with_seq_len(Some(len))),
-            Self::Ring(c) => Self::Ring(c.with_window_size(len)),
-            Self::ShiftedSparse(c) => Self::ShiftedSparse(c.with_seq_len(len)),
-        }
+        self.info().name
     }
 
     /// Builds the model with fresh parameters. A model whose parameters and
@@ -236,29 +323,18 @@ impl ModelConfig {
         Footprint::of(&model, self.input_dims().0).check(1, Use::Inference, &what)?;
         Ok(model)
     }
-
-    /// The model with its parameters not yet allocated (burn initialises
-    /// them at first use).
-    fn init_lazy(&self, device: &Device) -> Result<Model, Error> {
-        Ok(match self {
-            Self::DualChunk(c) => Model::DualChunk(c.init(device)?),
-            Self::SlidingWindow(c) => Model::SlidingWindow(c.init(device)?),
-            Self::Hybrid(c) | Self::HybridMlp(c) => Model::Hybrid(c.init(device)?),
-            Self::Ring(c) => Model::Ring(c.init(device)?),
-            Self::ShiftedSparse(c) => Model::ShiftedSparse(c.init(device)?),
-        })
-    }
 }
 
 /// `defaults` (a config serialised to JSON) with the file's `options` laid
 /// over it. An option the defaults do not have is an error naming every
 /// known one (`what` says whose options they are), so a typo never falls
-/// back silently. Enum options (`combine`, `pattern`, `kind`) may be written
-/// in lowercase; burn's Config names its variants.
+/// back silently. `enum_options` name enum variants and may be written in
+/// lowercase; burn's Config names its variants.
 pub(crate) fn overlay(
     mut defaults: serde_json::Map<String, Value>,
     mut options: serde_json::Map<String, Value>,
     what: &str,
+    enum_options: &[&str],
 ) -> Result<Value, Error> {
     let unknown: Vec<&String> = options
         .keys()
@@ -271,7 +347,7 @@ pub(crate) fn overlay(
         )));
     }
     for (key, value) in options.iter_mut() {
-        if let (true, Value::String(name)) = (ENUM_OPTIONS.contains(&key.as_str()), &*value) {
+        if let (true, Value::String(name)) = (enum_options.contains(&key.as_str()), &*value) {
             let mut chars = name.chars();
             let capitalised = chars
                 .next()
@@ -282,14 +358,6 @@ pub(crate) fn overlay(
     defaults.extend(options);
     Ok(Value::Object(defaults))
 }
-
-fn parse<T: serde::de::DeserializeOwned>(model: &str, value: Value) -> Result<T, Error> {
-    serde_json::from_value(value)
-        .map_err(|e| Error::Config(format!("bad options for model `{model}`: {e}")))
-}
-
-/// Options whose values name enum variants.
-const ENUM_OPTIONS: &[&str] = &["combine", "pattern", "kind"];
 
 /// One of the models. (Variants differ in size; there is one per run, so
 /// boxing would buy nothing.)
@@ -311,35 +379,17 @@ pub enum Model {
 impl Model {
     /// `[B, seq_len, embed_dim]` → `[B, output_size]`.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
-        match self {
-            Self::DualChunk(m) => m.forward(x),
-            Self::SlidingWindow(m) => m.forward(x),
-            Self::Hybrid(m) => m.forward(x),
-            Self::Ring(m) => m.forward(x),
-            Self::ShiftedSparse(m) => m.forward(x),
-        }
+        each_model!(self, m => m.forward(x))
     }
 
     /// `[B, seq_len, embed_dim]` → `[B, seq_len, output_size]`.
     pub fn forward_all(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        match self {
-            Self::DualChunk(m) => m.forward_all(x),
-            Self::SlidingWindow(m) => m.forward_all(x),
-            Self::Hybrid(m) => m.forward_all(x),
-            Self::Ring(m) => m.forward_all(x),
-            Self::ShiftedSparse(m) => m.forward_all(x),
-        }
+        each_model!(self, m => m.forward_all(x))
     }
 }
 
 impl Walk for Model {
     fn walk(&mut self, w: &mut Walker) {
-        match self {
-            Self::DualChunk(m) => m.walk(w),
-            Self::SlidingWindow(m) => m.walk(w),
-            Self::Hybrid(m) => m.walk(w),
-            Self::Ring(m) => m.walk(w),
-            Self::ShiftedSparse(m) => m.walk(w),
-        }
+        each_model!(self, m => m.walk(w))
     }
 }

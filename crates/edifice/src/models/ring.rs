@@ -6,10 +6,36 @@ use burn::prelude::*;
 use edifice_kernels::{Pattern, PatternKind};
 
 use super::backbone::{Backbone, BlockAttention, SequenceModel};
+use super::{Model, ModelInfo, ModelOptions};
 use crate::kernel::{AttnSpec, Schedule};
 use crate::layers::{validate_dropout, validate_heads, validate_positive, PatternAttention};
 use crate::weights::Walker;
 use crate::Error;
+
+/// `ring` in the model registry.
+pub const INFO: ModelInfo = ModelInfo {
+    name: "ring",
+    edifice: "RingAttention.build",
+    length_key: "window_size",
+    shapes: "[B, window_size, embed_dim] → [B, hidden_size]",
+    enum_options: &[],
+    refused_options: &[],
+    example: r#"{"model": "ring", "embed_dim": 32, "hidden_size": 16, "num_heads": 2, "num_layers": 2, "window_size": 8}"#,
+};
+
+impl ModelOptions for RingConfig {
+    fn input_dims(&self) -> (usize, usize) {
+        (self.window_size, self.embed_dim)
+    }
+
+    fn with_len(&self, len: usize) -> Self {
+        self.clone().with_window_size(len)
+    }
+
+    fn model(&self, device: &Device) -> Result<Model, Error> {
+        Ok(Model::Ring(self.init(device)?))
+    }
+}
 
 /// Options of `Edifice.Attention.RingAttention.build`. As in Edifice, the
 /// sequence length is `window_size`.

@@ -18,9 +18,35 @@ use burn::prelude::*;
 use edifice_kernels::{Pattern, PatternKind};
 
 use super::backbone::{Backbone, SequenceModel};
+use super::{Model, ModelInfo, ModelOptions};
 use crate::kernel::AttnSpec;
 use crate::layers::{validate_dropout, validate_heads, validate_positive, PatternAttention};
 use crate::Error;
+
+/// `shifted_sparse` in the model registry.
+pub const INFO: ModelInfo = ModelInfo {
+    name: "shifted_sparse",
+    edifice: "none in Edifice",
+    length_key: "seq_len",
+    shapes: "[B, seq_len, embed_dim] → [B, hidden_size]",
+    enum_options: &["pattern"],
+    refused_options: &[],
+    example: r#"{"model": "shifted_sparse", "embed_dim": 32, "hidden_size": 16, "num_heads": 2, "num_layers": 2}"#,
+};
+
+impl ModelOptions for ShiftedSparseConfig {
+    fn input_dims(&self) -> (usize, usize) {
+        (self.seq_len, self.embed_dim)
+    }
+
+    fn with_len(&self, len: usize) -> Self {
+        self.clone().with_seq_len(len)
+    }
+
+    fn model(&self, device: &Device) -> Result<Model, Error> {
+        Ok(Model::ShiftedSparse(self.init(device)?))
+    }
+}
 
 /// Which sparse pattern the heads use.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]

@@ -13,6 +13,7 @@ use burn::module::Module;
 use burn::prelude::*;
 
 use super::backbone::{check_len, last_timestep};
+use super::{Model, ModelInfo, ModelOptions};
 use crate::functional::add_positional_encoding;
 use crate::kernel::gelu;
 use crate::layers::{
@@ -21,6 +22,31 @@ use crate::layers::{
 };
 use crate::weights::{Walk, Walker};
 use crate::Error;
+
+/// `sliding_window` in the model registry.
+pub const INFO: ModelInfo = ModelInfo {
+    name: "sliding_window",
+    edifice: "MultiHead.build / build_sliding_window",
+    length_key: "seq_len",
+    shapes: "[B, seq_len, embed_dim] → [B, num_heads·head_dim]",
+    enum_options: &[],
+    refused_options: &[],
+    example: r#"{"model": "sliding_window", "embed_dim": 32, "num_heads": 2, "head_dim": 8, "num_layers": 2, "ffn_dim": 32}"#,
+};
+
+impl ModelOptions for SlidingWindowConfig {
+    fn input_dims(&self) -> (usize, usize) {
+        (self.seq_len(), self.embed_dim)
+    }
+
+    fn with_len(&self, len: usize) -> Self {
+        self.clone().with_seq_len(Some(len))
+    }
+
+    fn model(&self, device: &Device) -> Result<Model, Error> {
+        Ok(Model::SlidingWindow(self.init(device)?))
+    }
+}
 
 /// Options of `Edifice.Attention.MultiHead.build_sliding_window` (and of
 /// `MultiHead.build`, whose `hidden_size` sets `head_dim = hidden_size / num_heads`).
