@@ -32,7 +32,7 @@ use crate::element::{Element, ForProducts, Products, PvTile};
 use crate::pattern::Rows;
 use crate::simd::{Operand, Simd, WithSimd};
 use crate::tile::{
-    masked_scores, Bounds, Gathered, KeyRows, PerWorker, TilePos, S_ROWS, TILE_K, TILE_Q,
+    masked_scores, Bounds, Gathered, KeyRows, PerWorker, TaskCx, S_ROWS, TILE_K, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
@@ -136,13 +136,10 @@ impl<E: Element> ForProducts<E> for Forward<'_, E> {
                     .for_each(|(t, (o_tile, lse_tile))| {
                         scratch.with(|scratch| {
                             isa.run(QueryTile {
-                                att,
-                                map,
+                                cx: TaskCx::of_plane(att, map, bh, shape.heads_q),
                                 q,
                                 k,
                                 v,
-                                batch: bh / shape.heads_q,
-                                head: bh % shape.heads_q,
                                 tile: t,
                                 o: o_tile,
                                 lse: lse_tile,
@@ -156,13 +153,10 @@ impl<E: Element> ForProducts<E> for Forward<'_, E> {
 
 /// One task: a query tile of one (batch, head).
 struct QueryTile<'a, E: Element, P: Products<E>> {
-    att: &'a Attention,
-    map: &'a TileMap,
+    cx: TaskCx<'a>,
     q: &'a [E],
     k: &'a [E],
     v: &'a [E],
-    batch: usize,
-    head: usize,
     tile: usize,
     o: &'a mut [E],
     lse: &'a mut [f32],
@@ -174,19 +168,20 @@ impl<E: Element, P: Products<E>> WithSimd for QueryTile<'_, E, P> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let shape = self.att.shape();
+        let cx = self.cx;
+        let shape = cx.att.shape();
         let d = shape.head_dim;
         let n_rows = self.lse.len();
         let first = self.tile * TILE_Q;
         let rows = Rows::new(shape, first, first + n_rows - 1);
-        let plane = self.batch * shape.heads_q + self.head;
-        let kv_base = shape.kv_offset(self.batch, shape.kv_head(self.head));
+        let plane = cx.batch * shape.heads_q + cx.head;
+        let kv_base = cx.kv_base(shape.kv_head(cx.head));
         let sc = &mut *self.scratch;
 
         let factor = P::load_q(
             &self.q[(plane * shape.len_q + first) * d..][..n_rows * d],
             d,
-            self.att.scale() * std::f32::consts::LOG2_E,
+            cx.att.scale() * std::f32::consts::LOG2_E,
             &mut sc.qt,
         );
         sc.m.fill(f32::NEG_INFINITY);
@@ -195,16 +190,9 @@ impl<E: Element, P: Products<E>> WithSimd for QueryTile<'_, E, P> {
         // accumulator only ever mixes with itself.
         sc.acc[..n_rows * d].fill(0.0);
 
-        let pattern = self.att.pattern();
-        let class = pattern.class_of(shape, self.batch, self.head);
-        let pos = TilePos {
-            att: self.att,
-            batch: self.batch,
-            head: self.head,
-            rows,
-        };
+        let pos = cx.at(cx.head, rows);
         let mut bounds = Bounds::new();
-        for (full, keys) in self.map.row_tiles(class, self.tile) {
+        for (full, keys) in cx.map.row_tiles(cx.class(cx.head), self.tile) {
             let at = kv_base + keys.start * d;
             let (k, v) = match sc.gathered.rows(simd, self.k, self.v, kv_base, &keys, d) {
                 Some(rows) => rows,

@@ -2,7 +2,7 @@
 //! attention composed from burn's own differentiable ops.
 
 use burn::tensor::{activation::softmax, Bool, Device, Tensor, TensorData};
-use edifice::kernel::{attention, AttnSpec, Schedule};
+use edifice::kernel::{attention, AttnSpec, Schedule, WeightLayout};
 use edifice_kernels::{Pattern, PatternKind};
 
 fn device() -> Device {
@@ -405,8 +405,9 @@ fn fused_dropout_gradient_uses_the_forward_mask() {
 }
 
 /// Our dense layer against burn's matmul, output and every gradient, with the
-/// weight stored `[d_in, d_out]` or (`out_in`) PyTorch's `[d_out, d_in]`.
-fn check_linear(out_in: bool) {
+/// weight stored `[d_in, d_out]` or PyTorch's `[d_out, d_in]`.
+fn check_linear(layout: WeightLayout) {
+    let out_in = layout == WeightLayout::OutIn;
     let (dims, d_in, d_out) = ([3, 5, 7], 7, 11);
     let w_dims = if out_in { [d_out, d_in] } else { [d_in, d_out] };
     // `x_grad = false`: an input that needs no gradient (the backward then
@@ -428,13 +429,7 @@ fn check_linear(out_in: bool) {
             b.grad(&grads).unwrap(),
         ]
     };
-    let ours = |x, w, b| {
-        if out_in {
-            edifice::kernel::linear_out_in(x, w, b).unwrap()
-        } else {
-            edifice::kernel::linear(x, w, b).unwrap()
-        }
-    };
+    let ours = |x, w, b| edifice::kernel::linear(x, w, b, layout).unwrap();
     let theirs = |x: Tensor<3>, w: Tensor<2>, b: Tensor<1>| {
         let w = if out_in { w.transpose() } else { w };
         x.matmul(w.unsqueeze::<3>()).add(b.unsqueeze::<3>())
@@ -447,7 +442,7 @@ fn check_linear(out_in: bool) {
             let d = max_abs(a, b);
             assert!(
                 d < 1e-5,
-                "linear (out_in {out_in}, x_grad {x_grad}) {what} differs from burn's matmul by {d}"
+                "linear ({layout:?}, x_grad {x_grad}) {what} differs from burn's matmul by {d}"
             );
         }
     }
@@ -455,11 +450,12 @@ fn check_linear(out_in: bool) {
 
 #[test]
 fn fused_linear_matches_burn_matmul() {
-    check_linear(false);
+    check_linear(WeightLayout::InOut);
     let err = edifice::kernel::linear(
         random_n([3, 5, 7], 1, 1.0),
         random_n([6, 11], 2, 1.0),
         random_n([11], 3, 1.0),
+        WeightLayout::InOut,
     )
     .unwrap_err()
     .to_string();
@@ -468,5 +464,5 @@ fn fused_linear_matches_burn_matmul() {
 
 #[test]
 fn fused_linear_reads_pytorch_layout_weights_in_place() {
-    check_linear(true);
+    check_linear(WeightLayout::OutIn);
 }

@@ -21,7 +21,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 use edifice_kernels::{ring, Attention, AttnShape, Pattern, PatternKind};
 
-use super::{apply3, like, values, FusedOp};
+use super::{apply3, like, values, FusedOp, Grads};
 use crate::Error;
 
 /// How the attention is scheduled. Both give the same result (up to float
@@ -114,24 +114,19 @@ impl Plan {
     }
 
     /// The kernel's backward (for either schedule) from the forward's
-    /// inputs, output and `lse`: `(dq, dk, dv)`.
-    pub(super) fn backward(&self, saved: Slices, d_o: &[f32]) -> Result<Gradients, Error> {
-        let Slices { q, k, v, o, lse } = saved;
+    /// inputs and output `[q, k, v, o]` and its `lse`: `(dq, dk, dv)`.
+    pub(super) fn backward(
+        &self,
+        [q, k, v, o]: [&[f32]; 4],
+        lse: &[f32],
+        d_o: &[f32],
+    ) -> Result<Gradients, Error> {
         Ok(self.att.backward_vec(q, k, v, o, lse, d_o)?)
     }
 }
 
 /// `(dq, dk, dv)`.
 pub(super) type Gradients = (Vec<f32>, Vec<f32>, Vec<f32>);
-
-/// What a backward reads: the forward's inputs, output and `lse`.
-pub(super) struct Slices<'a> {
-    pub q: &'a [f32],
-    pub k: &'a [f32],
-    pub v: &'a [f32],
-    pub o: &'a [f32],
-    pub lse: &'a [f32],
-}
 
 /// `q [B, Hq, Nq, D]`, `k, v [B, Hkv, Nk, D]` → `o [B, Hq, Nq, D]` through the
 /// fused kernel (see the module docs). Differentiable when the tensors live
@@ -198,22 +193,10 @@ impl FusedOp<3> for AttentionOp {
         Ok((o.clone(), Saved { q, k, v, o, lse }))
     }
 
-    fn backward(
-        &self,
-        saved: &Saved,
-        d_o: FlexTensor,
-        _wanted: [bool; 3],
-    ) -> Result<[Option<FlexTensor>; 3], Error> {
+    fn backward(&self, saved: &Saved, d_o: FlexTensor, _wanted: [bool; 3]) -> Grads<3> {
         let Saved { q, k, v, o, lse } = saved;
         let (qs, ks, vs, os) = (values(q)?, values(k)?, values(v)?, values(o)?);
-        let slices = Slices {
-            q: &qs,
-            k: &ks,
-            v: &vs,
-            o: &os,
-            lse,
-        };
-        let (dq, dk, dv) = self.0.backward(slices, &values(&d_o)?)?;
+        let (dq, dk, dv) = self.0.backward([&qs, &ks, &vs, &os], lse, &values(&d_o)?)?;
         Ok([Some(like(q, dq)), Some(like(k, dk)), Some(like(v, dv))])
     }
 }

@@ -6,7 +6,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 use edifice_kernels::dropout;
 
-use super::{apply1, elementwise, FusedOp};
+use super::{apply1, elementwise, FusedOp, Grads};
 use crate::Error;
 
 /// Inverted dropout with the counter-based mask of `seed`: each element kept
@@ -38,12 +38,7 @@ impl FusedOp<1> for DropoutOp {
         Ok((self.masked(&x)?, ()))
     }
 
-    fn backward(
-        &self,
-        _saved: &(),
-        d_y: FlexTensor,
-        _wanted: [bool; 1],
-    ) -> Result<[Option<FlexTensor>; 1], Error> {
+    fn backward(&self, _saved: &(), d_y: FlexTensor, _wanted: [bool; 1]) -> Grads<1> {
         Ok([Some(self.masked(&d_y)?)])
     }
 }

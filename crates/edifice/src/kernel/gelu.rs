@@ -5,7 +5,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 use edifice_kernels::gelu;
 
-use super::{apply1, elementwise, values, FusedOp};
+use super::{apply1, elementwise, values, FusedOp, Grads};
 use crate::Error;
 
 /// GELU, exact (erf) form, elementwise. Differentiable.
@@ -25,12 +25,7 @@ impl FusedOp<1> for GeluOp {
         Ok((elementwise(&x, gelu::forward)?, x))
     }
 
-    fn backward(
-        &self,
-        x: &FlexTensor,
-        d_y: FlexTensor,
-        _wanted: [bool; 1],
-    ) -> Result<[Option<FlexTensor>; 1], Error> {
+    fn backward(&self, x: &FlexTensor, d_y: FlexTensor, _wanted: [bool; 1]) -> Grads<1> {
         let d_y = values(&d_y)?;
         Ok([Some(elementwise(x, |xs, dx| gelu::backward(xs, &d_y, dx))?)])
     }

@@ -5,7 +5,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 use edifice_kernels::layer_norm::{self, Stats};
 
-use super::{apply3, like, values, FusedOp};
+use super::{apply3, like, values, FusedOp, Grads};
 use crate::Error;
 
 /// Layer normalisation over the last dimension of `x [..., n]` with
@@ -61,7 +61,7 @@ impl FusedOp<3> for LayerNormOp {
         (x, gamma, stats): &Self::Saved,
         d_y: FlexTensor,
         _wanted: [bool; 3],
-    ) -> Result<[Option<FlexTensor>; 3], Error> {
+    ) -> Grads<3> {
         let g = layer_norm::backward(&values(x)?, &values(gamma)?, stats, &values(&d_y)?)?;
         Ok([
             Some(like(x, g.dx)),

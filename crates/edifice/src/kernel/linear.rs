@@ -6,31 +6,14 @@ use burn::backend::TensorMetadata;
 use burn::tensor::Tensor;
 use edifice_kernels::linear::{self, InputGrad, LinearShape, WeightLayout};
 
-use super::{apply3, like, tensor, values, FusedOp};
+use super::{apply3, like, tensor, values, FusedOp, Grads};
 use crate::Error;
 
 /// A dense layer `y = x·W + b` over the last dimension of `x [..., d_in]`,
-/// with `weight [d_in, d_out]` and `bias [d_out]`. Differentiable in all
-/// three.
+/// with `weight` `[d_in, d_out]` ([`WeightLayout::InOut`], burn's layout) or
+/// `[d_out, d_in]` ([`WeightLayout::OutIn`], PyTorch's, read in place) and
+/// `bias [d_out]`. Differentiable in all three.
 pub fn linear<const D: usize>(
-    x: Tensor<D>,
-    weight: Tensor<2>,
-    bias: Tensor<1>,
-) -> Result<Tensor<D>, Error> {
-    dense(x, weight, bias, WeightLayout::InOut)
-}
-
-/// [`linear()`] with the weight in PyTorch's layout, `[d_out, d_in]` (read in
-/// place, never transposed into a copy).
-pub fn linear_out_in<const D: usize>(
-    x: Tensor<D>,
-    weight: Tensor<2>,
-    bias: Tensor<1>,
-) -> Result<Tensor<D>, Error> {
-    dense(x, weight, bias, WeightLayout::OutIn)
-}
-
-fn dense<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
     bias: Tensor<1>,
@@ -78,7 +61,7 @@ impl FusedOp<3> for LinearOp {
         (x, w): &Self::Saved,
         d_y: FlexTensor,
         [x_wanted, _, _]: [bool; 3],
-    ) -> Result<[Option<FlexTensor>; 3], Error> {
+    ) -> Grads<3> {
         let input_grad = if x_wanted {
             InputGrad::Wanted
         } else {

@@ -4,7 +4,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 use edifice_kernels::lstm::{self, LstmShape, LstmTrace};
 
-use super::{apply2, tensor, values, FusedOp};
+use super::{apply2, tensor, values, FusedOp, Grads};
 use crate::Error;
 
 /// The LSTM recurrence over time: `xp [B, T, 4U]` (the input half of the
@@ -45,7 +45,7 @@ impl FusedOp<2> for LstmOp {
         (w_hh, trace): &Self::Saved,
         d_h: FlexTensor,
         _wanted: [bool; 2],
-    ) -> Result<[Option<FlexTensor>; 2], Error> {
+    ) -> Grads<2> {
         let LstmShape { batch, len, hidden } = self.0;
         let (d_xp, d_w) = lstm::backward(self.0, &values(w_hh)?, trace, &values(&d_h)?)?;
         Ok([

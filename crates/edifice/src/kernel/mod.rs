@@ -47,9 +47,10 @@ mod packed;
 
 pub use attention::{attention, AttnSpec, Schedule};
 pub use dropout::dropout;
+pub use edifice_kernels::linear::WeightLayout;
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
-pub use linear::{linear, linear_out_in};
+pub use linear::linear;
 pub use lstm::lstm_recurrence;
 pub use packed::{attention_packed, attention_packed_tail};
 
@@ -71,13 +72,11 @@ pub trait FusedOp<const N: usize>: Debug + Send + Sync + Sized + 'static {
 
     /// The gradients of the inputs for the output's gradient `d_out`; only
     /// those `wanted` marks are needed (the others may be `None`).
-    fn backward(
-        &self,
-        saved: &Self::Saved,
-        d_out: FlexTensor,
-        wanted: [bool; N],
-    ) -> Result<[Option<FlexTensor>; N], Error>;
+    fn backward(&self, saved: &Self::Saved, d_out: FlexTensor, wanted: [bool; N]) -> Grads<N>;
 }
+
+/// The input gradients an op's backward returns (`None` where not wanted).
+pub type Grads<const N: usize> = Result<[Option<FlexTensor>; N], Error>;
 
 /// Unwraps what a checked plan returned. The public functions validate
 /// every input before building a plan, so an error here is a bug in the

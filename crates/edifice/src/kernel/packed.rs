@@ -8,8 +8,8 @@ use burn::tensor::Tensor;
 use edifice_kernels::heads::{self, Packing};
 use edifice_kernels::AttnShape;
 
-use super::attention::{Plan, Slices};
-use super::{apply1, tensor, values, AttnSpec, FusedOp};
+use super::attention::Plan;
+use super::{apply1, tensor, values, AttnSpec, FusedOp, Grads};
 use crate::Error;
 
 /// Self-attention straight from a fused projection: `qkv [B, T, 3·H·D]`
@@ -159,17 +159,11 @@ impl FusedOp<1> for PackedOp {
         Ok((out, Saved { q, k, v, o, lse }))
     }
 
-    fn backward(
-        &self,
-        saved: &Saved,
-        d_o: FlexTensor,
-        _wanted: [bool; 1],
-    ) -> Result<[Option<FlexTensor>; 1], Error> {
+    fn backward(&self, saved: &Saved, d_o: FlexTensor, _wanted: [bool; 1]) -> Grads<1> {
         let p = self.packing;
         let d_o = heads::split(self.output_packing(), &values(&d_o)?)?.remove(0);
         let Saved { q, k, v, o, lse } = saved;
-        let slices = Slices { q, k, v, o, lse };
-        let (dq, dk, dv) = self.plan.backward(slices, &d_o)?;
+        let (dq, dk, dv) = self.plan.backward([q, k, v, o], lse, &d_o)?;
         let dq = self.padded_rows(dq);
         let d_qkv = heads::merge(p, &[&dq, &dk, &dv])?;
         let dims = [p.batch, p.len, 3 * p.heads * p.head_dim];

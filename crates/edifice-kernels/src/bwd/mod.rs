@@ -40,10 +40,14 @@ use crate::pattern::{KeySpan, Rows};
 use crate::simd::{Simd, WithSimd};
 use crate::tile::{
     contiguous_rows, copy_stepped, load_transposed, masked_scores, scores, Bounds, Gathered,
-    KeyRows, PerWorker, RankUpdate, TilePos, S_ROWS, TILE_K, TILE_Q,
+    KeyRows, PerWorker, RankUpdate, TaskCx, TilePos, S_ROWS, TILE_K, TILE_Q,
 };
 use crate::tile_map::TileMap;
 use crate::Attention;
+
+mod keys;
+
+use keys::KeyGrad;
 
 /// Keys per dK/dV task (a multiple of [`TILE_K`], so contiguous spans split
 /// into whole tiles).
@@ -407,11 +411,8 @@ pub(crate) fn backward(
             .for_each(|(bh, ((dq, dk), dv))| {
                 scratch.with(|sc| {
                     let task = KeyGrad {
-                        att,
-                        map,
+                        cx: TaskCx::of_plane(att, map, bh, s.heads_kv),
                         x,
-                        batch: bh / s.heads_kv,
-                        kv_head: bh % s.heads_kv,
                         first_key: 0,
                         chunk,
                         dk,
@@ -436,11 +437,8 @@ pub(crate) fn backward(
                     .for_each(|(t, dq_tile)| {
                         scratch.with(|sc| {
                             let task = QueryGrad {
-                                att,
-                                map,
+                                cx: TaskCx::of_plane(att, map, bh, s.heads_q),
                                 x,
-                                batch: bh / s.heads_q,
-                                head: bh % s.heads_q,
                                 tile: t,
                                 dq: &mut *dq_tile,
                                 sc,
@@ -464,11 +462,8 @@ pub(crate) fn backward(
                     .for_each(|(c, (dk_chunk, dv_chunk))| {
                         scratch.with(|sc| {
                             let task = KeyGrad {
-                                att,
-                                map,
+                                cx: TaskCx::of_plane(att, map, bh, s.heads_kv),
                                 x,
-                                batch: bh / s.heads_kv,
-                                kv_head: bh % s.heads_kv,
                                 first_key: c * chunk,
                                 chunk,
                                 dk: &mut *dk_chunk,
@@ -485,11 +480,8 @@ pub(crate) fn backward(
 
 /// dQ of one query tile.
 struct QueryGrad<'a> {
-    att: &'a Attention,
-    map: &'a TileMap,
+    cx: TaskCx<'a>,
     x: &'a Inputs<'a>,
-    batch: usize,
-    head: usize,
     tile: usize,
     dq: &'a mut [f32],
     sc: &'a mut Scratch,
@@ -500,198 +492,37 @@ impl WithSimd for QueryGrad<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let shape = self.att.shape();
+        let QueryGrad {
+            cx,
+            x,
+            tile,
+            dq,
+            sc,
+        } = self;
+        let shape = cx.att.shape();
         let d = shape.head_dim;
-        let sc = self.sc;
-        let rows = sc
-            .grad
-            .prepare(self.att, self.x, self.batch, self.head, self.tile);
-        let kv_base = shape.kv_offset(self.batch, shape.kv_head(self.head));
-        let class = self.att.pattern().class_of(shape, self.batch, self.head);
-        let pos = TilePos {
-            att: self.att,
-            batch: self.batch,
-            head: self.head,
-            rows,
-        };
+        let rows = sc.grad.prepare(cx.att, x, cx.batch, cx.head, tile);
+        let kv_base = cx.kv_base(shape.kv_head(cx.head));
+        let pos = cx.at(cx.head, rows);
         let mut bounds = Bounds::new();
         let mut acc = std::mem::take(&mut sc.acc);
         acc.fill(0.0);
-        for (full, keys) in self.map.row_tiles(class, self.tile) {
+        for (full, keys) in cx.map.row_tiles(cx.class(cx.head), tile) {
             let at = kv_base + keys.start * d;
-            let gathered = sc
-                .gathered
-                .rows(simd, self.x.k, self.x.v, kv_base, &keys, d);
+            let gathered = sc.gathered.rows(simd, x.k, x.v, kv_base, &keys, d);
             let (k, v) = gathered.unwrap_or((
-                KeyRows::in_place(&self.x.k[at..], &keys, d),
-                KeyRows::in_place(&self.x.v[at..], &keys, d),
+                KeyRows::in_place(&x.k[at..], &keys, d),
+                KeyRows::in_place(&x.v[at..], &keys, d),
             ));
             let live = sc.grad.tile(simd, &pos, &keys, full, k, v, &mut bounds);
             let k = contiguous_rows(k, keys.len, d, &mut sc.k);
             RankUpdate::by_queries(&sc.grad.ds, k, keys.len, TILE_Q, live, None)
                 .apply(simd, d, &mut acc, d);
         }
-        let scale = self.att.scale();
-        for (out, a) in self.dq.iter_mut().zip(&acc) {
+        let scale = cx.att.scale();
+        for (out, a) in dq.iter_mut().zip(&acc) {
             *out = a * scale;
         }
         sc.acc = acc;
-    }
-}
-
-/// The keys of `span` at positions `lo..hi`, if any.
-fn clip(span: KeySpan, lo: usize, hi: usize) -> Option<KeySpan> {
-    let first = if lo > span.start {
-        (lo - span.start).div_ceil(span.step)
-    } else {
-        0
-    };
-    let end = if hi > span.start {
-        ((hi - 1 - span.start) / span.step + 1).min(span.len)
-    } else {
-        0
-    };
-    (first < end).then(|| KeySpan {
-        start: span.key(first),
-        step: span.step,
-        len: end - first,
-    })
-}
-
-/// dK and dV of the keys `first_key..` of one kv head, one chunk of `chunk`
-/// key positions after another (two passes: one chunk per task; one pass:
-/// the whole head, and dQ too).
-struct KeyGrad<'a> {
-    att: &'a Attention,
-    map: &'a TileMap,
-    x: &'a Inputs<'a>,
-    batch: usize,
-    kv_head: usize,
-    first_key: usize,
-    chunk: usize,
-    dk: &'a mut [f32],
-    dv: &'a mut [f32],
-    /// dQ of the kv head's query heads, `[group, Nq, D]`, to which `dS·K`
-    /// (unscaled) is added.
-    dq: Option<&'a mut [f32]>,
-    sc: &'a mut Scratch,
-}
-
-impl WithSimd for KeyGrad<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
-        let shape = self.att.shape();
-        let d = shape.head_dim;
-        let group = shape.heads_q / shape.heads_kv;
-        let kv_base = shape.kv_offset(self.batch, self.kv_head);
-        let sc = self.sc;
-        let mut dq = self.dq;
-        if let Some(dq) = dq.as_deref_mut() {
-            dq.fill(0.0);
-        }
-        let (chunk, scale) = (self.chunk, self.att.scale());
-        let chunks = self
-            .dk
-            .chunks_mut(chunk * d)
-            .zip(self.dv.chunks_mut(chunk * d));
-        for (c, (dk_chunk, dv_chunk)) in chunks.enumerate() {
-            let first_key = self.first_key + c * chunk;
-            let end_key = first_key + dk_chunk.len() / d;
-            dk_chunk.fill(0.0);
-            dv_chunk.fill(0.0);
-            for head in self.kv_head * group..(self.kv_head + 1) * group {
-                let class = self.att.pattern().class_of(shape, self.batch, head);
-                let row0 = (self.batch * shape.heads_q + head) * shape.len_q;
-                for t in 0..self.map.q_tiles() {
-                    let mut pos = None;
-                    let mut bounds = Bounds::new();
-                    for block in self.map.row(class, t) {
-                        let Some(span) = clip(block.span(), first_key, end_key) else {
-                            continue;
-                        };
-                        // Not `get_or_insert_with`: a closure is compiled out of
-                        // this target-feature context (measured 12% of a chunk-64
-                        // backward in baseline code).
-                        if pos.is_none() {
-                            let rows = sc.grad.prepare(self.att, self.x, self.batch, head, t);
-                            pos = Some(TilePos {
-                                att: self.att,
-                                batch: self.batch,
-                                head,
-                                rows,
-                            });
-                        }
-                        let Some(pos) = &pos else { unreachable!() };
-                        let n_rows = pos.rows.last - pos.rows.first + 1;
-                        let q_rows = &self.x.q[(row0 + pos.rows.first) * d..][..n_rows * d];
-                        let do_rows = &self.x.d_o[(row0 + pos.rows.first) * d..][..n_rows * d];
-                        for keys in span.tiles(TILE_K) {
-                            let at = kv_base + keys.start * d;
-                            let held = sc
-                                .class
-                                .row_of(simd, self.x, kv_base, &keys, first_key, end_key, d);
-                            let (k, v, dk, dv, out_stride) = match held {
-                                Some(r) => (
-                                    KeyRows {
-                                        data: &sc.class.k[r * d..],
-                                        stride: d,
-                                    },
-                                    KeyRows {
-                                        data: &sc.class.v[r * d..],
-                                        stride: d,
-                                    },
-                                    &mut sc.class.dk[r * d..],
-                                    &mut sc.class.dv[r * d..],
-                                    d,
-                                ),
-                                None => {
-                                    let out_at = (keys.start - first_key) * d;
-                                    (
-                                        KeyRows::in_place(&self.x.k[at..], &keys, d),
-                                        KeyRows::in_place(&self.x.v[at..], &keys, d),
-                                        &mut dk_chunk[out_at..],
-                                        &mut dv_chunk[out_at..],
-                                        keys.step * d,
-                                    )
-                                }
-                            };
-                            let live =
-                                sc.grad
-                                    .tile(simd, pos, &keys, block.full, k, v, &mut bounds);
-                            if let Some(dq) = dq.as_deref_mut() {
-                                let k = contiguous_rows(k, keys.len, d, &mut sc.k);
-                                let first =
-                                    (head - self.kv_head * group) * shape.len_q + pos.rows.first;
-                                RankUpdate::by_queries(
-                                    &sc.grad.ds,
-                                    k,
-                                    keys.len,
-                                    n_rows,
-                                    live,
-                                    None,
-                                )
-                                .apply(
-                                    simd,
-                                    d,
-                                    &mut dq[first * d..],
-                                    d,
-                                );
-                            }
-                            RankUpdate::by_keys(&sc.grad.p, do_rows, keys.len, n_rows)
-                                .apply(simd, d, dv, out_stride);
-                            RankUpdate::by_keys(&sc.grad.ds, q_rows, keys.len, n_rows)
-                                .apply(simd, d, dk, out_stride);
-                        }
-                    }
-                }
-                sc.class.flush(dk_chunk, dv_chunk, first_key, d);
-            }
-            dk_chunk.iter_mut().for_each(|x| *x *= scale);
-        }
-        if let Some(dq) = dq {
-            dq.iter_mut().for_each(|x| *x *= scale);
-        }
     }
 }

@@ -1,0 +1,214 @@
+//! The [`Rule`] every pattern kind implements, the context it is evaluated
+//! in, head classes, and the helpers the kinds share.
+
+use super::{KeySpan, Rows, TileKind, MAX_TILE_ROWS};
+use crate::{AttnShape, KernelError};
+
+/// Where a rule is evaluated: the attention's shape, the (batch, query
+/// head), and whether the causal cut applies.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ctx<'a> {
+    pub shape: &'a AttnShape,
+    pub batch: usize,
+    pub head: usize,
+    pub causal: bool,
+}
+
+/// Which (batch, head)s share a tile map: one value per kind, from which
+/// the class count, a head's class and a class's representative follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Classes {
+    /// Every (batch, head) alike.
+    One,
+    /// Heads by `head mod stride`.
+    Residues(usize),
+    /// The first and the second half of the heads.
+    Halves,
+    /// Each head alike across the batch.
+    PerHead,
+    /// Each (batch, head) its own.
+    PerBatchHead,
+}
+
+impl Classes {
+    /// Number of classes.
+    pub(super) fn count(self, shape: &AttnShape) -> usize {
+        match self {
+            Classes::One => 1,
+            Classes::Residues(stride) => stride.min(shape.heads_q),
+            Classes::Halves => 2,
+            Classes::PerHead => shape.heads_q,
+            Classes::PerBatchHead => shape.batch * shape.heads_q,
+        }
+    }
+
+    /// The class of (batch, head).
+    #[inline]
+    pub(super) fn of(self, shape: &AttnShape, batch: usize, head: usize) -> usize {
+        match self {
+            Classes::One => 0,
+            Classes::Residues(stride) => head % stride,
+            Classes::Halves => usize::from(head >= shape.heads_q / 2),
+            Classes::PerHead => head,
+            Classes::PerBatchHead => batch * shape.heads_q + head,
+        }
+    }
+
+    /// A (batch, head) of `class`.
+    pub(super) fn representative(self, shape: &AttnShape, class: usize) -> (usize, usize) {
+        match self {
+            Classes::One => (0, 0),
+            Classes::Residues(_) | Classes::PerHead => (0, class),
+            Classes::Halves => (0, if class == 0 { 0 } else { shape.heads_q / 2 }),
+            Classes::PerBatchHead => (class / shape.heads_q, class % shape.heads_q),
+        }
+    }
+}
+
+/// The scores of a partial tile to mask: key-major, the score of row
+/// `rows.first + i` and key `keys.key(t)` at `scores[t * ld + i]`.
+pub(crate) struct ScoreTile<'a> {
+    pub rows: &'a Rows,
+    pub keys: &'a KeySpan,
+    pub scores: &'a mut [f32],
+    pub ld: usize,
+}
+
+impl ScoreTile<'_> {
+    /// Query rows in the tile.
+    pub(super) fn n_rows(&self) -> usize {
+        self.rows.last - self.rows.first + 1
+    }
+
+    /// Sets to `-inf` every score whose (row, key) `allowed` refuses.
+    pub(super) fn by_predicate(self, allowed: impl Fn(usize, usize) -> bool) {
+        let n_rows = self.rows.last - self.rows.first + 1;
+        for t in 0..self.keys.len {
+            let j = self.keys.key(t);
+            let col = &mut self.scores[t * self.ld..t * self.ld + n_rows];
+            for (i, score) in col.iter_mut().enumerate() {
+                if !allowed(self.rows.first + i, j) {
+                    *score = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+}
+
+/// What a pattern kind means (see the module docs). Intervals and spans are
+/// before the causal cut, which the defaults and [`Pattern`] apply.
+pub(crate) trait Rule {
+    /// Rejects zero sizes.
+    fn check(&self) -> Result<(), KernelError> {
+        Ok(())
+    }
+
+    /// Checks the rule against an attention shape (beyond [`Rule::check`]).
+    fn validate(&self, _shape: &AttnShape, _causal: bool) -> Result<(), KernelError> {
+        Ok(())
+    }
+
+    /// The inclusive range of keys the contiguous part of the rule allows
+    /// for aligned position `ip`; empty when `lo > hi`.
+    fn interval(&self, cx: Ctx, ip: i64) -> (i64, i64);
+
+    /// Keys every query reads, whatever its position.
+    fn key_always(&self, _cx: Ctx, _j: usize) -> bool {
+        false
+    }
+
+    /// Whether [`Rule::interval`] alone is the rule on contiguous `keys`.
+    fn exact(&self, _cx: Ctx, _keys: &KeySpan) -> bool {
+        true
+    }
+
+    /// The predicate for query row `i` and key `j`, causal cut included.
+    #[inline]
+    fn allowed(&self, cx: Ctx, i: usize, j: usize) -> bool {
+        let ip = i as i64 + cx.shape.offset();
+        let (lo, hi) = cut(cx, self.interval(cx, ip), ip);
+        let j64 = j as i64;
+        (lo <= j64 && j64 <= hi) || (self.key_always(cx, j) && (!cx.causal || j64 <= ip))
+    }
+
+    /// Sets to `-inf` every score of a partial tile whose pair is not
+    /// allowed, from the intervals (one per row) and the always-read keys.
+    fn mask_tile(&self, cx: Ctx, tile: ScoreTile) {
+        let (n_rows, rows, keys, ld) = (tile.n_rows(), tile.rows, tile.keys, tile.ld);
+        assert!(n_rows <= MAX_TILE_ROWS, "a tile of {n_rows} rows");
+        let mut bounds = [(0i64, 0i64); MAX_TILE_ROWS];
+        for (i, b) in bounds[..n_rows].iter_mut().enumerate() {
+            let ip = rows.a + i as i64;
+            *b = cut(cx, self.interval(cx, ip), ip);
+        }
+        for t in 0..keys.len {
+            let j = keys.key(t) as i64;
+            let always = self.key_always(cx, j as usize);
+            let col = &mut tile.scores[t * ld..t * ld + n_rows];
+            for (i, (score, &(lo, hi))) in col.iter_mut().zip(&bounds[..n_rows]).enumerate() {
+                let ip = rows.a + i as i64;
+                let ok = (lo <= j && j <= hi) || (always && (!cx.causal || j <= ip));
+                if !ok {
+                    *score = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+
+    /// Appends disjoint spans holding every key in `0..end` that any of
+    /// `rows` may read.
+    fn key_spans(&self, cx: Ctx, rows: &Rows, end: i64, out: &mut Vec<KeySpan>);
+
+    /// The tile kind of `rows × keys` under the rule alone (no causal cut).
+    fn classify(&self, cx: Ctx, rows: &Rows, keys: &KeySpan) -> TileKind;
+
+    /// Which (batch, head)s share a tile map.
+    fn classes(&self) -> Classes {
+        Classes::One
+    }
+}
+
+/// `(lo, hi)` with the causal cut applied for aligned position `ip`.
+#[inline]
+pub(super) fn cut(cx: Ctx, (lo, hi): (i64, i64), ip: i64) -> (i64, i64) {
+    (lo, if cx.causal { hi.min(ip) } else { hi })
+}
+
+/// Pushes keys `lo..hi`, clamped to `0..end`, when any remain.
+pub(super) fn contiguous(lo: i64, hi: i64, end: i64, out: &mut Vec<KeySpan>) {
+    let (lo, hi) = (lo.clamp(0, end), hi.clamp(0, end));
+    if hi > lo {
+        out.push(KeySpan {
+            start: lo as usize,
+            step: 1,
+            len: (hi - lo) as usize,
+        });
+    }
+}
+
+/// `Ok` unless a size that must be positive is zero.
+pub(super) fn at_least_one(value: usize, what: &str) -> Result<(), KernelError> {
+    if value == 0 {
+        return Err(KernelError::Pattern(format!("{what} must be at least 1")));
+    }
+    Ok(())
+}
+
+/// Smallest and largest `|i' - j|` over `rows` and the keys of `keys`.
+pub(super) fn distance_range(rows: &Rows, keys: &KeySpan) -> (i64, i64) {
+    let (c, d) = (keys.start as i64, keys.last() as i64);
+    let max = (rows.b - c).abs().max((rows.a - d).abs());
+    let min = if d < rows.a {
+        rows.a - d
+    } else if c > rows.b {
+        c - rows.b
+    } else {
+        0
+    };
+    (min, max)
+}
+
+/// Tile kind for "same group" rules: rows in groups `ra..=rb`, keys in `ka..=kb`.
+pub(super) fn same_group(ra: i64, rb: i64, ka: i64, kb: i64) -> TileKind {
+    TileKind::from_bounds(ra == rb && ka == kb && ra == ka, rb < ka || kb < ra)
+}
