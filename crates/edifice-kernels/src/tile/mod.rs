@@ -308,11 +308,11 @@ fn scores_blocked<S: Simd, T: Operand, const MR: usize, const NV: usize>(
                 row[..c0 * S::LANES].fill(f32::NEG_INFINITY);
                 row[c1 * S::LANES..].fill(f32::NEG_INFINITY);
             }
-            // Rows past the tile repeat its last key: computed, never read.
-            let rows: [&[T]; MR] =
-                std::array::from_fn(|r| &a[(j0 + r).min(keys.len - 1) * stride..]);
-            let block = ScoreBlock {
-                rows,
+            let block = ScoreBlock::<T, MR> {
+                a,
+                stride,
+                first: j0,
+                last: keys.len - 1,
                 bt: &bt[i0 + c0 * S::LANES..],
                 d,
                 factor,
@@ -332,8 +332,13 @@ fn scores_blocked<S: Simd, T: Operand, const MR: usize, const NV: usize>(
 /// `MR` key rows against `NV` query vectors of `Qᵀ`: one register block of
 /// [`scores`].
 struct ScoreBlock<'a, T, const MR: usize> {
-    /// Each key row from its first element (at least `d` long).
-    rows: [&'a [T]; MR],
+    /// The tile's key rows, `stride` apart; the block reads rows
+    /// `first..first + MR`, those past `last` repeating row `last`
+    /// (computed, never read).
+    a: &'a [T],
+    stride: usize,
+    first: usize,
+    last: usize,
     /// `Qᵀ` from the block's first query column (rows `TILE_Q` apart).
     bt: &'a [T],
     d: usize,
@@ -347,16 +352,21 @@ impl<T: Operand, const MR: usize> ScoreBlock<'_, T, MR> {
     fn compute<S: Simd, const NV: usize>(self, simd: S) {
         // One check per register block (against its d·MR·NV products)
         // keeps this safe function sound in release builds.
+        let row = |r: usize| (self.first + r).min(self.last) * self.stride;
         assert!(
             self.d > 0
                 && (self.d - 1) * TILE_Q + NV * S::LANES <= self.bt.len()
                 && (MR - 1) * TILE_Q + NV * S::LANES <= self.out.len()
-                && self.rows.iter().all(|row| row.len() >= self.d),
+                && row(MR - 1) + self.d <= self.a.len(),
             "score block out of bounds"
         );
-        // SAFETY: the assertion above bounds every read of `rows` and `bt`
-        // and every write to `out`.
+        // SAFETY: the assertion above bounds every read of `a` (the rows
+        // only grow with `r`) and `bt` and every write to `out`.
         unsafe {
+            let mut rows = [self.a.as_ptr(); MR];
+            for (r, p) in rows.iter_mut().enumerate() {
+                *p = p.add(row(r));
+            }
             let mut acc = [[simd.splat(0.0); NV]; MR];
             let bt = self.bt.as_ptr();
             let mut bv = [T::zero(simd); NV];
@@ -365,7 +375,7 @@ impl<T: Operand, const MR: usize> ScoreBlock<'_, T, MR> {
                     bv[c] = T::load(simd, bt.add(dd * TILE_Q + c * S::LANES));
                 }
                 for r in 0..MR {
-                    let ab = T::splat(simd, self.rows[r].as_ptr().add(dd));
+                    let ab = T::splat(simd, rows[r].add(dd));
                     for c in 0..NV {
                         acc[r][c] = T::madd(simd, acc[r][c], ab, bv[c]);
                     }
