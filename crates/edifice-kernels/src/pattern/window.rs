@@ -7,10 +7,6 @@ use crate::KernelError;
 pub(super) struct Window(pub usize);
 
 impl Rule for Window {
-    fn check(&self) -> Result<(), KernelError> {
-        super::at_least_one(self.0, "window")
-    }
-
     fn interval(&self, _: Ctx, ip: i64) -> (i64, i64) {
         let w = self.0 as i64;
         (ip - (w - 1), ip + (w - 1))
@@ -25,5 +21,9 @@ impl Rule for Window {
         let (min, max) = distance_range(rows, keys);
         let w = self.0 as i64;
         TileKind::from_bounds(max < w, min >= w)
+    }
+
+    fn check(&self) -> Result<(), KernelError> {
+        super::at_least_one(self.0, "window")
     }
 }
