@@ -74,8 +74,8 @@ impl Rule for Union<'_> {
     }
 
     fn classes(&self) -> Classes {
-        let members = self.0.iter().map(|k| with_rule!(k, r => r.classes()));
-        if members.into_iter().any(|c| c == Classes::PerBatchHead) {
+        let mut members = self.0.iter().map(|k| with_rule!(k, r => r.classes()));
+        if members.any(|c| c == Classes::PerBatchHead) {
             Classes::PerBatchHead
         } else {
             Classes::PerHead

@@ -101,14 +101,9 @@ macro_rules! registry {
         impl ModelConfig {
             /// The registry entry of this config's model.
             pub fn info(&self) -> &'static ModelInfo {
-                let mut at = 0;
-                $(
-                    if matches!(self, Self::$variant(_)) {
-                        return &MODELS[at];
-                    }
-                    at += 1;
-                )*
-                unreachable!("{at} models, every variant registered")
+                match self {
+                    $( Self::$variant(_) => &$info, )*
+                }
             }
 
             /// Edifice's defaults for model `name` with frames of `embed_dim`.
