@@ -28,6 +28,14 @@ against the PyTorch eager port in python/reference.py (same shapes, same
 loss, torch.optim.AdamW), and a batch-1 forward (the per-frame use):
 
     .venv-bench/bin/python scripts/bench_vs_torch.py --models --threads 2 --rounds 3
+
+With --stream it compares the per-frame use: for every config in
+configs/stream/, `edifice stream --json` (one stream, one thread: p50, p99 of
+its incremental step, and of Edifice's per-frame recompute) against PyTorch
+eager recomputing the same model over the last seq_len frames per frame
+(python/reference.py, inference mode, one call timed at a time):
+
+    .venv-bench/bin/python scripts/bench_vs_torch.py --stream --threads 1
 """
 
 import argparse
@@ -148,10 +156,15 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "bench-out" / "bench_vs_torch.json"))
     ap.add_argument("--models", action="store_true", help="compare the models (see above) instead of the kernel")
     ap.add_argument("--batch", type=int, default=32, help="--models: training batch size")
-    ap.add_argument("--configs", default=None, help="--models: comma-separated config files (default: configs/defaults/*)")
+    ap.add_argument("--configs", default=None,
+                    help="--models / --stream: comma-separated config files (default: configs/defaults/* / configs/stream/*)")
+    ap.add_argument("--stream", action="store_true", help="compare per-frame streaming (see above) instead of the kernel")
+    ap.add_argument("--frames", type=int, default=2000, help="--stream: frames per stream timing")
     args = ap.parse_args()
     if args.models:
         return models(args)
+    if args.stream:
+        return stream(args)
 
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     import torch
@@ -293,8 +306,9 @@ def main():
     print(f"\nrecords written to {args.out}")
 
 
-def models(args):
-    """Training step (batch --batch) and batch-1 forward, edifice vs PyTorch eager."""
+def model_setup(args, config_dir):
+    """torch and python/reference.py with --threads, the built binary, and
+    the configs to run (--configs, else configs/<config_dir>/*.toml)."""
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     import torch
 
@@ -304,7 +318,13 @@ def models(args):
     torch.set_num_threads(args.threads)
     subprocess.run(["cargo", "build", "--release", "-p", "edifice-cli"], cwd=ROOT, check=True)
     binary = str(ROOT / "target" / "release" / "edifice")
-    configs = args.configs.split(",") if args.configs else sorted(str(p) for p in (ROOT / "configs" / "defaults").glob("*.toml"))
+    configs = args.configs.split(",") if args.configs else sorted(str(p) for p in (ROOT / "configs" / config_dir).glob("*.toml"))
+    return torch, reference, binary, configs
+
+
+def models(args):
+    """Training step (batch --batch) and batch-1 forward, edifice vs PyTorch eager."""
+    torch, reference, binary, configs = model_setup(args, "defaults")
     import tomllib
 
     best = {}
@@ -353,6 +373,48 @@ def models(args):
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps([dict(model=k[0], pass_=k[1], batch=k[2], edifice_ms=v[0], torch_ms=v[1])
                                           for k, v in best.items()], indent=1))
+
+
+def stream(args):
+    """One frame in, one output out: edifice's stream step vs PyTorch eager per-frame recompute."""
+    import statistics
+
+    torch, reference, binary, configs = model_setup(args, "stream")
+    import tomllib
+
+    rows = []
+    for path in configs:
+        config = tomllib.loads(Path(path).read_text())
+        out = subprocess.run([binary, "stream", "--json", "--config", path, "--frames", str(args.frames),
+                              "--threads", str(args.threads)], check=True, capture_output=True, text=True).stdout
+        ours = json.loads(out)
+        # The reference has no attention_window: over a window of seq_len
+        # frames, a window as long is the full causal range.
+        torch_config = {k: v for k, v in config.items() if k != "attention_window"}
+        torch.manual_seed(0)
+        model = reference.build(torch_config).eval()
+        x = torch.randn(1, reference.seq_len(torch_config), config["embed_dim"])
+        times, deadline = [], time.perf_counter() + max(args.min_time, 2.0)
+        with torch.inference_mode():
+            model(x)[:, -1]
+            while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 2000):
+                start = time.perf_counter()
+                model(x)[:, -1]
+                times.append((time.perf_counter() - start) * 1e6)
+        theirs = statistics.median(times)
+        inc, rec = ours["incremental"], ours["recompute"]
+        rows.append(dict(config=Path(path).name, model=config["model"], p50_us=inc["p50_us"], p99_us=inc["p99_us"],
+                         recompute_p50_us=rec["p50_us"], torch_p50_us=theirs, torch_steps=len(times)))
+        print(f"{Path(path).name:<28} stream p50 {inc['p50_us']:8.1f} us  p99 {inc['p99_us']:8.1f} us  "
+              f"recompute {rec['p50_us']:10.1f} us  torch {theirs:10.1f} us", file=sys.stderr)
+    print(f"\n{args.threads} thread(s), one stream; x = PyTorch eager per-frame recompute p50 / stream p50\n")
+    print("| config | stream p50 µs | stream p99 µs | Edifice-style recompute p50 µs | PyTorch eager recompute p50 µs | x |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['config']} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {r['recompute_p50_us']:.1f} | "
+              f"{r['torch_p50_us']:.1f} | {r['torch_p50_us'] / r['p50_us']:.1f}x |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

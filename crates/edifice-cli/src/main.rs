@@ -7,6 +7,7 @@ mod bench_model;
 mod curves;
 mod model;
 mod patterns;
+mod stream;
 mod tensors;
 mod train;
 
@@ -46,6 +47,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a training checkpoint on its task's held-out data.
     Eval(train::EvalArgs),
+    /// Step a model one frame at a time: over a file of frames, or timed
+    /// against Edifice's per-frame recompute.
+    Stream(stream::StreamArgs),
 }
 
 /// Keeps large blocks on the heap instead of glibc's per-call mmap: model
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Patterns(args) => patterns::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => train::eval(args),
+        Command::Stream(args) => stream::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,7 +12,7 @@ use edifice::{Model, ModelConfig};
 
 use crate::tensors::TensorFile;
 
-fn read_config(path: &Path) -> Result<ModelConfig> {
+pub fn read_config(path: &Path) -> Result<ModelConfig> {
     ModelConfig::from_path(path).with_context(|| format!("config {}", path.display()))
 }
 

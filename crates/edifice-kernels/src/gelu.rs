@@ -35,6 +35,18 @@ pub fn forward(x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// `y = gelu(x)` on the calling thread (a stream's step: no task, no
+/// allocation).
+pub fn forward_serial(x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
+    same_len("gelu", "y", y.len(), x.len())?;
+    Isa::widest().run(Pass {
+        x,
+        dy: None,
+        out: y,
+    });
+    Ok(())
+}
+
 /// `dx = dy · gelu'(x)` elementwise.
 pub fn backward(x: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<(), KernelError> {
     same_len("gelu", "dy", dy.len(), x.len())?;

@@ -40,16 +40,39 @@ pub fn forward(
         .zip(stats.par_chunks_mut(ROWS))
         .for_each(|((y, x), stats)| {
             for ((y, x), stat) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)).zip(stats) {
-                let mean = sum(n, |i| x[i]) / n as f32;
-                let var = sum(n, |i| (x[i] - mean) * (x[i] - mean)) / n as f32;
-                let r = 1.0 / (var + epsilon).sqrt();
-                for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-                    *y = (x - mean) * r * g + b;
-                }
-                *stat = [mean, r];
+                *stat = normalize(x, gamma, beta, epsilon, y);
             }
         });
     Ok(stats)
+}
+
+/// One row on the calling thread, no allocation (a stream's step):
+/// `x, gamma, beta, y [n]`.
+pub fn row(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f32,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let n = check(x.len(), gamma, beta)?;
+    same_len("layer norm row", "x", x.len(), n)?;
+    same_len("layer norm row", "y", y.len(), n)?;
+    normalize(x, gamma, beta, epsilon, y);
+    Ok(())
+}
+
+/// One row of equal-length slices; returns `[μ, r]`.
+#[inline]
+fn normalize(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f32, y: &mut [f32]) -> [f32; 2] {
+    let n = x.len();
+    let mean = sum(n, |i| x[i]) / n as f32;
+    let var = sum(n, |i| (x[i] - mean) * (x[i] - mean)) / n as f32;
+    let r = 1.0 / (var + epsilon).sqrt();
+    for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+        *y = (x - mean) * r * g + b;
+    }
+    [mean, r]
 }
 
 /// The gradients of one layer norm.

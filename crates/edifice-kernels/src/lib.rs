@@ -58,6 +58,7 @@ pub mod pattern;
 pub mod reference;
 pub mod ring;
 mod simd;
+pub mod step;
 mod tile;
 pub mod tile_map;
 

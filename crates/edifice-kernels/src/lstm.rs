@@ -283,6 +283,27 @@ fn backward_rows(
     }
 }
 
+/// One step of one sequence on the calling thread, in place (a stream's
+/// step): `gates [4U]` holds `xp + h_{t-1}·W_hhᵀ` and is left activated,
+/// `c [U]` goes from `c_{t-1}` to `c_t`, `h [U]` receives `h_t`.
+pub fn cell(gates: &mut [f32], c: &mut [f32], h: &mut [f32]) -> Result<(), KernelError> {
+    let hidden = c.len();
+    let shape = LstmShape {
+        batch: 1,
+        len: 1,
+        hidden,
+    };
+    shape.check("gates", gates.len(), 4 * hidden)?;
+    shape.check("h", h.len(), hidden)?;
+    Isa::widest().run(CellForward {
+        gates,
+        c_prev: c,
+        h,
+        hidden,
+    });
+    Ok(())
+}
+
 /// One step's gate activations and state update, in place: `gates` (pre-
 /// activation in, activated out), `c_prev` → `c_t`, `h` → `h_t`.
 struct CellForward<'a> {

@@ -6,6 +6,7 @@ pub mod kernel;
 pub mod layers;
 pub mod models;
 pub mod optim;
+pub mod stream;
 pub mod tasks;
 pub mod train;
 pub mod weights;
@@ -33,4 +34,8 @@ pub enum Error {
     /// Training diverged: a loss or a weight is NaN or infinite.
     #[error("training diverged: {0}")]
     Diverged(String),
+    /// A stream refused a frame, a rewind or a snapshot (its state is
+    /// unchanged).
+    #[error("stream: {0}")]
+    Stream(String),
 }

@@ -62,6 +62,10 @@ impl<const BF16: bool> Simd for Avx512<BF16> {
         unsafe { _mm512_max_ps(a, b) }
     }
     #[inline(always)]
+    fn sum(self, v: __m512) -> f32 {
+        unsafe { _mm512_reduce_add_ps(v) }
+    }
+    #[inline(always)]
     fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
         unsafe { _mm512_fmadd_ps(a, b, c) }
     }

@@ -60,6 +60,8 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a * b + c`, fused where the hardware has it.
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// The sum of the lanes (in a fixed order per instruction set).
+    fn sum(self, v: Self::V) -> f32;
     /// `2^x` per lane, relative error below 1e-6 for `x` in `[-126, 127]`;
     /// exactly 0 for `x < -126` (and for `-inf`).
     fn exp2(self, x: Self::V) -> Self::V;
@@ -203,7 +205,9 @@ impl Isa {
     /// The widest instruction set this CPU has (for elementwise kernels,
     /// which take any width).
     pub(crate) fn widest() -> Isa {
-        Isa::available()[0]
+        // Detected once: a stream's step asks per call and must not allocate.
+        static WIDEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *WIDEST.get_or_init(|| Isa::available()[0])
     }
 
     /// Every instruction set this CPU supports, widest first (always ends

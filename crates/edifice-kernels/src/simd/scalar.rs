@@ -45,6 +45,10 @@ impl Simd for Scalar {
         a.max(b)
     }
     #[inline(always)]
+    fn sum(self, v: f32) -> f32 {
+        v
+    }
+    #[inline(always)]
     fn fma(self, a: f32, b: f32, c: f32) -> f32 {
         a * b + c
     }

@@ -116,6 +116,9 @@ pub struct SelfAttentionConfig {
     /// Chunk length for `chunked`.
     #[config(default = 32)]
     pub chunk_size: usize,
+    /// Keys each query sees, itself included (`None`: every key; Edifice has
+    /// no such option). With `causal`, Edifice's `window_mask`.
+    pub window: Option<usize>,
 }
 
 impl SelfAttentionConfig {
@@ -133,6 +136,7 @@ impl SelfAttentionConfig {
             ("hidden_size", self.hidden_size),
             ("num_heads", self.num_heads),
             ("chunk_size", self.chunk_size),
+            ("window", self.window.unwrap_or(1)),
         ])?;
         validate_heads(self.hidden_size, self.num_heads)?;
         validate_dropout(self.dropout)?;
@@ -161,6 +165,7 @@ impl SelfAttentionConfig {
             qk_layernorm: self.qk_layernorm,
             rope: self.rope,
             chunking: Chunking::of(self.chunked, self.memory_efficient, self.chunk_size),
+            window: self.window,
         })
     }
 }
@@ -186,6 +191,8 @@ pub struct SelfAttention {
     rope: bool,
     #[module(skip)]
     chunking: Chunking,
+    #[module(skip)]
+    window: Option<usize>,
 }
 
 impl SelfAttention {
@@ -219,7 +226,11 @@ impl SelfAttention {
     }
 
     fn spec(&self) -> AttnSpec {
-        AttnSpec::new(Pattern::new(PatternKind::Full, self.causal))
+        let kind = match self.window {
+            Some(window) => PatternKind::Window { window },
+            None => PatternKind::Full,
+        };
+        AttnSpec::new(Pattern::new(kind, self.causal))
     }
 
     /// The attention output before the output projection, heads merged.

@@ -120,6 +120,11 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// The ε under the square root.
+    pub fn epsilon(&self) -> f64 {
+        self.epsilon
+    }
+
     /// `[..., n]` → `[..., n]`. The models check their input widths before
     /// any norm sees them, so a mismatch here is a bug, and panics.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {

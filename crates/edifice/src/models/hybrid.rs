@@ -89,6 +89,10 @@ pub struct HybridConfig {
     /// Widths of the Dense-ReLU-Dropout head.
     #[config(default = "Vec::new()")]
     pub mlp_sizes: Vec<usize>,
+    /// Keys each attention query sees, itself included (default: every
+    /// earlier position, as Edifice). Not an Edifice option: it bounds a
+    /// stream's state ([`crate::stream`]).
+    pub attention_window: Option<usize>,
     /// Edifice's LSTM initial state; only `"zeros"` is supported (Edifice's
     /// default draws a random state, which its own docs call a bug).
     pub recurrent_initializer: Option<String>,
@@ -114,6 +118,7 @@ impl HybridConfig {
             ("num_heads", self.num_heads),
             ("head_dim", self.head_dim),
             ("seq_len", self.seq_len()),
+            ("attention_window", self.attention_window.unwrap_or(1)),
         ])?;
         if let Some(init) = self.recurrent_initializer.as_deref() {
             if init != "zeros" {
@@ -151,6 +156,7 @@ impl HybridConfig {
         let attn = SelfAttentionConfig::multi_head(width, self.num_heads, self.head_dim)
             .with_dropout(self.dropout)
             .with_causal(true)
+            .with_window(self.attention_window)
             .init(device)?;
         let mut prev = width;
         let mlp = self

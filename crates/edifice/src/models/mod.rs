@@ -282,8 +282,9 @@ impl ModelConfig {
         // Edifice's defaults, overlaid with the file's options.
         let defaults =
             Self::defaults(&model, embed_dim).expect("every registered name has defaults");
-        let mut defaults_map = defaults.to_value();
-        defaults_map.remove("model");
+        let Ok(Value::Object(defaults_map)) = defaults.options() else {
+            unreachable!("configs serialise to objects")
+        };
         let merged = overlay(
             defaults_map,
             options,
@@ -295,11 +296,16 @@ impl ModelConfig {
         Ok(config)
     }
 
-    /// The config as a JSON object, `model` key included.
+    /// The config as a JSON object, `model` key included, that
+    /// [`from_value`](Self::from_value) reads back (without the options of
+    /// a sibling model sharing this config, which it refuses).
     pub fn to_value(&self) -> serde_json::Map<String, Value> {
         let Ok(Value::Object(mut map)) = self.options() else {
             unreachable!("configs serialise to objects")
         };
+        for (key, _) in self.info().refused_options {
+            map.remove(*key);
+        }
         map.insert("model".into(), Value::String(self.name().into()));
         map
     }

@@ -23,6 +23,9 @@ use crate::layers::{
 use crate::weights::{Walk, Walker};
 use crate::Error;
 
+/// The positional encoding's `scale` (Edifice's default).
+pub const PE_SCALE: f64 = 0.01;
+
 /// `sliding_window` in the model registry.
 pub const INFO: ModelInfo = ModelInfo {
     name: "sliding_window",
@@ -197,7 +200,7 @@ impl SlidingWindow {
     fn run(&self, x: Tensor<3>, last_only: bool) -> Result<Tensor<3>, Error> {
         check_input(&x, self.input_proj.weight.dims()[0], "sliding_window")?;
         check_len(&x, self.seq_len, "sliding_window")?;
-        let mut x = add_positional_encoding(self.input_proj.forward(x), 0.01);
+        let mut x = add_positional_encoding(self.input_proj.forward(x), PE_SCALE);
         let n = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
             let a = if last_only && i + 1 == n {
