@@ -309,11 +309,21 @@ pub fn rotary(x: Tensor<4>) -> Result<Tensor<4>, Error> {
 /// `add_positional_encoding` (default `scale` 0.01). `x [B, T, E]`.
 pub fn add_positional_encoding(x: Tensor<3>, scale: f64) -> Tensor<3> {
     let [_, t, e] = x.dims();
-    let pe: Vec<f32> = (0..t * e)
-        .map(|idx| positional_encoding(idx as u64 / e as u64, idx % e, scale))
-        .collect();
-    let pe = Tensor::<2>::from_data(TensorData::new(pe, [t, e]), &x.device());
+    add_table(x, &positional_table(t, e, scale))
+}
+
+/// `x [B, T, E] + table [T·E]` (a [`positional_table`] made earlier).
+pub fn add_table(x: Tensor<3>, table: &[f32]) -> Tensor<3> {
+    let [_, t, e] = x.dims();
+    let pe = Tensor::<2>::from_data(TensorData::new(table.to_vec(), [t, e]), &x.device());
     x.add(pe.unsqueeze())
+}
+
+/// The `[T, E]` table [`add_positional_encoding`] adds, row-major.
+pub fn positional_table(t: usize, e: usize, scale: f64) -> Vec<f32> {
+    (0..t * e)
+        .map(|idx| positional_encoding(idx as u64 / e as u64, idx % e, scale))
+        .collect()
 }
 
 /// `sin(pos / (1 + d·scale))`, one element of [`add_positional_encoding`]'s
