@@ -17,10 +17,10 @@
 //! against the predicate for random shapes.
 //!
 //! # One file per kind
-//! Each [`PatternKind`] is one file here implementing [`Rule`]: the
+//! Each [`PatternKind`] is one file here implementing `Rule`: the
 //! contiguous key interval of a query position, keys every query reads,
 //! key spans for a band of rows, tile classification, and which heads share
-//! a tile map ([`Classes`], one value, so its count, membership and
+//! a tile map (`Classes`, one value, so its count, membership and
 //! representatives agree by construction). The causal cut, the predicate,
 //! row bounds and tile masking are written once here on top of those, and
 //! unions compose their members' rules (`union.rs`). A new kind is a new

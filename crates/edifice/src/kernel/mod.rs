@@ -14,7 +14,7 @@
 //! # Adding a fused op
 //! Write `my_op.rs` with a struct implementing [`FusedOp<N>`] (`N` inputs)
 //! and a public function that validates its arguments, builds the struct
-//! and calls [`apply1`], [`apply2`] or [`apply3`]; add `mod my_op;` and its
+//! and calls `apply1`, `apply2` or `apply3`; add `mod my_op;` and its
 //! re-export below. Nothing else changes: the same node records it under
 //! `Autodiff` and calls its backward.
 //!
