@@ -9,6 +9,11 @@
 //! walks the rows of `W` once, so `R` streams share every weight load, and
 //! the block shape (chosen by how many rows there are) never changes a
 //! result's bits. Memory: none beyond the weights.
+//!
+//! A one-row step is bound by reading `W` (a model's weights exceed L2), so
+//! `W` is stored in panels of [`PANEL`] columns, each `[d_in, PANEL]`
+//! contiguous: a block of columns reads one or two sequential streams
+//! instead of a short run from every row `d_out` apart.
 
 use crate::linear::WeightLayout;
 use crate::simd::{Isa, Simd, WithSimd};
@@ -17,12 +22,16 @@ use crate::{same_len, KernelError};
 /// The most rows one [`Dense::rows`] call takes.
 pub const GROUP: usize = 4;
 
-/// `y = x·W + b` with its own copy of the weights in `[d_in, d_out]` order.
+/// Columns per stored panel of `W` (a multiple of every vector width).
+pub const PANEL: usize = 64;
+
+/// `y = x·W + b` with its own copy of the weights, in panels.
 #[derive(Clone, Debug)]
 pub struct Dense {
     d_in: usize,
     d_out: usize,
-    /// `[d_in, d_out]`.
+    /// `W` in panels of [`PANEL`] columns (the last one narrower), each
+    /// `[d_in, width]`: element `(i, j)` at [`Dense::at`].
     w: Vec<f32>,
     /// `[d_out]`.
     b: Vec<f32>,
@@ -44,19 +53,37 @@ impl Dense {
             )));
         }
         same_len("dense", "weight", w.len(), d_in * d_out)?;
-        let w = match layout {
-            WeightLayout::InOut => w.to_vec(),
-            WeightLayout::OutIn => (0..d_in * d_out)
-                .map(|at| w[(at % d_out) * d_in + at / d_out])
-                .collect(),
+        let logical = |i: usize, j: usize| match layout {
+            WeightLayout::InOut => w[i * d_out + j],
+            WeightLayout::OutIn => w[j * d_in + i],
         };
-        Ok(Self {
+        let mut layer = Self {
             d_in,
             d_out,
-            w,
+            w: vec![0.0; d_in * d_out],
             b: b.to_vec(),
             isa: Isa::widest(),
-        })
+        };
+        for i in 0..d_in {
+            for j in 0..d_out {
+                let at = layer.at(i, j);
+                layer.w[at] = logical(i, j);
+            }
+        }
+        Ok(layer)
+    }
+
+    /// Where `W[i, j]` is stored.
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> usize {
+        let start = j / PANEL * PANEL;
+        start * self.d_in + i * self.panel_width(start) + (j - start)
+    }
+
+    /// Width of the panel starting at column `start`.
+    #[inline(always)]
+    fn panel_width(&self, start: usize) -> usize {
+        PANEL.min(self.d_out - start)
     }
 
     /// Input width.
@@ -67,11 +94,6 @@ impl Dense {
     /// Output width.
     pub fn d_out(&self) -> usize {
         self.d_out
-    }
-
-    /// The weights `[d_in, d_out]` and bias, for hashing and inspection.
-    pub fn params(&self) -> (&[f32], &[f32]) {
-        (&self.w, &self.b)
     }
 
     /// `ys[r] = xs[r]·W + b` for up to [`GROUP`] rows: `xs[r]` holds at
@@ -165,12 +187,12 @@ impl Rows<'_> {
             self.block::<S, R, 1>(s, col);
             col += S::LANES;
         }
-        let Dense { d_in, w, b, .. } = self.layer;
+        let layer = self.layer;
         for j in col..d_out {
             for r in 0..R {
-                let mut acc = b[j];
-                for i in 0..*d_in {
-                    acc += *self.xs[r].add(i) * w[i * d_out + j];
+                let mut acc = layer.b[j];
+                for i in 0..layer.d_in {
+                    acc += *self.xs[r].add(i) * layer.w[layer.at(i, j)];
                 }
                 *self.ys[r].add(j) = acc;
             }
@@ -183,10 +205,17 @@ impl Rows<'_> {
     /// As [`columns`](Self::columns), with `col + C·LANES <= d_out`.
     #[inline(always)]
     unsafe fn block<S: Simd, const R: usize, const C: usize>(&self, s: S, col: usize) {
-        let Dense {
-            d_in, d_out, w, b, ..
-        } = self.layer;
-        let (w, b) = (w.as_ptr().add(col), b.as_ptr().add(col));
+        let layer = self.layer;
+        // Each vector lies inside one panel (PANEL is a multiple of LANES):
+        // its row-0 address and its panel's row stride.
+        let mut base = [layer.w.as_ptr(); C];
+        let mut stride = [0; C];
+        for c in 0..C {
+            let j = col + c * S::LANES;
+            base[c] = layer.w.as_ptr().add(layer.at(0, j));
+            stride[c] = layer.panel_width(j / PANEL * PANEL);
+        }
+        let b = layer.b.as_ptr().add(col);
         let mut acc = [[s.splat(0.0); C]; R];
         for c in 0..C {
             let bias = s.load(b.add(c * S::LANES));
@@ -194,11 +223,10 @@ impl Rows<'_> {
                 row[c] = bias;
             }
         }
-        for i in 0..*d_in {
-            let wi = w.add(i * d_out);
+        for i in 0..layer.d_in {
             let mut wv = [s.splat(0.0); C];
             for (c, v) in wv.iter_mut().enumerate() {
-                *v = s.load(wi.add(c * S::LANES));
+                *v = s.load(base[c].add(i * stride[c]));
             }
             for (r, row) in acc.iter_mut().enumerate() {
                 let x = s.splat(*self.xs[r].add(i));
