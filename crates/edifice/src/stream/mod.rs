@@ -30,7 +30,9 @@
 //! streams and threads); a [`StreamState`] is one stream. A step allocates
 //! nothing, takes no lock and runs on the calling thread; stepping `B`
 //! streams together ([`Streamer::step_batch`]) reads each weight once for
-//! all of them and gives each stream the bits it gets alone. `rewind(k)`
+//! every [`GROUP`](edifice_kernels::step::GROUP) of them and gives each
+//! stream the bits it gets alone. Shapes: a frame is `[embed_dim]`, an
+//! output `[output_size]`; a batch `[B, embed_dim]` → `[B, output_size]`. `rewind(k)`
 //! undoes the last `k <= rollback` steps in O(1): the state keeps `window +
 //! rollback` positions (and `rollback + 1` LSTM states).
 //!
