@@ -16,7 +16,8 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
     ModelConfig::from_path(path).with_context(|| format!("config {}", path.display()))
 }
 
-fn write(path: &Path, tensors: &BTreeMap<String, Values>) -> Result<()> {
+/// Writes named f32 tensors to a safetensors file.
+pub fn write(path: &Path, tensors: &BTreeMap<String, Values>) -> Result<()> {
     let bytes = weights::to_safetensors(tensors)?;
     std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }

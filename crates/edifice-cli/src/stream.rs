@@ -9,10 +9,10 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
 use clap::Args;
 use edifice::stream::{Mode, StreamOptions, StreamState, Streamer};
-use edifice::{weights, Model, ModelConfig};
+use edifice::{Model, ModelConfig};
 use serde::Serialize;
 
-use crate::model::{load_model, read_config};
+use crate::model::{load_model, read_config, write};
 use crate::tensors::TensorFile;
 
 /// `edifice stream`.
@@ -159,9 +159,10 @@ fn stream_file(args: &StreamArgs, input: &Path, output: &Path) -> Result<()> {
             y[(s * t + step) * o..(s * t + step + 1) * o].copy_from_slice(&out[s * o..(s + 1) * o]);
         }
     }
-    let tensors = BTreeMap::from([("y".to_string(), (vec![b, t, o], y))]);
-    std::fs::write(output, weights::to_safetensors(&tensors)?)
-        .with_context(|| format!("cannot write {}", output.display()))?;
+    write(
+        output,
+        &BTreeMap::from([("y".to_string(), (vec![b, t, o], y))]),
+    )?;
     println!("wrote y {:?} to {}", [b, t, o], output.display());
     Ok(())
 }

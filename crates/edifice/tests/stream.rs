@@ -145,6 +145,16 @@ fn run(streamer: &Streamer, state: &mut StreamState, frames: &[f32]) -> Vec<f32>
     out
 }
 
+/// Frames `x [T·E]` as one sequence `[1, T, E]`.
+fn sequence(x: Vec<f32>, e: usize) -> Tensor<3> {
+    let t = x.len() / e;
+    Tensor::from_data(TensorData::new(x, [1, t, e]), &Default::default())
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec().unwrap()
+}
+
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }
@@ -158,13 +168,7 @@ fn every_position_equals_forward_all() {
         let e = streamer.input_size();
         let x = frames(t, e, 2);
         let got = run(&streamer, &mut streamer.state(), &x);
-        let input = Tensor::<3>::from_data(TensorData::new(x, [1, t, e]), &Default::default());
-        let want: Vec<f32> = model
-            .forward_all(input)
-            .unwrap()
-            .into_data()
-            .try_to_vec()
-            .unwrap();
+        let want = values(model.forward_all(sequence(x, e)).unwrap());
         let o = streamer.output_size();
         for (pos, (g, w)) in got.chunks_exact(o).zip(want.chunks_exact(o)).enumerate() {
             let diff = g
@@ -456,13 +460,7 @@ fn recompute_runs_the_model_on_the_last_window() {
         let first = (t + 1).saturating_sub(w);
         let n = t + 1 - first;
         window[(w - n) * e..].copy_from_slice(&x[first * e..(t + 1) * e]);
-        let input = Tensor::<3>::from_data(TensorData::new(window, [1, w, e]), &Default::default());
-        let want: Vec<f32> = model
-            .forward(input)
-            .unwrap()
-            .into_data()
-            .try_to_vec()
-            .unwrap();
+        let want = values(model.forward(sequence(window, e)).unwrap());
         assert_eq!(bits(&got[t * o..(t + 1) * o]), bits(&want), "frame {t}");
     }
 }

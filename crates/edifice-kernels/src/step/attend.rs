@@ -12,76 +12,65 @@
 //! is the block kernel's: scores in base 2, the vector `exp2`, f32 sums.
 //! Memory: one score per key in the caller's buffer.
 
+use super::Ring;
 use crate::simd::{Isa, Scalar, Simd, WithSimd};
 use crate::{same_len, KernelError};
 
-/// Keys and values of earlier positions: position `p` lives in slot
-/// `p mod cap`, so the cache holds the last `cap` positions written. Keys
-/// and values are slot-major (`[cap, width]`): a step writes one row of
-/// each and a query streams through consecutive rows.
+/// Keys and values of earlier positions, two [`Ring`]s of the same shape:
+/// a step writes one row of each and a query streams through consecutive
+/// rows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KvCache {
-    cap: usize,
-    width: usize,
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    keys: Ring,
+    values: Ring,
 }
 
 impl KvCache {
     /// A zeroed cache of `slots` slots of `width` keys and values.
     pub fn new(slots: usize, width: usize) -> Self {
-        let cap = slots.max(1);
         Self {
-            cap,
-            width,
-            keys: vec![0.0; cap * width],
-            values: vec![0.0; cap * width],
+            keys: Ring::new(slots, width),
+            values: Ring::new(slots, width),
         }
     }
 
     /// Slots.
     pub fn cap(&self) -> usize {
-        self.cap
+        self.keys.cap()
     }
 
     /// Width of one key (all heads).
     pub fn width(&self) -> usize {
-        self.width
-    }
-
-    fn row(&self, pos: u64) -> std::ops::Range<usize> {
-        let slot = (pos % self.cap as u64) as usize;
-        slot * self.width..(slot + 1) * self.width
+        self.keys.width()
     }
 
     /// Stores the key and value of position `pos` (each `[width]`).
     pub fn write(&mut self, pos: u64, key: &[f32], value: &[f32]) -> Result<(), KernelError> {
-        same_len("kv cache", "key", key.len(), self.width)?;
-        same_len("kv cache", "value", value.len(), self.width)?;
-        let row = self.row(pos);
-        self.keys[row.clone()].copy_from_slice(key);
-        self.values[row].copy_from_slice(value);
+        same_len("kv cache", "key", key.len(), self.width())?;
+        same_len("kv cache", "value", value.len(), self.width())?;
+        self.keys.row_mut(pos).copy_from_slice(key);
+        self.values.row_mut(pos).copy_from_slice(value);
         Ok(())
     }
 
     /// The key of position `pos` (the slot's current content).
     pub fn key(&self, pos: u64) -> &[f32] {
-        &self.keys[self.row(pos)]
+        self.keys.row(pos)
     }
 
     /// The value of position `pos`.
     pub fn value(&self, pos: u64) -> &[f32] {
-        &self.values[self.row(pos)]
+        self.values.row(pos)
     }
 
     /// Keys and values, for snapshots.
     pub fn data(&self) -> [&[f32]; 2] {
-        [&self.keys, &self.values]
+        [self.keys.data(), self.values.data()]
     }
 
     /// Keys and values, to restore a snapshot.
     pub fn data_mut(&mut self) -> [&mut [f32]; 2] {
-        [&mut self.keys, &mut self.values]
+        [self.keys.data_mut(), self.values.data_mut()]
     }
 }
 
@@ -126,7 +115,7 @@ pub fn attend(
     scores: &mut [f32],
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let width = cache.width;
+    let width = cache.width();
     if heads == 0 || !width.is_multiple_of(heads) {
         return Err(KernelError::Shape(format!(
             "attend: {heads} heads do not divide the cache width {width}"
@@ -134,12 +123,13 @@ pub fn attend(
     }
     same_len("attend", "q", q.len(), width)?;
     same_len("attend", "out", out.len(), width)?;
-    if keys.len() > cache.cap || scores.len() < heads * cache.cap {
+    let cap = cache.cap();
+    if keys.len() > cap || scores.len() < heads * cap {
         return Err(KernelError::Shape(format!(
             "attend: {} keys and {} scores, for a cache of {} slots",
             keys.len(),
             scores.len(),
-            cache.cap
+            cap
         )));
     }
     Isa::widest().run(Attend {
@@ -148,7 +138,7 @@ pub fn attend(
         head_dim: width / heads,
         scale: scale * std::f32::consts::LOG2_E,
         keys,
-        scores: &mut scores[..heads * cache.cap],
+        scores: &mut scores[..heads * cap],
         out,
     });
     Ok(())
@@ -174,14 +164,14 @@ impl WithSimd for Attend<'_> {
     /// position together), so the walk through the cache is sequential.
     #[inline(always)]
     fn with_simd<S: Simd>(mut self, s: S) {
-        let (d, cap) = (self.head_dim, self.cache.cap);
+        let (d, cap) = (self.head_dim, self.cache.cap());
         let runs = slot_runs(self.keys, cap);
         let out = std::mem::take(&mut self.out);
         out.fill(0.0);
         if self.keys.is_empty() {
             return;
         }
-        for &(start, len) in runs.iter() {
+        for (start, len) in runs {
             self.score_slots(s, start, len);
         }
         for h in 0..out.len() / d {
@@ -199,7 +189,7 @@ impl WithSimd for Attend<'_> {
                 runs.iter().for_each(|&(a, n)| scores[a..a + n].fill(0.0));
                 continue;
             }
-            for &(start, len) in runs.iter() {
+            for (start, len) in runs {
                 exp2_shifted(s, &mut scores[start..start + len], max);
             }
             let inv = 1.0
@@ -219,10 +209,10 @@ impl Attend<'_> {
     /// summed across lanes.
     #[inline(always)]
     fn score_slots<S: Simd>(&mut self, s: S, start: usize, len: usize) {
-        let (d, cap, width, lanes) = (self.head_dim, self.cache.cap, self.cache.width, S::LANES);
+        let (d, cap, lanes) = (self.head_dim, self.cache.cap(), S::LANES);
         let body = d / lanes * lanes;
         for slot in start..start + len {
-            let row = &self.cache.keys[slot * width..(slot + 1) * width];
+            let row = self.cache.keys.at_slot(slot);
             for (h, (q, k)) in self.q.chunks_exact(d).zip(row.chunks_exact(d)).enumerate() {
                 let mut acc = s.splat(0.0);
                 for c in (0..body).step_by(lanes) {
@@ -241,10 +231,10 @@ impl Attend<'_> {
     #[inline(always)]
     fn weigh_values<S: Simd>(&self, s: S, o: &mut [f32]) {
         let (d, lanes, cache) = (self.head_dim, S::LANES, self.cache);
-        let (cap, width) = (cache.cap, cache.width);
+        let cap = cache.cap();
         let body = d / lanes * lanes;
         for (_, at) in positions(self.keys, cap) {
-            let row = &cache.values[at * width..(at + 1) * width];
+            let row = cache.values.at_slot(at);
             for (h, (o, v)) in o.chunks_exact_mut(d).zip(row.chunks_exact(d)).enumerate() {
                 let w = self.scores[h * cap + at];
                 if w == 0.0 {
@@ -277,47 +267,15 @@ fn positions(keys: KeyRange, cap: usize) -> impl Iterator<Item = (u64, usize)> {
     })
 }
 
-/// The slots of the range as at most two contiguous runs `(start, len)`.
-fn slot_runs(keys: KeyRange, cap: usize) -> Vec2 {
+/// The slots of the range as two contiguous runs `(start, len)`, the
+/// second empty unless the range wraps round the ring.
+fn slot_runs(keys: KeyRange, cap: usize) -> [(usize, usize); 2] {
     let n = keys.len();
-    if n == 0 {
-        return Vec2::default();
-    }
     let start = (keys.first % cap as u64) as usize;
     if start + n <= cap {
-        Vec2::one((start, n))
+        [(start, n), (0, 0)]
     } else {
-        Vec2::two((start, cap - start), (0, n - (cap - start)))
-    }
-}
-
-/// One or two runs, on the stack.
-#[derive(Default)]
-struct Vec2 {
-    runs: [(usize, usize); 2],
-    len: usize,
-}
-
-impl Vec2 {
-    fn one(a: (usize, usize)) -> Self {
-        Self {
-            runs: [a, (0, 0)],
-            len: 1,
-        }
-    }
-
-    fn two(a: (usize, usize), b: (usize, usize)) -> Self {
-        Self {
-            runs: [a, b],
-            len: 2,
-        }
-    }
-}
-
-impl std::ops::Deref for Vec2 {
-    type Target = [(usize, usize)];
-    fn deref(&self) -> &Self::Target {
-        &self.runs[..self.len]
+        [(start, cap - start), (0, n - (cap - start))]
     }
 }
 

@@ -9,13 +9,16 @@
 //! streams it was stepped with.
 //!
 //! - [`Dense`]: `y = x·W + b` for up to [`GROUP`] rows at once.
-//! - [`KvCache`] and [`attend`]: one query against the keys and values of
-//!   earlier positions, kept in a ring of slots.
+//! - [`Ring`]: rows kept per position, the last `cap` of them; [`KvCache`]
+//!   (two rings) and [`attend`]: one query against the keys and values of
+//!   earlier positions.
 //! - Row forms of the layer kernels: [`crate::layer_norm::row`],
 //!   [`crate::gelu::forward_serial`], [`crate::lstm::cell`].
 
 mod attend;
 mod dense;
+mod ring;
 
 pub use attend::{attend, KeyRange, KvCache};
-pub use dense::{Dense, GROUP};
+pub use dense::{Dense, GROUP, PANEL};
+pub use ring::Ring;

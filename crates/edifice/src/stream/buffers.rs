@@ -1,6 +1,5 @@
-//! A stream's memory besides its key/value caches: scratch activations and
-//! per-position history, and the one loop that runs a dense layer over a
-//! batch of streams.
+//! A stream's scratch activations, and the one loop that runs a dense layer
+//! over a batch of streams.
 
 use edifice_kernels::step::{Dense, GROUP};
 
@@ -47,11 +46,6 @@ impl Scratch {
         &mut self.bufs[b as usize]
     }
 
-    /// The first `width` values of the frame buffer.
-    pub fn input_mut(&mut self, width: usize) -> &mut [f32] {
-        &mut self.bufs[Buf::In as usize][..width]
-    }
-
     /// `from` to read and `to` to write (distinct buffers).
     pub fn pair(&mut self, from: Buf, to: Buf) -> (&[f32], &mut [f32]) {
         assert_ne!(from, to, "a layer reads and writes distinct buffers");
@@ -63,55 +57,6 @@ impl Scratch {
             let (lo, hi) = self.bufs.split_at_mut(from);
             (&hi[0], &mut lo[to])
         }
-    }
-}
-
-/// Rows kept per position, position `p` in slot `p mod cap` (the LSTM
-/// state after each of the last `rollback + 1` steps; Recompute's frames).
-#[derive(Clone, Debug, PartialEq)]
-pub(super) struct History {
-    cap: usize,
-    width: usize,
-    data: Vec<f32>,
-}
-
-impl History {
-    pub fn new(cap: usize, width: usize) -> Self {
-        Self {
-            cap: cap.max(1),
-            width,
-            data: vec![0.0; cap.max(1) * width],
-        }
-    }
-
-    fn at(&self, pos: u64) -> usize {
-        (pos % self.cap as u64) as usize * self.width
-    }
-
-    pub fn row(&self, pos: u64) -> &[f32] {
-        let at = self.at(pos);
-        &self.data[at..at + self.width]
-    }
-
-    pub fn row_mut(&mut self, pos: u64) -> &mut [f32] {
-        let at = self.at(pos);
-        &mut self.data[at..at + self.width]
-    }
-
-    /// Copies the row of `from` into the row of `to` (same row: nothing).
-    pub fn copy(&mut self, from: u64, to: u64) {
-        let (src, dst) = (self.at(from), self.at(to));
-        if src != dst {
-            self.data.copy_within(src..src + self.width, dst);
-        }
-    }
-
-    pub fn data(&self) -> &[f32] {
-        &self.data
-    }
-
-    pub fn data_mut(&mut self) -> &mut [f32] {
-        &mut self.data
     }
 }
 

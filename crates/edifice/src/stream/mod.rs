@@ -68,10 +68,11 @@ mod pre_norm;
 mod recompute;
 mod snapshot;
 
-use edifice_kernels::step::KvCache;
+use edifice_kernels::step::{KvCache, Ring};
 
 use crate::{Error, Model, ModelConfig};
-use buffers::{History, Scratch};
+use buffers::Buf;
+use buffers::Scratch;
 use net::{Layout, Net};
 
 /// How a stream computes each output.
@@ -157,7 +158,7 @@ impl Streamer {
         }
         let net = match options.mode {
             Mode::Incremental => net::build(config, model)?,
-            Mode::Recompute => recompute::build(config, model, &options)?,
+            Mode::Recompute => recompute::build(config, model)?,
         };
         let layout = net.layout(&options);
         let fingerprint = net::fingerprint(config, model, &options);
@@ -208,7 +209,7 @@ impl Streamer {
                 .layout
                 .history
                 .iter()
-                .map(|&(slots, width)| History::new(slots, width))
+                .map(|&(slots, width)| Ring::new(slots, width))
                 .collect(),
             scratch: Scratch::new(self.layout.span),
         }
@@ -236,7 +237,7 @@ impl Streamer {
     ) -> Result<(), Error> {
         self.check(states, frames, out)?;
         for (state, frame) in states.iter_mut().zip(frames.chunks_exact(self.input)) {
-            state.scratch.input_mut(self.input).copy_from_slice(frame);
+            state.scratch.get_mut(Buf::In)[..self.input].copy_from_slice(frame);
         }
         let result = self.net.step(states)?;
         for (state, out) in states.iter_mut().zip(out.chunks_exact_mut(self.output)) {
@@ -293,7 +294,8 @@ pub struct StreamState {
     t: u64,
     rollback: usize,
     kv: Vec<KvCache>,
-    history: Vec<History>,
+    /// Per-position rows (LSTM states, Recompute's frames).
+    history: Vec<Ring>,
     scratch: Scratch,
     /// One attention score per head and slot of the largest cache.
     scores: Vec<f32>,

@@ -57,7 +57,7 @@ pub(super) fn build(config: &ModelConfig, model: &Model) -> Result<Box<dyn Net>,
 }
 
 /// The error for a model that is not the config's.
-pub(super) fn mismatch(config: &ModelConfig) -> Error {
+fn mismatch(config: &ModelConfig) -> Error {
     Error::Config(format!(
         "the model given to the streamer is not a `{}`",
         config.name()

@@ -16,7 +16,7 @@
 use edifice_kernels::step::{Dense, KeyRange};
 
 use super::buffers::{dense, Buf};
-use super::net::{self, add, caches, ffn, Layout, Net, Norm, Reach, SelfAttn};
+use super::net::{self, add, ffn, Layout, Net, Norm, Reach, SelfAttn};
 use super::{StreamOptions, StreamState};
 use crate::layers::{Combine, PatternAttention};
 use crate::models::backbone::{Backbone, BlockAttention};
@@ -181,45 +181,55 @@ impl PreNorm {
             hidden,
         })
     }
+}
 
-    /// Caches per block: one, or DualChunk's two (the chunk's positions,
-    /// then the completed chunks' means).
-    fn per_block(&self) -> usize {
-        match self.blocks.first().map(|b| &b.attn) {
-            Some(Attn::Chunked(_)) => 2,
-            _ => 1,
+impl Attn {
+    /// The `(slots, width)` of this attention's caches and the growth
+    /// limit they imply: a pattern's one, or DualChunk's two (the chunk's
+    /// positions, then the completed chunks' means, up to `max_len`).
+    fn caches(&self, options: &StreamOptions) -> (Vec<(usize, usize)>, Option<u64>) {
+        match self {
+            Attn::Pattern(a) => {
+                let (kv, limit) = a.cache(options);
+                (vec![kv], limit)
+            }
+            Attn::Chunked(c) => {
+                let chunks = options.max_len / c.chunk + 1;
+                let kv = vec![(c.chunk + options.rollback, c.width), (chunks, c.width)];
+                (kv, Some(options.max_len as u64))
+            }
+        }
+    }
+
+    /// How many caches [`caches`](Self::caches) lists.
+    fn cache_count(&self) -> usize {
+        match self {
+            Attn::Pattern(_) => 1,
+            Attn::Chunked(_) => 2,
+        }
+    }
+
+    fn heads(&self) -> usize {
+        match self {
+            Attn::Pattern(a) => a.heads,
+            Attn::Chunked(c) => c.heads,
         }
     }
 }
 
 impl Net for PreNorm {
     fn layout(&self, options: &StreamOptions) -> Layout {
-        let (kv, max_len) = match self.blocks.first().map(|b| &b.attn) {
-            Some(Attn::Chunked(c)) => {
-                let chunks = options.max_len / c.chunk + 1;
-                let kv = (0..self.blocks.len())
-                    .flat_map(|_| [(c.chunk + options.rollback, c.width), (chunks, c.width)])
-                    .collect();
-                (kv, Some(options.max_len as u64))
-            }
-            _ => caches(
-                self.blocks.iter().filter_map(|b| match &b.attn {
-                    Attn::Pattern(a) => Some(a),
-                    Attn::Chunked(_) => None,
-                }),
-                options,
-            ),
-        };
+        let (mut kv, mut max_len) = (Vec::new(), None);
+        for block in &self.blocks {
+            let (caches, limit) = block.attn.caches(options);
+            kv.extend(caches);
+            max_len = max_len.or(limit);
+        }
         let inner = self.blocks.first().map_or(0, |b| b.up.d_out());
-        let heads = match self.blocks.first().map(|b| &b.attn) {
-            Some(Attn::Pattern(a)) => a.heads,
-            Some(Attn::Chunked(c)) => c.heads,
-            None => 1,
-        };
         Layout {
             kv,
             history: Vec::new(),
-            heads,
+            heads: self.blocks.first().map_or(1, |b| b.attn.heads()),
             span: self.embed.max(3 * self.hidden).max(inner),
             max_len,
         }
@@ -234,18 +244,20 @@ impl Net for PreNorm {
                 y[..h].copy_from_slice(&x[..h]);
             }),
         }
-        let per_block = self.per_block();
-        for (i, block) in self.blocks.iter().enumerate() {
+        // The blocks' caches, in order: each block's first one.
+        let mut cache = 0;
+        for block in &self.blocks {
             for s in states.iter_mut() {
                 block.attn_norm.apply(s, Buf::X, Buf::A)?;
             }
             dense(&block.qkv, states, Buf::A, Buf::Qkv)?;
             for s in states.iter_mut() {
                 match &block.attn {
-                    Attn::Pattern(a) => a.step(s, i, Buf::Qkv, Buf::G)?,
-                    Attn::Chunked(c) => c.step(s, i * per_block)?,
+                    Attn::Pattern(a) => a.step(s, cache, Buf::Qkv, Buf::G)?,
+                    Attn::Chunked(c) => c.step(s, cache)?,
                 }
             }
+            cache += block.attn.cache_count();
             dense(&block.out, states, Buf::G, Buf::A)?;
             for s in states.iter_mut() {
                 add(s, Buf::X, Buf::A, h);

@@ -19,11 +19,7 @@ pub(super) struct Recompute {
 }
 
 /// The recompute net of any model.
-pub(super) fn build(
-    config: &ModelConfig,
-    model: &Model,
-    _options: &StreamOptions,
-) -> Result<Box<dyn Net>, Error> {
+pub(super) fn build(config: &ModelConfig, model: &Model) -> Result<Box<dyn Net>, Error> {
     let (window, embed) = config.input_dims();
     Ok(Box::new(Recompute {
         model: model.clone(),
