@@ -29,7 +29,6 @@
 use rayon::prelude::*;
 
 use crate::element::{Element, ForProducts, Products, PvTile};
-use crate::pattern::Rows;
 use crate::simd::{Operand, Simd, WithSimd};
 use crate::tile::{
     masked_scores, Bounds, Gathered, KeyRows, PerWorker, TaskCx, S_ROWS, TILE_K, TILE_Q,
@@ -173,7 +172,7 @@ impl<E: Element, P: Products<E>> WithSimd for QueryTile<'_, E, P> {
         let d = shape.head_dim;
         let n_rows = self.lse.len();
         let first = self.tile * TILE_Q;
-        let rows = Rows::new(shape, first, first + n_rows - 1);
+        let rows = cx.att.pattern().rows(shape, first, first + n_rows - 1);
         let plane = cx.batch * shape.heads_q + cx.head;
         let kv_base = cx.kv_base(shape.kv_head(cx.head));
         let sc = &mut *self.scratch;

@@ -68,7 +68,7 @@ impl TileMap {
                 for t in 0..q_tiles {
                     let first = t * tile_q;
                     let last = (first + tile_q).min(shape.len_q) - 1;
-                    let rows = Rows::new(shape, first, last);
+                    let rows = pattern.rows(shape, first, last);
                     let before = blocks.len();
                     spans.clear();
                     pattern.key_spans(shape, head, &rows, &mut spans);

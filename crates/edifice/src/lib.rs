@@ -1,6 +1,7 @@
 //! Edifice's attention models on burn (Flex CPU backend).
 #![warn(missing_docs)]
 
+pub mod fingerprint;
 pub mod functional;
 pub mod kernel;
 pub mod layers;
@@ -38,4 +39,7 @@ pub enum Error {
     /// unchanged).
     #[error("stream: {0}")]
     Stream(String),
+    /// A sequence-parallel run failed (`edifice-dist`).
+    #[error("distributed: {0}")]
+    Distributed(String),
 }

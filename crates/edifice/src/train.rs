@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -263,6 +264,49 @@ pub struct Stats {
     pub accuracy: f64,
 }
 
+/// How a run computes a batch's loss and combines gradients: [`Local`]
+/// on one process, or with the sequence spread over several
+/// (`edifice-dist`).
+pub trait Parallelism: Send + Sync {
+    /// The loss of `model` on `x [B, T, E]` with labels `y [B]`: the tensor
+    /// to differentiate and the stats to report, the same on every process.
+    fn loss(
+        &self,
+        model: &Classifier,
+        x: Tensor<3>,
+        y: Tensor<1, Int>,
+        device: &Device,
+    ) -> Result<(Tensor<1>, Stats), Error>;
+
+    /// Combines this process's gradients with the others' before the
+    /// update (nothing to do on one process).
+    fn reduce(&self, _model: &mut Classifier, _grads: &mut GradientsParams) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// One process: the whole batch, the whole sequence.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Local;
+
+impl Parallelism for Local {
+    fn loss(
+        &self,
+        model: &Classifier,
+        x: Tensor<3>,
+        y: Tensor<1, Int>,
+        device: &Device,
+    ) -> Result<(Tensor<1>, Stats), Error> {
+        let (loss, accuracy) = Trainer::stats(model.forward(x)?, y, device);
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        let stats = Stats {
+            loss: value,
+            accuracy,
+        };
+        Ok((loss, stats))
+    }
+}
+
 /// A training run in progress.
 pub struct Trainer {
     /// What is being trained.
@@ -273,6 +317,7 @@ pub struct Trainer {
     /// Steps done.
     pub step: usize,
     device: Device,
+    parallelism: Arc<dyn Parallelism>,
 }
 
 /// A checkpoint's header key for the format marker.
@@ -290,13 +335,27 @@ impl Trainer {
         let footprint = Footprint::of(&model, run.task.seq_len);
         footprint.check(run.train.batch_size, Use::Training, "training")?;
         let optim = Self::optimizer(&run);
+        let mut model = Classifier { model, head };
+        // burn draws a parameter's initial values at its first use: draw
+        // them all now, from the seed, so they do not depend on what runs
+        // first (a training step re-seeds the device for its dropout; a
+        // distributed run reads the weights to check its ranks agree).
+        weights::entries(&mut model);
         Ok(Self {
             run,
-            model: Classifier { model, head },
+            model,
             optim,
             step: 0,
             device,
+            parallelism: Arc::new(Local),
         })
+    }
+
+    /// Computes losses and combines gradients through `parallelism` from
+    /// now on (it may also change the model, e.g. schedule its attention
+    /// across processes).
+    pub fn set_parallelism(&mut self, parallelism: Arc<dyn Parallelism>) {
+        self.parallelism = parallelism;
     }
 
     fn optimizer(run: &RunConfig) -> ModuleOptimizer {
@@ -317,7 +376,9 @@ impl Trainer {
         (x, y)
     }
 
-    fn stats(logits: Tensor<2>, y: Tensor<1, Int>, device: &Device) -> (Tensor<1>, f64) {
+    /// Mean cross-entropy of `logits [B, classes]` against labels `y [B]`,
+    /// and the fraction of correct argmax predictions.
+    pub fn stats(logits: Tensor<2>, y: Tensor<1, Int>, device: &Device) -> (Tensor<1>, f64) {
         let n = y.dims()[0];
         let correct: i64 = logits
             .clone()
@@ -345,9 +406,8 @@ impl Trainer {
             .task
             .batch(t.seed, Split::Train, self.step as u64, t.batch_size);
         let (x, y) = Self::tensors(&batch, &self.device);
-        let logits = self.model.forward(x)?;
-        let (loss, accuracy) = Self::stats(logits, y, &self.device);
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        let (loss, stats) = self.parallelism.loss(&self.model, x, y, &self.device)?;
+        let (loss_value, accuracy) = (stats.loss, stats.accuracy);
         if !loss_value.is_finite() {
             return Err(Error::Diverged(format!(
                 "the training loss of step {} is {loss_value} (try a lower learning rate; \
@@ -355,7 +415,8 @@ impl Trainer {
                 self.step + 1
             )));
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        self.parallelism.reduce(&mut self.model, &mut grads)?;
         let lr = self.run.lr(self.step);
         let model = self.model.clone();
         self.model = self.optim.step(lr, model, grads);
@@ -379,9 +440,9 @@ impl Trainer {
                 .task
                 .batch(t.seed, Split::Eval, index as u64, t.batch_size);
             let (x, y) = Self::tensors(&batch, &device);
-            let (l, a) = Self::stats(model.forward(x)?, y, &device);
-            loss += l.into_scalar::<f32>() as f64;
-            accuracy += a;
+            let (_, stats) = self.parallelism.loss(&model, x, y, &device)?;
+            loss += stats.loss;
+            accuracy += stats.accuracy;
         }
         let n = t.eval_batches as f64;
         if !loss.is_finite() {

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use burn::module::{Param, ParamId};
+use burn::optim::GradientsParams;
 
 use crate::layers::{LayerNorm, Linear};
 use burn::tensor::{Gradients, Tensor, TensorData};
@@ -100,6 +101,19 @@ enum Mode<'a> {
         ids: Option<&'a BTreeMap<String, u64>>,
     },
     Ids(&'a mut BTreeMap<String, u64>),
+    /// Moves each gradient out of `grads` into `out`: its values (zeros
+    /// when it has none), then 1 if it had one, else 0.
+    TakeGrads {
+        grads: &'a mut GradientsParams,
+        out: &'a mut Vec<f32>,
+    },
+    /// Puts back gradients laid out as `TakeGrads` does, from `values[at..]`,
+    /// where the marker is not 0.
+    PutGrads {
+        grads: &'a mut GradientsParams,
+        values: &'a [f32],
+        at: usize,
+    },
 }
 
 /// Visits every parameter of a module tree with its full name.
@@ -161,6 +175,25 @@ impl<'a> Walker<'a> {
             }
             Mode::Ids(out) => {
                 out.insert(full, p.id.val());
+            }
+            Mode::TakeGrads { grads, out } => {
+                let grad = grads.remove::<D>(p.id);
+                let size = p.val().shape().num_elements();
+                match &grad {
+                    Some(g) => out.extend(g.to_data().convert::<f32>().iter::<f32>()),
+                    None => out.resize(out.len() + size, 0.0),
+                }
+                out.push(if grad.is_some() { 1.0 } else { 0.0 });
+            }
+            Mode::PutGrads { grads, values, at } => {
+                let (dims, device) = (p.val().dims(), p.val().device());
+                let size = p.val().shape().num_elements();
+                let (grad, marker) = (&values[*at..*at + size], values[*at + size]);
+                *at += size + 1;
+                if marker != 0.0 {
+                    let data = TensorData::new(grad.to_vec(), dims);
+                    grads.register::<D>(p.id, Tensor::from_data(data, &device));
+                }
             }
             Mode::Load {
                 tensors,
@@ -291,6 +324,37 @@ pub fn gradients(model: &mut impl Walk, grads: &Gradients) -> Vec<(String, Optio
         },
     );
     out
+}
+
+/// Passes every parameter's gradient in `grads` through `reduce` as one flat
+/// buffer in walk order (each gradient's values, zeros where a parameter has
+/// none, followed by a marker: 1 where it has one, else 0), then puts back
+/// what `reduce` leaves there for every parameter whose marker is not 0. A
+/// sequence-parallel run sums the buffer across processes: every parameter
+/// that got a gradient on any process gets the sum.
+pub fn reduce_gradients(
+    model: &mut impl Walk,
+    grads: &mut GradientsParams,
+    reduce: impl FnOnce(&mut [f32]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut flat = Vec::new();
+    walk(
+        model,
+        Mode::TakeGrads {
+            grads,
+            out: &mut flat,
+        },
+    );
+    reduce(&mut flat)?;
+    walk(
+        model,
+        Mode::PutGrads {
+            grads,
+            values: &flat,
+            at: 0,
+        },
+    );
+    Ok(())
 }
 
 /// Replaces every parameter of `model` with `tensors`, which must hold

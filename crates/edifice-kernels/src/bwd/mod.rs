@@ -249,7 +249,7 @@ impl TileGrad {
                 0.0
             };
         }
-        Rows::new(s, first, first + n_rows - 1)
+        att.pattern().rows(s, first, first + n_rows - 1)
     }
 
     /// Recomputes `Pᵀ` (into `p`) and `dSᵀ` (into `ds`) for one key tile

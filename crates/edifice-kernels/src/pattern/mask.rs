@@ -85,7 +85,7 @@ impl Rule for MaskRule<'_> {
     }
 
     fn allowed(&self, cx: Ctx, i: usize, j: usize) -> bool {
-        let ip = i as i64 + cx.shape.offset();
+        let ip = i as i64 + cx.offset;
         (!cx.causal || j as i64 <= ip) && self.0.row(cx, i)[j]
     }
 

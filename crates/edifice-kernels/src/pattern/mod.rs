@@ -136,12 +136,40 @@ pub struct Pattern {
     pub kind: PatternKind,
     /// Intersect the rule with `j <= i'`.
     pub causal: bool,
+    /// The aligned position of query row 0 when not `Nk - Nq`.
+    query_offset: Option<i64>,
 }
 
 impl Pattern {
     /// A pattern of the given kind, optionally intersected with causal.
     pub fn new(kind: PatternKind, causal: bool) -> Self {
-        Pattern { kind, causal }
+        Pattern {
+            kind,
+            causal,
+            query_offset: None,
+        }
+    }
+
+    /// Places query row `i` at aligned position `i' = i + offset` instead of
+    /// `i + Nk - Nq`: the queries and keys are two blocks of one longer
+    /// sequence, `offset` positions apart (their first positions' distance).
+    /// This is how a ring computes one block pair of a sequence it has cut
+    /// up; `offset` may be negative or beyond `Nk`.
+    pub fn with_query_offset(mut self, offset: i64) -> Self {
+        self.query_offset = Some(offset);
+        self
+    }
+
+    /// The aligned position of query row 0 in `shape`.
+    #[inline]
+    pub fn query_offset(&self, shape: &AttnShape) -> i64 {
+        self.query_offset.unwrap_or_else(|| shape.offset())
+    }
+
+    /// Query rows `first..=last` of `shape`, with their aligned positions.
+    #[inline]
+    pub fn rows(&self, shape: &AttnShape, first: usize, last: usize) -> Rows {
+        Rows::new(self.query_offset(shape), first, last)
     }
 
     /// The context of (batch, head) in `shape`.
@@ -152,6 +180,7 @@ impl Pattern {
             batch,
             head,
             causal: self.causal,
+            offset: self.query_offset(shape),
         }
     }
 

@@ -12,6 +12,8 @@ pub(crate) struct Ctx<'a> {
     pub batch: usize,
     pub head: usize,
     pub causal: bool,
+    /// The aligned position of query row 0.
+    pub offset: i64,
 }
 
 /// Which (batch, head)s share a tile map: one value per kind, from which
@@ -125,7 +127,7 @@ pub(crate) trait Rule {
     /// The predicate for query row `i` and key `j`, causal cut included.
     #[inline]
     fn allowed(&self, cx: Ctx, i: usize, j: usize) -> bool {
-        let ip = i as i64 + cx.shape.offset();
+        let ip = i as i64 + cx.offset;
         let (lo, hi) = cut(cx, self.interval(cx, ip), ip);
         let j64 = j as i64;
         (lo <= j64 && j64 <= hi) || (self.key_always(cx, j) && (!cx.causal || j64 <= ip))

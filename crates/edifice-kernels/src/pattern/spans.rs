@@ -2,8 +2,6 @@
 //! pattern, key spans, bands of query rows, and making overlapping spans
 //! disjoint.
 
-use crate::AttnShape;
-
 /// How a tile of (rows × keys) relates to a pattern.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileKind {
@@ -83,9 +81,9 @@ pub struct Rows {
 }
 
 impl Rows {
-    /// Rows `first..=last` of an attention of the given shape.
-    pub fn new(shape: &AttnShape, first: usize, last: usize) -> Self {
-        let off = shape.offset();
+    /// Rows `first..=last` whose row 0 sits at aligned position `off`
+    /// ([`Pattern::rows`](crate::Pattern::rows) knows it for a shape).
+    pub fn new(off: i64, first: usize, last: usize) -> Self {
         Rows {
             first,
             last,

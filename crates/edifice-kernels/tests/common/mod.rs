@@ -70,7 +70,17 @@ pub fn pattern_strategy(shape: AttnShape) -> impl Strategy<Value = Pattern> {
         3 => leaf.clone(),
         1 => prop::collection::vec(leaf, 1..=3).prop_map(PatternKind::Union),
     ];
-    (kind, any::<bool>()).prop_map(|(kind, causal)| Pattern::new(kind, causal))
+    // A quarter of the cases place the queries elsewhere than the end of
+    // the keys (a ring's block pairs), before, inside and past them.
+    let reach = (shape.len_q + shape.len_k) as i64 + 3;
+    let offset = prop::option::weighted(0.25, -reach..=reach);
+    (kind, any::<bool>(), offset).prop_map(|(kind, causal, offset)| {
+        let pattern = Pattern::new(kind, causal);
+        match offset {
+            Some(offset) => pattern.with_query_offset(offset),
+            None => pattern,
+        }
+    })
 }
 
 /// Every kind but unions.

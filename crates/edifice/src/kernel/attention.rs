@@ -15,7 +15,12 @@
 //! [`Schedule::Ring`] computes the same causal attention as ring attention
 //! does (chunk by chunk in ring order, merged by `lse`, see
 //! [`edifice_kernels::ring`]); its backward is the fused kernel's, given the
-//! merged `(o, lse)`.
+//! merged `(o, lse)`. [`Schedule::Parallel`] hands both passes to a
+//! [`SequenceParallel`] implementation: the sequence spread over processes
+//! (`edifice-dist`), each holding a slice of the positions.
+
+use std::fmt::Debug;
+use std::sync::Arc;
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
@@ -24,9 +29,9 @@ use edifice_kernels::{ring, Attention, AttnShape, Pattern, PatternKind};
 use super::{apply3, like, values, FusedOp, Grads};
 use crate::Error;
 
-/// How the attention is scheduled. Both give the same result (up to float
-/// summation order) and share one backward.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How the attention is scheduled. Every schedule gives the same result (up
+/// to float summation order).
+#[derive(Clone, Debug, Default)]
 pub enum Schedule {
     /// One fused pass over the tile map.
     #[default]
@@ -38,6 +43,57 @@ pub enum Schedule {
         /// Number of chunks (ring steps).
         chunks: usize,
     },
+    /// Sequence-parallel attention: the tensors hold this process's slice
+    /// of the positions, and `SequenceParallel` computes their exact
+    /// attention over the whole sequence with the other processes.
+    Parallel(Arc<dyn SequenceParallel>),
+}
+
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Schedule::Fused, Schedule::Fused) => true,
+            (Schedule::Ring { chunks: a }, Schedule::Ring { chunks: b }) => a == b,
+            (Schedule::Parallel(a), Schedule::Parallel(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// Attention over a sequence whose positions are spread over processes.
+///
+/// `att` describes this process's slice: `q [B, Hq, L, D]` and
+/// `k, v [B, Hkv, L, D]` with `L` its local positions (as its
+/// [`AttnShape`]), and the pattern and scale of the attention over the
+/// whole sequence. The outputs are the slice's rows of the whole
+/// sequence's attention: `o [B, Hq, L, D]`, `lse [B, Hq, L]`, and in the
+/// backward `dq`, `dk`, `dv` like `q`, `k`, `v` (all of the loss's
+/// gradient that reaches this slice's keys and values, from every
+/// process's queries). Every process must call both passes in the same
+/// order.
+pub trait SequenceParallel: Debug + Send + Sync {
+    /// Checks that this slice and pattern can be computed; called once per
+    /// call before any tensor is read.
+    fn check(&self, att: &Attention) -> Result<(), Error>;
+
+    /// `(o, lse)` of this slice's queries.
+    fn forward(
+        &self,
+        att: &Attention,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>), Error>;
+
+    /// `(dq, dk, dv)` of this slice from the forward's inputs `[q, k, v,
+    /// o]`, its `lse` and the output's gradient `d_o`.
+    fn backward(
+        &self,
+        att: &Attention,
+        inputs: [&[f32]; 4],
+        lse: &[f32],
+        d_o: &[f32],
+    ) -> Result<AttnGrads, Error>;
 }
 
 /// Everything about an attention call except the tensors.
@@ -68,6 +124,9 @@ impl AttnSpec {
         if let Some(scale) = self.scale {
             att = att.with_scale(scale)?;
         }
+        if let Schedule::Parallel(parallel) = &self.schedule {
+            parallel.check(&att)?;
+        }
         if let Schedule::Ring { chunks } = self.schedule {
             if self.pattern != Pattern::new(PatternKind::Full, true) {
                 return Err(Error::Config(format!(
@@ -84,7 +143,7 @@ impl AttnSpec {
         }
         Ok(Plan {
             att,
-            schedule: self.schedule,
+            schedule: self.schedule.clone(),
         })
     }
 }
@@ -105,11 +164,12 @@ impl Plan {
         k: &[f32],
         v: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>), Error> {
-        Ok(match self.schedule {
+        Ok(match &self.schedule {
             Schedule::Fused => self.att.forward_vec(q, k, v)?,
             Schedule::Ring { chunks } => {
-                ring::forward(*self.att.shape(), chunks, self.att.scale(), q, k, v)?
+                ring::forward(*self.att.shape(), *chunks, self.att.scale(), q, k, v)?
             }
+            Schedule::Parallel(parallel) => parallel.forward(&self.att, q, k, v)?,
         })
     }
 
@@ -120,13 +180,16 @@ impl Plan {
         [q, k, v, o]: [&[f32]; 4],
         lse: &[f32],
         d_o: &[f32],
-    ) -> Result<Gradients, Error> {
-        Ok(self.att.backward_vec(q, k, v, o, lse, d_o)?)
+    ) -> Result<AttnGrads, Error> {
+        match &self.schedule {
+            Schedule::Parallel(parallel) => parallel.backward(&self.att, [q, k, v, o], lse, d_o),
+            _ => Ok(self.att.backward_vec(q, k, v, o, lse, d_o)?),
+        }
     }
 }
 
 /// `(dq, dk, dv)`.
-pub(super) type Gradients = (Vec<f32>, Vec<f32>, Vec<f32>);
+pub type AttnGrads = (Vec<f32>, Vec<f32>, Vec<f32>);
 
 /// `q [B, Hq, Nq, D]`, `k, v [B, Hkv, Nk, D]` → `o [B, Hq, Nq, D]` through the
 /// fused kernel (see the module docs). Differentiable when the tensors live

@@ -45,7 +45,7 @@ mod linear;
 mod lstm;
 mod packed;
 
-pub use attention::{attention, AttnSpec, Schedule};
+pub use attention::{attention, AttnGrads, AttnSpec, Schedule, SequenceParallel};
 pub use dropout::dropout;
 pub use edifice_kernels::linear::WeightLayout;
 pub use gelu::gelu;

@@ -403,16 +403,28 @@ impl PatternAttention {
     }
 
     /// `x [B, T, H]` → the last position's output `[B, 1, H]`: the last
-    /// query alone, or with the ring schedule (which needs every query) the
-    /// full attention; the output projection on that position only.
+    /// query alone, or with a ring or parallel schedule (which need every
+    /// query) the full attention; the output projection on that position
+    /// only.
     pub fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         let qkv = self.qkv.forward(x);
         let o = match self.spec.schedule {
             Schedule::Fused => attention_packed_tail(qkv, self.num_heads, 1, &self.spec)?,
-            Schedule::Ring { .. } => {
+            Schedule::Ring { .. } | Schedule::Parallel(_) => {
                 last_position(attention_packed(qkv, self.num_heads, &self.spec)?)
             }
         };
         Ok(self.out_proj.forward(o))
+    }
+
+    /// The same layer with its attention scheduled by `schedule`.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.spec.schedule = schedule;
+        self
+    }
+
+    /// How the attention is scheduled.
+    pub fn schedule(&self) -> &Schedule {
+        &self.spec.schedule
     }
 }

@@ -129,3 +129,14 @@ impl BlockAttention for PatternAttention {
 
 /// The ring model: the shared backbone with [`PatternAttention`] blocks.
 pub type Ring = SequenceModel<PatternAttention>;
+
+impl Ring {
+    /// The same model with every block's attention scheduled by `schedule`
+    /// (e.g. [`Schedule::Parallel`]: its sequence spread over processes).
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        for block in &mut self.backbone.blocks {
+            block.attn = block.attn.clone().with_schedule(schedule.clone());
+        }
+        self
+    }
+}

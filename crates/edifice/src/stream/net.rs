@@ -11,7 +11,7 @@ use edifice_kernels::{gelu, layer_norm, AttnShape, Pattern, PatternKind};
 use super::buffers::{dense, Buf};
 use super::{hybrid, post_norm, pre_norm, StreamOptions, StreamState};
 use crate::layers::{LayerNorm, Linear};
-use crate::{weights, Error, Model, ModelConfig};
+use crate::{Error, Model, ModelConfig};
 
 /// What each stream of a net keeps, sized once.
 #[derive(Clone, Debug, Default)]
@@ -64,43 +64,12 @@ fn mismatch(config: &ModelConfig) -> Error {
     ))
 }
 
-/// FNV-1a over the config, the options and every weight's name, shape and
-/// bits: what a snapshot is checked against.
+/// The fingerprint of the config, the options and every weight: what a
+/// snapshot is checked against.
 pub(super) fn fingerprint(config: &ModelConfig, model: &Model, options: &StreamOptions) -> u64 {
-    let mut h = Fnv::default();
-    h.bytes(
-        serde_json::Value::Object(config.to_value())
-            .to_string()
-            .as_bytes(),
-    );
-    h.bytes(format!("{options:?}").as_bytes());
-    for (name, (shape, values)) in weights::tensors(&mut model.clone()) {
-        h.bytes(name.as_bytes());
-        shape
-            .iter()
-            .for_each(|&d| h.bytes(&(d as u64).to_le_bytes()));
-        values
-            .iter()
-            .for_each(|v| h.bytes(&v.to_bits().to_le_bytes()));
-    }
-    h.0
-}
-
-/// 64-bit FNV-1a: stable across processes, builds and platforms.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    fn bytes(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
+    let config = serde_json::Value::Object(config.to_value()).to_string();
+    let options = format!("{options:?}");
+    crate::fingerprint::fingerprint(&[config.as_bytes(), options.as_bytes()], &mut model.clone())
 }
 
 /// A parameter's values, row-major.

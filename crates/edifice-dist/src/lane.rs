@@ -1,0 +1,191 @@
+//! A lane of the ring: one kind of block (keys, values or their gradient
+//! sums) passing from rank to rank in pieces.
+//!
+//! A block is `M` pieces (one per `(batch, kv head)` plane) kept in
+//! `M + 1` slots: piece `g` (counted over the whole ring, `g = step·M +
+//! plane`) lives in slot `g mod (M + 1)`. While a rank works on piece `g`,
+//! the next block's piece `g + M` arrives in the slot piece `g − 1` has
+//! just left, so the ring needs one extra piece of memory per lane instead
+//! of a second block. The lane starts as the rank's own tensor
+//! (`[B, Hkv, L, D]`, re-strided in place to slots of the longest rank's
+//! rows) and gives it back in its original layout.
+//!
+//! MPI writes into a slot while the kernels read others, so slots are
+//! made from the buffer's pointer, never through the `Vec` while a
+//! request is in flight; whoever starts a request finishes it before the
+//! slot is touched again (the driver in `ring.rs` keeps that order).
+
+use crate::comm::{Comm, Pending};
+
+pub(crate) struct Lane {
+    data: Vec<f32>,
+    ptr: *mut f32,
+    pieces: usize,
+    /// Floats per slot: the longest rank's rows.
+    slot: usize,
+    /// Floats of this rank's own piece.
+    own: usize,
+    tag: i32,
+    what: &'static str,
+    pub(crate) sends: Vec<Option<Pending>>,
+    pub(crate) recvs: Vec<Option<Pending>>,
+}
+
+// SAFETY: the pointer is into `data`, owned by the lane; requests are only
+// started and finished on the MPI thread (Comm checks).
+unsafe impl Send for Lane {}
+unsafe impl Sync for Lane {}
+
+impl Lane {
+    /// A lane over `own`, the rank's `pieces` pieces of `own_len` floats
+    /// each, in slots of `slot` floats.
+    pub(crate) fn adopt(
+        mut own: Vec<f32>,
+        pieces: usize,
+        own_len: usize,
+        slot: usize,
+        tag: i32,
+        what: &'static str,
+    ) -> Lane {
+        assert_eq!(
+            own.len(),
+            pieces * own_len,
+            "a lane's tensor is [pieces, own_len]"
+        );
+        assert!(own_len <= slot);
+        own.resize((pieces + 1) * slot, 0.0);
+        if own_len < slot {
+            for p in (0..pieces).rev() {
+                own.copy_within(p * own_len..(p + 1) * own_len, p * slot);
+            }
+        }
+        let ptr = own.as_mut_ptr();
+        Lane {
+            data: own,
+            ptr,
+            pieces,
+            slot,
+            own: own_len,
+            tag,
+            what,
+            sends: (0..=pieces).map(|_| None).collect(),
+            recvs: (0..=pieces).map(|_| None).collect(),
+        }
+    }
+
+    /// A lane of zeros (gradient sums).
+    pub(crate) fn zeros(
+        pieces: usize,
+        own_len: usize,
+        slot: usize,
+        tag: i32,
+        what: &'static str,
+    ) -> Lane {
+        Lane::adopt(
+            vec![0.0; pieces * own_len],
+            pieces,
+            own_len,
+            slot,
+            tag,
+            what,
+        )
+    }
+
+    /// Slots: pieces + 1.
+    pub(crate) fn slot_count(&self) -> usize {
+        self.pieces + 1
+    }
+
+    fn index(&self, g: usize) -> usize {
+        g % (self.pieces + 1)
+    }
+
+    /// Piece `g`'s slot.
+    ///
+    /// # Safety
+    /// No receive into that slot may be in flight.
+    pub(crate) unsafe fn piece(&self, g: usize) -> &[f32] {
+        std::slice::from_raw_parts(self.ptr.add(self.index(g) * self.slot), self.slot)
+    }
+
+    /// Piece `g`'s slot, to add into.
+    ///
+    /// # Safety
+    /// No request on that slot may be in flight, and no other reference to
+    /// it may live.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn piece_mut(&self, g: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.ptr.add(self.index(g) * self.slot), self.slot)
+    }
+
+    /// Starts sending the first `len` floats of piece `g` to `to`.
+    pub(crate) fn send(&mut self, comm: &Comm, g: usize, len: usize, to: usize) {
+        let i = self.index(g);
+        debug_assert!(self.recvs[i].is_none() && self.sends[i].is_none());
+        // SAFETY: the slot stays alive (owned here) and unwritten until
+        // `release(g)` finishes the send: the driver writes a slot only
+        // after releasing it.
+        let buf = unsafe { std::slice::from_raw_parts(self.ptr.add(i * self.slot), len) };
+        self.sends[i] = Some(unsafe { comm.isend(buf, to, self.tag, self.what) });
+    }
+
+    /// Starts receiving piece `g` (`len` floats) from `from`.
+    pub(crate) fn recv(&mut self, comm: &Comm, g: usize, len: usize, from: usize) {
+        let i = self.index(g);
+        assert!(
+            self.recvs[i].is_none() && self.sends[i].is_none(),
+            "slot of piece {g} still busy"
+        );
+        // SAFETY: nothing reads or writes the slot until `arrive(g)`.
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.slot), len) };
+        self.recvs[i] = Some(unsafe { comm.irecv(buf, from, self.tag, self.what) });
+    }
+
+    /// Waits until piece `g` has arrived.
+    pub(crate) fn arrive(&mut self, comm: &Comm, g: usize) {
+        let i = self.index(g);
+        comm.finish(std::slice::from_mut(&mut self.recvs[i]));
+    }
+
+    /// Waits until piece `g` has left (its slot may then be reused).
+    pub(crate) fn release(&mut self, comm: &Comm, g: usize) {
+        let i = self.index(g);
+        comm.finish(std::slice::from_mut(&mut self.sends[i]));
+    }
+
+    /// Waits for every request of the lane.
+    pub(crate) fn settle(&mut self, comm: &Comm) {
+        comm.finish(&mut self.sends);
+        comm.finish(&mut self.recvs);
+    }
+
+    /// The rank's own pieces back as `[pieces, own_len]`, piece 0 being
+    /// piece `first` of the ring.
+    pub(crate) fn into_vec(mut self, comm: &Comm, first: usize) -> Vec<f32> {
+        self.settle(comm);
+        let (pieces, slot, own) = (self.pieces, self.slot, self.own);
+        let mut data = std::mem::take(&mut self.data);
+        data.rotate_left(self.index(first) * slot);
+        if own < slot {
+            for p in 1..pieces {
+                data.copy_within(p * slot..p * slot + own, p * own);
+            }
+        }
+        data.truncate(pieces * own);
+        data
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        // A panic between starting and finishing a request would leave MPI
+        // writing into freed memory: end the job instead.
+        if self.sends.iter().chain(&self.recvs).any(Option::is_some) {
+            eprintln!(
+                "error: a ring lane ({}) was dropped with transfers in flight",
+                self.what
+            );
+            std::process::abort();
+        }
+    }
+}

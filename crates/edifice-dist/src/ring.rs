@@ -1,0 +1,674 @@
+//! Exact attention over a sequence spread across the ranks of a ring.
+//!
+//! Rank `r` holds its slice of `q`, `k`, `v` ([`Layout`]). At ring step
+//! `s` it holds the key/value block of rank `r − s` (mod `P`) and computes
+//! every allowed pair of its query chunks with that block's key chunks,
+//! one fused-kernel call per pair and query plane: the kernel places the
+//! queries `start_q − start_k` positions after the keys
+//! ([`Pattern::with_query_offset`]), so one call serves a diagonal,
+//! an earlier or a window-cut pair alike. Partial `(o, lse)` fold into
+//! the running result by log-sum-exp in f32 ([`merge`]).
+//!
+//! While a rank works on one piece of its block (a `(batch, kv head)`
+//! plane), it forwards that piece to the next rank and receives the
+//! previous rank's matching piece into the slot the last piece left
+//! ([`Lane`](crate::lane)): transfers overlap the kernel's work, a helper
+//! thread computes while this one keeps MPI moving, and the ring needs
+//! one extra piece of memory per lane.
+//!
+//! Steps whose blocks no rank reads are skipped: with a window of `W`
+//! positions over slices of `L`, the ring stops after `ceil((W − 1) / L)`
+//! steps. A ring that runs every step passes each block once more, so
+//! every rank ends with its own keys and values back.
+//!
+//! The backward pass runs the same ring for `k`, `v`, plus a second ring
+//! for the sums `dK`, `dV` of each block: a rank adds its queries'
+//! contributions to the block it holds and passes the sums on, and after
+//! the last step they reach the block's owner. `dQ` stays local. Every
+//! sum is taken in one fixed order: results do not vary between runs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edifice::kernel::AttnGrads;
+use edifice_kernels::ring::merge;
+use edifice_kernels::{Attention, AttnShape, Pattern, PatternKind};
+
+use crate::comm::{Comm, Pending};
+use crate::lane::Lane;
+use crate::layout::{Chunk, Layout, LayoutKind};
+use crate::DistError;
+
+const TAG_K: i32 = 1;
+const TAG_V: i32 = 2;
+const TAG_DK: i32 = 3;
+const TAG_DV: i32 = 4;
+
+/// One block pair a rank computes: its query chunk `a` against key chunk
+/// `b` of the block it holds (indices into each rank's chunk list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pair {
+    /// This rank's query chunk.
+    pub a: usize,
+    /// The held block's key chunk.
+    pub b: usize,
+}
+
+/// Where time went in the last call, on this rank.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timing {
+    /// Wall time of the whole call.
+    pub total: Duration,
+    /// Wall time of the kernels (the helper thread's work).
+    pub compute: Duration,
+    /// Time spent waiting for transfers that the kernels did not hide.
+    pub exposed: Duration,
+    /// Bytes sent by this rank.
+    pub bytes_sent: usize,
+    /// Ring steps computed (the last ones skipped when nothing reads them).
+    pub steps: usize,
+}
+
+/// Sequence-parallel exact attention over the ranks of `comm` (see the
+/// module docs). Built once per (sequence length, pattern); every rank
+/// builds the same and calls it in the same order.
+#[derive(Debug)]
+pub struct RingAttention {
+    comm: Arc<Comm>,
+    layout: Layout,
+    pattern: Pattern,
+    /// Per ring step, the pairs this rank computes.
+    steps: Vec<Vec<Pair>>,
+    timing: std::sync::Mutex<Timing>,
+}
+
+/// The smallest and largest distance `i − j` a pattern allows.
+fn distances(pattern: &Pattern) -> Result<(i64, i64), DistError> {
+    let (lo, hi) = match pattern.kind {
+        PatternKind::Full => (i64::MIN, i64::MAX),
+        PatternKind::Window { window } if window > 0 => (1 - window as i64, window as i64 - 1),
+        ref kind => {
+            return Err(DistError::Pattern(format!(
+            "the ring distributes patterns that depend only on i − j (full, window), not {kind:?}"
+        )))
+        }
+    };
+    Ok((if pattern.causal { lo.max(0) } else { lo }, hi))
+}
+
+/// Whether any pair of `q` × `k` has an allowed distance.
+fn reads(q: Chunk, k: Chunk, (lo, hi): (i64, i64)) -> bool {
+    if q.len == 0 || k.len == 0 {
+        return false;
+    }
+    let d_min = q.start as i64 - (k.start + k.len - 1) as i64;
+    let d_max = (q.start + q.len - 1) as i64 - k.start as i64;
+    d_min.max(lo) <= d_max.min(hi)
+}
+
+impl RingAttention {
+    /// Attention over `len` positions spread over `comm`'s ranks with
+    /// `pattern` (full or window, causal or not). The layout is zig-zag
+    /// for causal full attention and contiguous otherwise.
+    pub fn new(comm: Arc<Comm>, len: usize, pattern: Pattern) -> Result<Self, DistError> {
+        let kind = if pattern.causal && pattern.kind == PatternKind::Full {
+            LayoutKind::Zigzag
+        } else {
+            LayoutKind::Contiguous
+        };
+        Self::with_layout(comm, len, pattern, kind)
+    }
+
+    /// [`new`](Self::new) with the layout chosen by the caller.
+    pub fn with_layout(
+        comm: Arc<Comm>,
+        len: usize,
+        pattern: Pattern,
+        kind: LayoutKind,
+    ) -> Result<Self, DistError> {
+        let reach = distances(&pattern)?;
+        let (p, rank) = (comm.size(), comm.rank());
+        let layout = Layout::new(kind, len, p);
+        let pairs = |r: usize, s: usize| -> Vec<Pair> {
+            let (mine, held) = (layout.chunks(r), layout.chunks((r + p - s) % p));
+            let mut out = Vec::new();
+            for (a, &qa) in mine.iter().enumerate() {
+                for (b, &kb) in held.iter().enumerate() {
+                    if reads(qa, kb, reach) {
+                        out.push(Pair { a, b });
+                    }
+                }
+            }
+            out
+        };
+        // Every rank works out the same last step from the same layout.
+        let last = (0..p)
+            .filter(|&s| (0..p).any(|r| !pairs(r, s).is_empty()))
+            .max()
+            .unwrap_or(0);
+        let steps = (0..=last).map(|s| pairs(rank, s)).collect();
+        Ok(RingAttention {
+            comm,
+            layout,
+            pattern,
+            steps,
+            timing: Default::default(),
+        })
+    }
+
+    /// Which positions each rank holds.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The pattern over the whole sequence.
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+
+    /// The communicator.
+    pub fn comm(&self) -> &Arc<Comm> {
+        &self.comm
+    }
+
+    /// The pairs this rank computes at each ring step.
+    pub fn steps(&self) -> &[Vec<Pair>] {
+        &self.steps
+    }
+
+    /// Where the last call's time went on this rank.
+    pub fn timing(&self) -> Timing {
+        *self.timing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks a local shape: `Nq = Nk =` this rank's positions, pieces
+    /// that fit one MPI message.
+    pub fn check(&self, shape: &AttnShape) -> Result<(), DistError> {
+        shape.validate().map_err(DistError::Kernel)?;
+        let local = self.layout.local_len(self.comm.rank());
+        if shape.len_q != local || shape.len_k != local {
+            return Err(DistError::Shape(format!(
+                "rank {} holds {local} of {} positions, but its q has {} and its k {}",
+                self.comm.rank(),
+                self.layout.len(),
+                shape.len_q,
+                shape.len_k
+            )));
+        }
+        if self.layout.max_local_len() * shape.head_dim >= i32::MAX as usize {
+            return Err(DistError::Shape(format!(
+                "a ring piece of {} positions × {} would exceed one MPI message (2^31 values): use more ranks",
+                self.layout.max_local_len(),
+                shape.head_dim
+            )));
+        }
+        Ok(())
+    }
+
+    fn ring(&self) -> (usize, usize, usize) {
+        (self.comm.rank(), self.comm.size(), self.steps.len() - 1)
+    }
+
+    /// Transfers of the key/value ring: every step's block, plus the way
+    /// home when the ring runs every step.
+    fn kv_hops(&self) -> usize {
+        let (_, p, last) = self.ring();
+        if p > 1 && last + 1 == p {
+            p
+        } else {
+            last
+        }
+    }
+
+    /// The kernel for pair `pair` of step `s` on one query plane.
+    fn pair_kernel(
+        &self,
+        shape: &AttnShape,
+        scale: f32,
+        s: usize,
+        pair: Pair,
+    ) -> Result<(Attention, Chunk, usize, Chunk, usize), DistError> {
+        let (r, p, _) = self.ring();
+        let src = (r + p - s) % p;
+        let (mine, held) = (self.layout.chunks(r), self.layout.chunks(src));
+        let (qa, kb) = (mine[pair.a], held[pair.b]);
+        let row = |chunks: &[Chunk], i: usize| chunks[..i].iter().map(|c| c.len).sum::<usize>();
+        let one = AttnShape {
+            batch: 1,
+            heads_q: 1,
+            heads_kv: 1,
+            len_q: qa.len,
+            len_k: kb.len,
+            head_dim: shape.head_dim,
+        };
+        let pattern = self
+            .pattern
+            .clone()
+            .with_query_offset(qa.start as i64 - kb.start as i64);
+        let att = Attention::new(one, pattern)
+            .and_then(|a| a.with_scale(scale))
+            .map_err(DistError::Kernel)?;
+        Ok((att, qa, row(&mine, pair.a), kb, row(&held, pair.b)))
+    }
+
+    /// `(o [B, Hq, L, D], lse [B, Hq, L])` of this rank's queries, from
+    /// its `q [B, Hq, L, D]`, `k`, `v [B, Hkv, L, D]` (`shape` says so,
+    /// with `Nq = Nk = L`).
+    pub fn forward(
+        &self,
+        shape: &AttnShape,
+        scale: f32,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>), DistError> {
+        let out = self.forward_owned(shape, scale, q, k.to_vec(), v.to_vec())?;
+        Ok((out.o, out.lse))
+    }
+
+    /// [`forward`](Self::forward) that takes `k` and `v` and gives them
+    /// back: the ring runs in their memory, plus one piece per lane.
+    pub fn forward_owned(
+        &self,
+        shape: &AttnShape,
+        scale: f32,
+        q: &[f32],
+        k: Vec<f32>,
+        v: Vec<f32>,
+    ) -> Result<Forward, DistError> {
+        self.check(shape)?;
+        check_lens(shape, q, &k, &v)?;
+        let start = Instant::now();
+        let (r, p, last) = self.ring();
+        let (d, local) = (shape.head_dim, shape.len_q);
+        let m = shape.batch * shape.heads_kv;
+        let group = shape.heads_q / shape.heads_kv;
+        let slot = self.layout.max_local_len() * d;
+        let hops = self.kv_hops();
+        let keep = (hops < p && last > 0).then(|| (k.clone(), v.clone()));
+        let mut kv = [
+            Lane::adopt(k, m, local * d, slot, TAG_K, "keys"),
+            Lane::adopt(v, m, local * d, slot, TAG_V, "values"),
+        ];
+        let mut o = vec![0.0f32; q.len()];
+        let mut lse = vec![f32::NEG_INFINITY; shape.lse_len()];
+        let mut timing = Timing {
+            steps: last + 1,
+            ..Timing::default()
+        };
+        for s in 0..=last {
+            let src = (r + p - s) % p;
+            let kernels = self.steps[s]
+                .iter()
+                .map(|&pair| self.pair_kernel(shape, scale, s, pair))
+                .collect::<Result<Vec<_>, _>>()?;
+            for plane in 0..m {
+                let g = s * m + plane;
+                let wait = Instant::now();
+                for lane in &mut kv {
+                    lane.arrive(&self.comm, g);
+                    if g > 0 {
+                        lane.release(&self.comm, g - 1);
+                    }
+                }
+                timing.exposed += wait.elapsed();
+                if s < hops {
+                    let (len, next) = (self.layout.local_len(src) * d, self.comm.next());
+                    let (len_in, prev) = (
+                        self.layout.local_len((src + p - 1) % p) * d,
+                        self.comm.prev(),
+                    );
+                    for lane in &mut kv {
+                        lane.send(&self.comm, g, len, next);
+                        timing.bytes_sent += len * 4;
+                        lane.recv(&self.comm, g + m, len_in, prev);
+                    }
+                }
+                let (batch, kv_head) = (plane / shape.heads_kv, plane % shape.heads_kv);
+                let heads = batch * shape.heads_q + kv_head * group
+                    ..batch * shape.heads_q + (kv_head + 1) * group;
+                let (o_planes, lse_planes) = (
+                    &mut o[heads.start * local * d..heads.end * local * d],
+                    &mut lse[heads.start * local..heads.end * local],
+                );
+                let q_planes = &q[heads.start * local * d..heads.end * local * d];
+                // SAFETY: piece g has arrived and no receive targets its slot
+                // until it is released at the next piece.
+                let mut inflight = take_inflight(&mut kv);
+                let (k_piece, v_piece) = unsafe { (kv[0].piece(g), kv[1].piece(g)) };
+                let busy = Instant::now();
+                let result = self.comm.overlap(&mut inflight, || {
+                    forward_plane(
+                        &kernels,
+                        d,
+                        local,
+                        q_planes,
+                        (k_piece, v_piece),
+                        o_planes,
+                        lse_planes,
+                    )
+                });
+                timing.compute += busy.elapsed();
+                put_inflight(&mut kv, inflight);
+                result?;
+            }
+        }
+        let wait = Instant::now();
+        let [k_lane, v_lane] = kv;
+        let first = if hops == p { p * m } else { 0 };
+        let (k, v) = (
+            k_lane.into_vec(&self.comm, first),
+            v_lane.into_vec(&self.comm, first),
+        );
+        timing.exposed += wait.elapsed();
+        let (k, v) = keep.unwrap_or((k, v));
+        timing.total = start.elapsed();
+        *self.timing.lock().unwrap_or_else(|e| e.into_inner()) = timing;
+        Ok(Forward { o, lse, k, v })
+    }
+
+    /// `(dq, dk, dv)` of this rank's slice from its forward's inputs
+    /// `[q, k, v, o]`, `lse` and the output's gradient `d_o`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        shape: &AttnShape,
+        scale: f32,
+        [q, k, v, o]: [&[f32]; 4],
+        lse: &[f32],
+        d_o: &[f32],
+    ) -> Result<AttnGrads, DistError> {
+        self.check(shape)?;
+        check_lens(shape, q, k, v)?;
+        if o.len() != q.len() || d_o.len() != q.len() || lse.len() != shape.lse_len() {
+            return Err(DistError::Shape(
+                "o and dO must be shaped like q, lse [B, Hq, L]".into(),
+            ));
+        }
+        let start = Instant::now();
+        let (r, p, last) = self.ring();
+        let (d, local) = (shape.head_dim, shape.len_q);
+        let m = shape.batch * shape.heads_kv;
+        let group = shape.heads_q / shape.heads_kv;
+        let slot = self.layout.max_local_len() * d;
+        let hops = self.kv_hops();
+        let mut kv = [
+            Lane::adopt(k.to_vec(), m, local * d, slot, TAG_K, "keys"),
+            Lane::adopt(v.to_vec(), m, local * d, slot, TAG_V, "values"),
+        ];
+        let mut sums = [
+            Lane::zeros(m, local * d, slot, TAG_DK, "key gradients"),
+            Lane::zeros(m, local * d, slot, TAG_DV, "value gradients"),
+        ];
+        let mut dq = vec![0.0f32; q.len()];
+        let mut timing = Timing {
+            steps: last + 1,
+            ..Timing::default()
+        };
+        // The sums of step s go to the next rank, the last step's straight
+        // to the block's owner; the final sums come from the rank that
+        // held this rank's block last.
+        let sums_to = |s: usize| {
+            if s < last {
+                self.comm.next()
+            } else {
+                (r + p - last) % p
+            }
+        };
+        let sums_from = |s: usize| {
+            if s <= last {
+                self.comm.prev()
+            } else {
+                (r + last) % p
+            }
+        };
+        for s in 0..=last {
+            let src = (r + p - s) % p;
+            let kernels = self.steps[s]
+                .iter()
+                .map(|&pair| self.pair_kernel(shape, scale, s, pair))
+                .collect::<Result<Vec<_>, _>>()?;
+            for plane in 0..m {
+                let g = s * m + plane;
+                let wait = Instant::now();
+                for lane in kv.iter_mut().chain(&mut sums) {
+                    lane.arrive(&self.comm, g);
+                    if g > 0 {
+                        lane.release(&self.comm, g - 1);
+                    }
+                }
+                timing.exposed += wait.elapsed();
+                if s < hops {
+                    let (len, next) = (self.layout.local_len(src) * d, self.comm.next());
+                    let (len_in, prev) = (
+                        self.layout.local_len((src + p - 1) % p) * d,
+                        self.comm.prev(),
+                    );
+                    for lane in &mut kv {
+                        lane.send(&self.comm, g, len, next);
+                        timing.bytes_sent += len * 4;
+                        lane.recv(&self.comm, g + m, len_in, prev);
+                    }
+                }
+                if last > 0 {
+                    let owner = if s < last { (src + p - 1) % p } else { r };
+                    let len_in = self.layout.local_len(owner) * d;
+                    for lane in &mut sums {
+                        lane.recv(&self.comm, g + m, len_in, sums_from(s + 1));
+                    }
+                }
+                let (batch, kv_head) = (plane / shape.heads_kv, plane % shape.heads_kv);
+                let heads = batch * shape.heads_q + kv_head * group
+                    ..batch * shape.heads_q + (kv_head + 1) * group;
+                let rows = heads.start * local * d..heads.end * local * d;
+                let x = PlaneInputs {
+                    q: &q[rows.clone()],
+                    o: &o[rows.clone()],
+                    d_o: &d_o[rows.clone()],
+                    lse: &lse[heads.start * local..heads.end * local],
+                };
+                let dq_planes = &mut dq[rows];
+                // SAFETY: piece g of every lane has arrived and been released
+                // by no one; nothing else touches these slots until the next
+                // piece releases them.
+                let mut inflight = take_inflight(&mut kv);
+                inflight.extend(take_inflight(&mut sums));
+                let (k_piece, v_piece, dk_sum, dv_sum) = unsafe {
+                    (
+                        kv[0].piece(g),
+                        kv[1].piece(g),
+                        sums[0].piece_mut(g),
+                        sums[1].piece_mut(g),
+                    )
+                };
+                let busy = Instant::now();
+                let result = self.comm.overlap(&mut inflight, || {
+                    backward_plane(
+                        &kernels,
+                        d,
+                        local,
+                        x,
+                        (k_piece, v_piece),
+                        dq_planes,
+                        (dk_sum, dv_sum),
+                    )
+                });
+                timing.compute += busy.elapsed();
+                let rest = inflight.split_off(2 * 2 * (m + 1));
+                put_inflight(&mut kv, inflight);
+                put_inflight(&mut sums, rest);
+                result?;
+                if last > 0 {
+                    let len = self.layout.local_len(src) * d;
+                    for lane in &mut sums {
+                        lane.send(&self.comm, g, len, sums_to(s));
+                        timing.bytes_sent += len * 4;
+                    }
+                }
+            }
+        }
+        let wait = Instant::now();
+        let [k_lane, v_lane] = kv;
+        let first = if hops == p { p * m } else { 0 };
+        drop((
+            k_lane.into_vec(&self.comm, first),
+            v_lane.into_vec(&self.comm, first),
+        ));
+        let own = if last > 0 { (last + 1) * m } else { 0 };
+        let [dk_lane, dv_lane] = sums;
+        let (dk, dv) = (
+            dk_lane.into_vec(&self.comm, own),
+            dv_lane.into_vec(&self.comm, own),
+        );
+        timing.exposed += wait.elapsed();
+        timing.total = start.elapsed();
+        *self.timing.lock().unwrap_or_else(|e| e.into_inner()) = timing;
+        Ok((dq, dk, dv))
+    }
+}
+
+/// What [`RingAttention::forward_owned`] returns: the output and the
+/// keys and values it was given.
+#[derive(Debug)]
+pub struct Forward {
+    /// `[B, Hq, L, D]`.
+    pub o: Vec<f32>,
+    /// `[B, Hq, L]`.
+    pub lse: Vec<f32>,
+    /// The input `k`, unchanged.
+    pub k: Vec<f32>,
+    /// The input `v`, unchanged.
+    pub v: Vec<f32>,
+}
+
+fn check_lens(shape: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Result<(), DistError> {
+    if q.len() != shape.q_len() || k.len() != shape.kv_len() || v.len() != shape.kv_len() {
+        return Err(DistError::Shape(format!(
+            "q, k, v have {}, {}, {} values; {shape:?} needs {}, {}, {}",
+            q.len(),
+            k.len(),
+            v.len(),
+            shape.q_len(),
+            shape.kv_len(),
+            shape.kv_len()
+        )));
+    }
+    Ok(())
+}
+
+/// Moves the lanes' requests out, so the main thread can test them while
+/// the helper thread reads the lanes' slots.
+fn take_inflight(lanes: &mut [Lane]) -> Vec<Option<Pending>> {
+    lanes
+        .iter_mut()
+        .flat_map(|l| {
+            std::mem::take(&mut l.sends)
+                .into_iter()
+                .chain(std::mem::take(&mut l.recvs))
+        })
+        .collect()
+}
+
+fn put_inflight(lanes: &mut [Lane], inflight: Vec<Option<Pending>>) {
+    let mut requests = inflight.into_iter();
+    for lane in lanes {
+        let n = lane.slot_count();
+        lane.sends = requests.by_ref().take(n).collect();
+        lane.recvs = requests.by_ref().take(n).collect();
+    }
+}
+
+/// One query plane group's inputs to the backward.
+struct PlaneInputs<'a> {
+    q: &'a [f32],
+    o: &'a [f32],
+    d_o: &'a [f32],
+    lse: &'a [f32],
+}
+
+/// A pair's kernel, its query chunk and first local row, its key chunk
+/// and first row in the held block.
+type PairKernel = (Attention, Chunk, usize, Chunk, usize);
+
+/// Folds every pair of one held piece into the running `(o, lse)` of the
+/// query planes that read it (`[group, L, D]` and `[group, L]`).
+fn forward_plane(
+    kernels: &[PairKernel],
+    d: usize,
+    local: usize,
+    q: &[f32],
+    (k, v): (&[f32], &[f32]),
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> Result<(), DistError> {
+    if local == 0 {
+        return Ok(());
+    }
+    let planes = q
+        .chunks_exact(local * d)
+        .zip(o.chunks_exact_mut(local * d))
+        .zip(lse.chunks_exact_mut(local));
+    for ((q, o), lse) in planes {
+        for (att, qa, ra, kb, rb) in kernels {
+            let rows = *ra * d..(ra + qa.len) * d;
+            let keys = *rb * d..(rb + kb.len) * d;
+            let (part_o, part_lse) = att
+                .forward_vec(&q[rows.clone()], &k[keys.clone()], &v[keys])
+                .map_err(DistError::Kernel)?;
+            merge(
+                &mut o[rows],
+                &mut lse[*ra..ra + qa.len],
+                &part_o,
+                &part_lse,
+                d,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Adds every pair of one held piece to `dq` of the query planes that
+/// read it and to the piece's gradient sums, in one fixed order.
+fn backward_plane(
+    kernels: &[PairKernel],
+    d: usize,
+    local: usize,
+    x: PlaneInputs,
+    (k, v): (&[f32], &[f32]),
+    dq: &mut [f32],
+    (dk, dv): (&mut [f32], &mut [f32]),
+) -> Result<(), DistError> {
+    if local == 0 {
+        return Ok(());
+    }
+    let n = local * d;
+    for (h, dq) in dq.chunks_exact_mut(n).enumerate() {
+        let plane = h * n..(h + 1) * n;
+        let (q, o, d_o) = (&x.q[plane.clone()], &x.o[plane.clone()], &x.d_o[plane]);
+        let lse = &x.lse[h * local..(h + 1) * local];
+        for (att, qa, ra, kb, rb) in kernels {
+            let rows = *ra * d..(ra + qa.len) * d;
+            let keys = *rb * d..(rb + kb.len) * d;
+            let (dq_p, dk_p, dv_p) = att
+                .backward_vec(
+                    &q[rows.clone()],
+                    &k[keys.clone()],
+                    &v[keys.clone()],
+                    &o[rows.clone()],
+                    &lse[*ra..ra + qa.len],
+                    &d_o[rows.clone()],
+                )
+                .map_err(DistError::Kernel)?;
+            add(&mut dq[rows], &dq_p);
+            add(&mut dk[keys.clone()], &dk_p);
+            add(&mut dv[keys], &dv_p);
+        }
+    }
+    Ok(())
+}
+
+fn add(acc: &mut [f32], x: &[f32]) {
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a += b;
+    }
+}

@@ -1,0 +1,141 @@
+//! The distributed scenarios of `edifice-dist-check` under `mpirun` with 2,
+//! 3 and 4 ranks on this machine (`--oversubscribe`): each compares the
+//! ring with one process and fails on a difference above the bar, or
+//! plants a failure and checks that the job ends in time.
+//!
+//! Needs Open MPI's `mpirun` (`scripts/test.sh` installs it). Each run
+//! has its own timeout, after which its whole process group is killed and
+//! the test fails.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Run {
+    success: bool,
+    output: String,
+    took: Duration,
+}
+
+/// `mpirun -n ranks edifice-dist-check scenario`, killed after `limit`.
+fn mpirun(ranks: usize, scenario: &str, env: &[(&str, &str)], limit: Duration) -> Run {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-n", &ranks.to_string()])
+        .arg(env!("CARGO_BIN_EXE_edifice-dist-check"))
+        .arg(scenario)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Ranks share this machine's cores: one kernel thread each.
+        .env("RAYON_NUM_THREADS", "1")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .expect("cannot start mpirun: install Open MPI (scripts/test.sh does)");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).ok();
+        err.read_to_string(&mut s).ok();
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for mpirun") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let group = format!("-{}", child.id());
+            Command::new("kill")
+                .args(["-9", "--", &group])
+                .status()
+                .ok();
+            child.wait().ok();
+            panic!(
+                "mpirun -n {ranks} {scenario} did not end within {limit:?}; output:\n{}",
+                reader.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        success: status.success(),
+        output: reader.join().unwrap_or_default(),
+        took: start.elapsed(),
+    }
+}
+
+fn passes(scenario: &str, expect: &str) {
+    for ranks in [2, 3, 4] {
+        let run = mpirun(ranks, scenario, &[], Duration::from_secs(240));
+        assert!(
+            run.success,
+            "{scenario} on {ranks} ranks failed:\n{}",
+            run.output
+        );
+        assert!(
+            run.output.contains(expect),
+            "{scenario} on {ranks} ranks:\n{}",
+            run.output
+        );
+        eprintln!(
+            "{scenario}, {ranks} ranks ({:.1} s):\n{}",
+            run.took.as_secs_f64(),
+            run.output.trim()
+        );
+    }
+}
+
+#[test]
+fn ring_attention_matches_one_process() {
+    passes("kernel", "kernel max |diff|");
+}
+
+#[test]
+fn ring_model_forward_matches_one_process() {
+    passes("model", "model forward max |diff|");
+}
+
+#[test]
+fn ring_model_training_matches_one_process() {
+    passes("train", "20 steps");
+}
+
+#[test]
+fn ranks_with_different_weights_are_refused() {
+    let run = mpirun(3, "mismatch", &[], Duration::from_secs(60));
+    assert!(run.success, "{}", run.output);
+    assert_eq!(
+        run.output.matches("refused: ranks disagree").count(),
+        3,
+        "{}",
+        run.output
+    );
+}
+
+#[test]
+fn a_killed_rank_ends_every_rank() {
+    let run = mpirun(3, "die", &[], Duration::from_secs(30));
+    assert!(!run.success, "{}", run.output);
+    assert!(run.output.contains("killing itself"), "{}", run.output);
+}
+
+#[test]
+fn a_stuck_rank_times_out_every_rank() {
+    let run = mpirun(
+        3,
+        "hang",
+        &[("EDIFICE_DIST_TIMEOUT", "5")],
+        Duration::from_secs(30),
+    );
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output
+            .contains("timed out after 5 s waiting for rank 1"),
+        "{}",
+        run.output
+    );
+}
