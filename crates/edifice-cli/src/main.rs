@@ -10,6 +10,7 @@ mod patterns;
 mod stream;
 mod tensors;
 mod train;
+mod world;
 
 use std::process::ExitCode;
 

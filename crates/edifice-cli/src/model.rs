@@ -11,6 +11,7 @@ use edifice::weights::{self, Values};
 use edifice::{Model, ModelConfig};
 
 use crate::tensors::TensorFile;
+use crate::world::World;
 
 pub fn read_config(path: &Path) -> Result<ModelConfig> {
     ModelConfig::from_path(path).with_context(|| format!("config {}", path.display()))
@@ -108,6 +109,11 @@ pub struct ForwardArgs {
     /// Output every timestep, `y` [B, T, out], instead of the last, [B, out].
     #[arg(long)]
     all_timesteps: bool,
+    /// Spread the `ring` model's sequence over the ranks of `mpirun -n P`
+    /// (build with `--features dist`); every rank reads the same files,
+    /// rank 0 writes the output.
+    #[arg(long)]
+    distributed: bool,
 }
 
 pub fn forward(args: ForwardArgs) -> Result<()> {
@@ -122,6 +128,13 @@ pub fn forward(args: ForwardArgs) -> Result<()> {
             config.name()
         );
     }
+    // Without the dist feature, only refuses --distributed.
+    #[cfg_attr(not(feature = "dist"), allow(unused_variables))]
+    let world = World::new(args.distributed)?;
+    #[cfg(feature = "dist")]
+    if let Some(comm) = world.comm() {
+        return forward_distributed(comm, &args, &config, model, x, [dims[0], dims[1], dims[2]]);
+    }
     let x = Tensor::<3>::from_data(TensorData::new(x, dims), &device);
     let (shape, values) = if args.all_timesteps {
         let y = model.forward_all(x)?;
@@ -131,12 +144,51 @@ pub fn forward(args: ForwardArgs) -> Result<()> {
         (y.dims().to_vec(), y.into_data())
     };
     let values: Vec<f32> = values.try_to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    write_output(&args.output, shape, values)
+}
+
+fn write_output(path: &Path, shape: Vec<usize>, values: Vec<f32>) -> Result<()> {
     write(
-        &args.output,
+        path,
         &BTreeMap::from([("y".to_string(), (shape.clone(), values))]),
     )?;
-    println!("wrote y {shape:?} to {}", args.output.display());
+    println!("wrote y {shape:?} to {}", path.display());
     Ok(())
+}
+
+/// `forward --distributed`: the ring model's sequence spread over the
+/// ranks, after checking they all read the same config, weights and input.
+#[cfg(feature = "dist")]
+fn forward_distributed(
+    comm: &std::sync::Arc<edifice_dist::Comm>,
+    args: &ForwardArgs,
+    config: &ModelConfig,
+    model: Model,
+    x: Vec<f32>,
+    dims: [usize; 3],
+) -> Result<()> {
+    use edifice_dist::model::Spread;
+    let spread = Spread::new(comm.clone(), config)?;
+    let mut model = spread.model(model)?;
+    let config_text = serde_json::Value::Object(config.to_value()).to_string();
+    let input: Vec<u8> = x.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+    spread.check_same(
+        "the config, weights or input",
+        &[config_text.as_bytes(), &input],
+        &mut model,
+    )?;
+    let x = Tensor::<3>::from_data(TensorData::new(x, dims), &Device::flex());
+    let out = if args.all_timesteps {
+        spread.forward_all(&model, x)?.map(|(v, s)| (s.to_vec(), v))
+    } else {
+        spread
+            .forward_last(&model, x)?
+            .map(|(v, s)| (s.to_vec(), v))
+    };
+    match out {
+        Some((shape, values)) => write_output(&args.output, shape, values),
+        None => Ok(()),
+    }
 }
 
 /// Where `convert` reads from.

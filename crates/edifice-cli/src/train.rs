@@ -12,6 +12,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use edifice::train::{RunConfig, Stats, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::world::World;
 use serde_json::{json, Value};
 
 #[derive(Args)]
@@ -47,6 +49,10 @@ pub struct TrainArgs {
     /// Override [task] seq_len.
     #[arg(long)]
     seq_len: Option<usize>,
+    /// Spread the `ring` model's sequence over the ranks of `mpirun -n P`
+    /// (build with `--features dist`): rank 0 writes the files.
+    #[arg(long)]
+    distributed: bool,
 }
 
 fn run_config(args: &TrainArgs) -> Result<RunConfig> {
@@ -83,10 +89,15 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
     RunConfig::from_value(value).with_context(|| format!("run config ({from})"))
 }
 
-/// Appends one record as one write, so a killed run leaves whole lines.
-fn log_line(out: &mut std::fs::File, record: Value) -> Result<()> {
-    out.write_all(format!("{record}\n").as_bytes())
-        .context("cannot append to metrics.jsonl")
+/// Appends one record as one write, so a killed run leaves whole lines
+/// (only where this process writes the run's files).
+fn log_line(out: &mut Option<std::fs::File>, record: Value) -> Result<()> {
+    match out {
+        Some(out) => out
+            .write_all(format!("{record}\n").as_bytes())
+            .context("cannot append to metrics.jsonl"),
+        None => Ok(()),
+    }
 }
 
 /// Before resuming at `step`: keeps the records of steps up to the
@@ -113,25 +124,38 @@ fn trim_metrics(path: &std::path::Path, step: usize) -> Result<()> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let run = run_config(&args)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let world = World::new(args.distributed)?;
+    let root = world.is_root();
+    if root {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("cannot create {}", args.out.display()))?;
+    }
     let checkpoint = args.out.join("checkpoint.safetensors");
     let mut trainer = if args.resume {
         Trainer::load(&checkpoint, Some(&run))?
     } else {
         Trainer::new(run)?
     };
+    #[cfg(feature = "dist")]
+    if let Some(comm) = world.comm() {
+        edifice_dist::model::SpreadTraining::install(comm.clone(), &mut trainer)?;
+    }
     let steps = trainer.run.train.steps;
-    if args.resume {
+    if args.resume && root {
         trim_metrics(&args.out.join("metrics.jsonl"), trainer.step)?;
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(args.resume)
-        .write(true)
-        .truncate(!args.resume)
-        .open(args.out.join("metrics.jsonl"))
-        .context("cannot open metrics.jsonl")?;
+    let mut metrics = if root {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(args.resume)
+            .write(true)
+            .truncate(!args.resume)
+            .open(args.out.join("metrics.jsonl"))
+            .context("cannot open metrics.jsonl")?;
+        Some(file)
+    } else {
+        None
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -139,7 +163,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // A second Ctrl-C while saving still kills the process the usual way.
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
-    let bar = if args.quiet {
+    let bar = if args.quiet || !root {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(steps as u64)
@@ -174,7 +198,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             json!({"step": trainer.step, "split": "train", "loss": stats.loss, "accuracy": stats.accuracy,
                    "lr": lr, "seconds": secs, "seq_per_sec": throughput}),
         )?;
-        let stopping = stop.load(Ordering::SeqCst);
+        let stopping = world.any(stop.load(Ordering::SeqCst));
         if trainer.step % trainer.run.train.eval_every == 0 || trainer.step == steps || stopping {
             let eval = trainer.evaluate()?;
             log_line(
@@ -182,17 +206,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 json!({"step": trainer.step, "split": "eval", "loss": eval.loss, "accuracy": eval.accuracy,
                        "seconds": started.elapsed().as_secs_f64()}),
             )?;
-            trainer.save(&checkpoint)?;
-            metrics.flush().context("cannot write metrics.jsonl")?;
-            crate::curves::draw(
-                &args.out.join("metrics.jsonl"),
-                &args.out.join("curves.png"),
-            )?;
+            if let Some(file) = &mut metrics {
+                trainer.save(&checkpoint)?;
+                file.flush().context("cannot write metrics.jsonl")?;
+                crate::curves::draw(
+                    &args.out.join("metrics.jsonl"),
+                    &args.out.join("curves.png"),
+                )?;
+            }
             let line = format!(
                 "step {}/{steps}: eval loss {:.4}, accuracy {:.3}",
                 trainer.step, eval.loss, eval.accuracy
             );
-            if args.quiet {
+            if !root {
+            } else if args.quiet {
                 println!("{line}");
             } else {
                 bar.println(line);
@@ -201,6 +228,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         if stopping {
             bar.abandon_with_message("interrupted");
+            if !root {
+                return Ok(());
+            }
             println!(
                 "interrupted at step {}; checkpoint saved to {} (continue with --resume)",
                 trainer.step,
@@ -214,6 +244,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(e) => e,
         None => trainer.evaluate()?,
     };
+    if !root {
+        return Ok(());
+    }
     println!(
         "done: {} steps of {} on {} (seq_len {}) in {:.1} s; held-out accuracy {:.3}, loss {:.4}; checkpoint {} (curves.png beside it)",
         steps,

@@ -8,6 +8,7 @@
 //! * [`ring`]: [`RingAttention`], the forward and backward passes on
 //!   slices, overlapped with the transfers, steps nobody reads skipped.
 //! * [`comm`]: the MPI world with a deadline on every exchange.
+//! * [`launch`]: starting `mpirun` jobs with a deadline (tests, benchmarks).
 //! * [`model`]: the `ring` model run and trained sequence-parallel.
 //!
 //! # Cost model
@@ -23,6 +24,7 @@
 
 pub mod comm;
 mod lane;
+pub mod launch;
 pub mod layout;
 pub mod model;
 pub mod ring;

@@ -7,65 +7,14 @@
 //! has its own timeout, after which its whole process group is killed and
 //! the test fails.
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct Run {
-    success: bool,
-    output: String,
-    took: Duration,
-}
+use edifice_dist::launch::{self, Run};
 
 /// `mpirun -n ranks edifice-dist-check scenario`, killed after `limit`.
 fn mpirun(ranks: usize, scenario: &str, env: &[(&str, &str)], limit: Duration) -> Run {
-    let mut cmd = Command::new("mpirun");
-    cmd.args(["--oversubscribe", "-n", &ranks.to_string()])
-        .arg(env!("CARGO_BIN_EXE_edifice-dist-check"))
-        .arg(scenario)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        // Ranks share this machine's cores: one kernel thread each.
-        .env("RAYON_NUM_THREADS", "1")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .expect("cannot start mpirun: install Open MPI (scripts/test.sh does)");
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        out.read_to_string(&mut s).ok();
-        err.read_to_string(&mut s).ok();
-        s
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for mpirun") {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let group = format!("-{}", child.id());
-            Command::new("kill")
-                .args(["-9", "--", &group])
-                .status()
-                .ok();
-            child.wait().ok();
-            panic!(
-                "mpirun -n {ranks} {scenario} did not end within {limit:?}; output:\n{}",
-                reader.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        success: status.success(),
-        output: reader.join().unwrap_or_default(),
-        took: start.elapsed(),
-    }
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_edifice-dist-check"));
+    launch::mpirun(ranks, program, &[scenario], env, limit).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn passes(scenario: &str, expect: &str) {

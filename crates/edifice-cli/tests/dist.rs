@@ -1,0 +1,144 @@
+//! `edifice forward --distributed` and `edifice train --distributed` under
+//! `mpirun` against the same commands on one process (with the `dist`
+//! feature; scripts/test.sh turns it on).
+#![cfg(feature = "dist")]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{data, f32_tensor, read_f32, run_ok, write, Dir};
+use edifice_dist::launch;
+
+/// The ring model over an uneven number of positions, without dropout
+/// (whose masks are drawn per rank).
+const RING: &str = "model = \"ring\"\nembed_dim = 24\nhidden_size = 32\nnum_heads = 4\nnum_layers = 2\nnum_chunks = 1\ndropout = 0.0\nwindow_size = 61\n";
+
+fn edifice_mpirun(ranks: usize, args: &[&str]) -> String {
+    let program = Path::new(env!("CARGO_BIN_EXE_edifice"));
+    let run = launch::mpirun(ranks, program, args, &[], Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        run.success,
+        "mpirun -n {ranks} edifice {args:?}:\n{}",
+        run.output
+    );
+    run.output
+}
+
+#[test]
+fn distributed_forward_matches_one_process() {
+    let dir = Dir::new("dist-forward");
+    let (w, x, y) = dir.wxy();
+    let config = dir.path("ring.toml");
+    std::fs::write(&config, RING).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    run_ok(&[
+        "init",
+        "--config",
+        &s(&config),
+        "--seed",
+        "3",
+        "--out",
+        &s(&w),
+    ]);
+    write(
+        &x,
+        &[f32_tensor("x", vec![2, 61, 24], &data(2 * 61 * 24, 5))],
+    );
+    let (config, w, x) = (s(&config), s(&w), s(&x));
+    for all in [true, false] {
+        let mut args = vec![
+            "forward",
+            "--config",
+            &config,
+            "--weights",
+            &w,
+            "--input",
+            &x,
+        ];
+        let (one, spread) = (s(&dir.path("one.safetensors")), s(&y));
+        let flag = if all { vec!["--all-timesteps"] } else { vec![] };
+        run_ok(&[args.clone(), vec!["--output", &one], flag.clone()].concat());
+        args.push("--distributed");
+        for ranks in [2, 3] {
+            let out = edifice_mpirun(
+                ranks,
+                &[args.clone(), vec!["--output", &spread], flag.clone()].concat(),
+            );
+            assert_eq!(
+                out.matches("wrote y").count(),
+                1,
+                "rank 0 alone writes: {out}"
+            );
+            let ((a, da), (b, db)) = (read_f32(Path::new(&one), "y"), read_f32(&y, "y"));
+            assert_eq!(da, db);
+            let err = a
+                .iter()
+                .zip(&b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                err <= 1e-5,
+                "{ranks} ranks, all timesteps {all}: max |diff| {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn distributed_training_follows_one_process() {
+    let dir = Dir::new("dist-train");
+    let run = dir.path("run.toml");
+    std::fs::write(
+        &run,
+        format!("[model]\n{}\n[task]\nkind = \"recall\"\nseq_len = 61\nembed_dim = 24\n[train]\nsteps = 20\nbatch_size = 8\neval_every = 10\n",
+            RING.replace("embed_dim = 24\n", "").replace("window_size = 61\n", "")),
+    )
+    .unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let (one, spread) = (dir.path("one"), dir.path("spread"));
+    run_ok(&["train", "--config", &s(&run), "--out", &s(&one), "--quiet"]);
+    let out = edifice_mpirun(
+        3,
+        &[
+            "train",
+            "--distributed",
+            "--config",
+            &s(&run),
+            "--out",
+            &s(&spread),
+            "--quiet",
+        ],
+    );
+    assert_eq!(
+        out.matches("done: 20 steps").count(),
+        1,
+        "rank 0 alone reports: {out}"
+    );
+    let losses = |dir: &Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (a, b) = (losses(&one), losses(&spread));
+    assert_eq!(a.len(), 22, "20 steps and 2 evaluations, written once");
+    assert_eq!(a.len(), b.len());
+    let err = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        err <= 1e-4,
+        "loss curves differ by {err}: {a:?} against {b:?}"
+    );
+    assert!(spread.join("checkpoint.safetensors").exists());
+}
