@@ -18,6 +18,10 @@ pub enum BenchCommand {
     Kernel(KernelArgs),
     /// A model: forward time and peak memory per sequence length, or a training step.
     Model(crate::bench_model::ModelArgs),
+    /// Ring attention over the ranks of `mpirun -n P` (build with
+    /// `--features dist`): per-rank time, memory, transfers hidden.
+    #[cfg(feature = "dist")]
+    Dist(crate::bench_dist::DistArgs),
 }
 
 #[derive(Args)]
@@ -196,6 +200,8 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let threads = match &cmd {
         BenchCommand::Kernel(args) => args.threads,
         BenchCommand::Model(args) => args.threads,
+        #[cfg(feature = "dist")]
+        BenchCommand::Dist(_) => None,
     }
     .unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -209,6 +215,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Kernel(args) => pool.install(|| kernel(&args, threads)),
         BenchCommand::Model(args) => pool.install(|| crate::bench_model::run(&args, threads)),
+        // MPI runs on this thread, the kernels on a pool of its own.
+        #[cfg(feature = "dist")]
+        BenchCommand::Dist(args) => crate::bench_dist::run(args),
     }
 }
 

@@ -3,6 +3,8 @@
 mod alloc;
 mod attn;
 mod bench;
+#[cfg(feature = "dist")]
+mod bench_dist;
 mod bench_model;
 mod curves;
 mod model;

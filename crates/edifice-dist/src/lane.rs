@@ -18,8 +18,15 @@
 use crate::comm::{Comm, Pending};
 
 pub(crate) struct Lane {
+    /// Slots `0..pieces`: the rank's own tensor, re-strided in place.
     data: Vec<f32>,
+    /// Slot `pieces`, apart, so that adopting a tensor whose rows fill the
+    /// slots exactly neither reallocates nor copies it. Only reached
+    /// through `extra_ptr`; kept for the memory it owns.
+    #[allow(dead_code)]
+    extra: Vec<f32>,
     ptr: *mut f32,
+    extra_ptr: *mut f32,
     pieces: usize,
     /// Floats per slot: the longest rank's rows.
     slot: usize,
@@ -31,8 +38,8 @@ pub(crate) struct Lane {
     pub(crate) recvs: Vec<Option<Pending>>,
 }
 
-// SAFETY: the pointer is into `data`, owned by the lane; requests are only
-// started and finished on the MPI thread (Comm checks).
+// SAFETY: the pointers are into `data` and `extra`, owned by the lane;
+// requests are only started and finished on the MPI thread (Comm checks).
 unsafe impl Send for Lane {}
 unsafe impl Sync for Lane {}
 
@@ -53,16 +60,19 @@ impl Lane {
             "a lane's tensor is [pieces, own_len]"
         );
         assert!(own_len <= slot);
-        own.resize((pieces + 1) * slot, 0.0);
         if own_len < slot {
+            own.resize(pieces * slot, 0.0);
             for p in (0..pieces).rev() {
                 own.copy_within(p * own_len..(p + 1) * own_len, p * slot);
             }
         }
-        let ptr = own.as_mut_ptr();
+        let mut extra = vec![0.0; slot];
+        let (ptr, extra_ptr) = (own.as_mut_ptr(), extra.as_mut_ptr());
         Lane {
             data: own,
+            extra,
             ptr,
+            extra_ptr,
             pieces,
             slot,
             own: own_len,
@@ -100,12 +110,22 @@ impl Lane {
         g % (self.pieces + 1)
     }
 
+    /// The first float of slot `i`.
+    fn base(&self, i: usize) -> *mut f32 {
+        if i < self.pieces {
+            // SAFETY: `data` holds `pieces` slots.
+            unsafe { self.ptr.add(i * self.slot) }
+        } else {
+            self.extra_ptr
+        }
+    }
+
     /// Piece `g`'s slot.
     ///
     /// # Safety
     /// No receive into that slot may be in flight.
     pub(crate) unsafe fn piece(&self, g: usize) -> &[f32] {
-        std::slice::from_raw_parts(self.ptr.add(self.index(g) * self.slot), self.slot)
+        std::slice::from_raw_parts(self.base(self.index(g)), self.slot)
     }
 
     /// Piece `g`'s slot, to add into.
@@ -115,7 +135,7 @@ impl Lane {
     /// it may live.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn piece_mut(&self, g: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.ptr.add(self.index(g) * self.slot), self.slot)
+        std::slice::from_raw_parts_mut(self.base(self.index(g)), self.slot)
     }
 
     /// Starts sending the first `len` floats of piece `g` to `to`.
@@ -125,7 +145,7 @@ impl Lane {
         // SAFETY: the slot stays alive (owned here) and unwritten until
         // `release(g)` finishes the send: the driver writes a slot only
         // after releasing it.
-        let buf = unsafe { std::slice::from_raw_parts(self.ptr.add(i * self.slot), len) };
+        let buf = unsafe { std::slice::from_raw_parts(self.base(i), len) };
         self.sends[i] = Some(unsafe { comm.isend(buf, to, self.tag, self.what) });
     }
 
@@ -137,7 +157,7 @@ impl Lane {
             "slot of piece {g} still busy"
         );
         // SAFETY: nothing reads or writes the slot until `arrive(g)`.
-        let buf = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.slot), len) };
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.base(i), len) };
         self.recvs[i] = Some(unsafe { comm.irecv(buf, from, self.tag, self.what) });
     }
 
@@ -164,8 +184,41 @@ impl Lane {
     pub(crate) fn into_vec(mut self, comm: &Comm, first: usize) -> Vec<f32> {
         self.settle(comm);
         let (pieces, slot, own) = (self.pieces, self.slot, self.own);
+        // The pieces sit rotated round the slots, one slot empty. First the
+        // cycle through the empty slot: move each piece into place through
+        // it until the extra slot is the empty one; then every other cycle
+        // of the rotation through the extra slot.
+        let at = |p: usize| (first + p) % (pieces + 1);
+        // SAFETY (both closures): distinct slots of this lane, nothing in flight.
+        let copy = |from: usize, to: usize| unsafe {
+            std::ptr::copy_nonoverlapping(self.base(from), self.base(to), slot)
+        };
+        let mut placed = vec![false; pieces + 1];
+        let mut hole = at(pieces);
+        while hole != pieces {
+            let from = at(hole);
+            copy(from, hole);
+            placed[hole] = true;
+            hole = from;
+        }
+        for start in 0..pieces {
+            if placed[start] {
+                continue;
+            }
+            copy(start, pieces);
+            let mut hole = start;
+            loop {
+                let from = at(hole);
+                placed[hole] = true;
+                if from == start {
+                    copy(pieces, hole);
+                    break;
+                }
+                copy(from, hole);
+                hole = from;
+            }
+        }
         let mut data = std::mem::take(&mut self.data);
-        data.rotate_left(self.index(first) * slot);
         if own < slot {
             for p in 1..pieces {
                 data.copy_within(p * slot..p * slot + own, p * own);

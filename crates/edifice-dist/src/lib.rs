@@ -12,15 +12,19 @@
 //! * [`model`]: the `ring` model run and trained sequence-parallel.
 //!
 //! # Cost model
-//! One ring step on a rank computes its pairs against one block while the
-//! next block moves. With `L` positions per rank, head dim `D`, `H` heads
-//! and causal zig-zag balance, a step is about `2·L²·D·H` useful
-//! multiply-adds in the forward (two chunk pairs of `L/2 × L/2`... per
-//! chunk side, `4·(L/2)²·2` flops per head dim), i.e. `F = 4·L²·D·H`
-//! flops, against `T = 2·L·D·H·4` bytes of keys and values sent. At a
-//! kernel rate of `R` flop/s and a link of `W` bytes/s the transfer hides
-//! when `F / R ≥ T / W`, i.e. `L ≥ 2·R / W`: independent of `D` and `H`.
-//! See the README for figures.
+//! With `L` positions per rank, `H` heads of dim `D` (`Hkv` key/value
+//! heads), batch `B`, a causal zig-zag ring step computes two chunk pairs,
+//! `L²/2` (query, key) pairs per head, at `4·D` flops each, while the next
+//! block's keys and values move:
+//!
+//! ```text
+//! compute per step  F = 2·B·H·D·L²        flops      at R flop/s per rank
+//! transfer per step T = 8·B·Hkv·D·L       bytes (f32 k and v) at W bytes/s
+//! hidden when F/R ≥ T/W  ⇔  L ≥ 4·(Hkv/H)·R/W
+//! ```
+//!
+//! independent of `B` and `D`. The README has the figures for 25 Gb/s
+//! Ethernet and InfiniBand.
 
 pub mod comm;
 mod lane;

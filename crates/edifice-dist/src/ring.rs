@@ -220,6 +220,65 @@ impl RingAttention {
         }
     }
 
+    /// Before the work on piece `g` (of `m` per block) at step `s`: waits
+    /// until it has arrived and the piece before it has left, then sends it
+    /// on and starts receiving the next block's piece into the slot just
+    /// freed (while the ring has hops left).
+    fn advance(
+        &self,
+        lanes: &mut [Lane],
+        (s, g, m): (usize, usize, usize),
+        d: usize,
+        timing: &mut Timing,
+    ) {
+        let (r, p, _) = self.ring();
+        let wait = Instant::now();
+        for lane in lanes.iter_mut() {
+            lane.arrive(&self.comm, g);
+            if g > 0 {
+                lane.release(&self.comm, g - 1);
+            }
+        }
+        timing.exposed += wait.elapsed();
+        if s < self.kv_hops() {
+            let src = (r + p - s) % p;
+            let len = self.layout.local_len(src) * d;
+            let len_in = self.layout.local_len((src + p - 1) % p) * d;
+            for lane in lanes.iter_mut() {
+                lane.send(&self.comm, g, len, self.comm.next());
+                timing.bytes_sent += len * 4;
+                lane.recv(&self.comm, g + m, len_in, self.comm.prev());
+            }
+        }
+    }
+
+    /// Wall time of the key/value ring of `shape` without any work: every
+    /// transfer of a forward pass, each waited for at once. With the
+    /// forward's [`Timing::exposed`] it gives the share of the transfers
+    /// that the kernels hid.
+    pub fn time_transfers(&self, shape: &AttnShape) -> Result<Duration, DistError> {
+        self.check(shape)?;
+        let (p, last) = (self.comm.size(), self.steps.len() - 1);
+        let (d, local, m) = (shape.head_dim, shape.len_q, shape.batch * shape.heads_kv);
+        let slot = self.layout.max_local_len() * d;
+        let mut kv = [
+            Lane::zeros(m, local * d, slot, TAG_K, "keys"),
+            Lane::zeros(m, local * d, slot, TAG_V, "values"),
+        ];
+        let mut timing = Timing::default();
+        let start = Instant::now();
+        for s in 0..=last {
+            for plane in 0..m {
+                self.advance(&mut kv, (s, s * m + plane, m), d, &mut timing);
+            }
+        }
+        let first = if self.kv_hops() == p { p * m } else { 0 };
+        for lane in kv {
+            drop(lane.into_vec(&self.comm, first));
+        }
+        Ok(start.elapsed())
+    }
+
     /// The kernel for pair `pair` of step `s` on one query plane.
     fn pair_kernel(
         &self,
@@ -279,7 +338,7 @@ impl RingAttention {
         self.check(shape)?;
         check_lens(shape, q, &k, &v)?;
         let start = Instant::now();
-        let (r, p, last) = self.ring();
+        let (_, p, last) = self.ring();
         let (d, local) = (shape.head_dim, shape.len_q);
         let m = shape.batch * shape.heads_kv;
         let group = shape.heads_q / shape.heads_kv;
@@ -297,33 +356,13 @@ impl RingAttention {
             ..Timing::default()
         };
         for s in 0..=last {
-            let src = (r + p - s) % p;
             let kernels = self.steps[s]
                 .iter()
                 .map(|&pair| self.pair_kernel(shape, scale, s, pair))
                 .collect::<Result<Vec<_>, _>>()?;
             for plane in 0..m {
                 let g = s * m + plane;
-                let wait = Instant::now();
-                for lane in &mut kv {
-                    lane.arrive(&self.comm, g);
-                    if g > 0 {
-                        lane.release(&self.comm, g - 1);
-                    }
-                }
-                timing.exposed += wait.elapsed();
-                if s < hops {
-                    let (len, next) = (self.layout.local_len(src) * d, self.comm.next());
-                    let (len_in, prev) = (
-                        self.layout.local_len((src + p - 1) % p) * d,
-                        self.comm.prev(),
-                    );
-                    for lane in &mut kv {
-                        lane.send(&self.comm, g, len, next);
-                        timing.bytes_sent += len * 4;
-                        lane.recv(&self.comm, g + m, len_in, prev);
-                    }
-                }
+                self.advance(&mut kv, (s, g, m), d, &mut timing);
                 let (batch, kv_head) = (plane / shape.heads_kv, plane % shape.heads_kv);
                 let heads = batch * shape.heads_q + kv_head * group
                     ..batch * shape.heads_q + (kv_head + 1) * group;
@@ -431,25 +470,14 @@ impl RingAttention {
             for plane in 0..m {
                 let g = s * m + plane;
                 let wait = Instant::now();
-                for lane in kv.iter_mut().chain(&mut sums) {
+                for lane in &mut sums {
                     lane.arrive(&self.comm, g);
                     if g > 0 {
                         lane.release(&self.comm, g - 1);
                     }
                 }
                 timing.exposed += wait.elapsed();
-                if s < hops {
-                    let (len, next) = (self.layout.local_len(src) * d, self.comm.next());
-                    let (len_in, prev) = (
-                        self.layout.local_len((src + p - 1) % p) * d,
-                        self.comm.prev(),
-                    );
-                    for lane in &mut kv {
-                        lane.send(&self.comm, g, len, next);
-                        timing.bytes_sent += len * 4;
-                        lane.recv(&self.comm, g + m, len_in, prev);
-                    }
-                }
+                self.advance(&mut kv, (s, g, m), d, &mut timing);
                 if last > 0 {
                     let owner = if s < last { (src + p - 1) % p } else { r };
                     let len_in = self.layout.local_len(owner) * d;

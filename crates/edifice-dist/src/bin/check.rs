@@ -74,19 +74,24 @@ fn kernel(comm: &Arc<Comm>) -> Result<(), String> {
         Pattern::new(PatternKind::Window { window: 6 }, false),
     ];
     let mut worst = 0.0f32;
+    // Two layouts of heads: 4 ring pieces (2 batches × 2 kv heads, query
+    // heads in pairs) and 3 (3 batches × 1 head), whose rotation round 4
+    // slots has more than one cycle.
     for len in [64, 37, 101, 3] {
-        for pattern in &patterns {
-            let shape = AttnShape {
-                batch: 2,
-                heads_q: 4,
-                heads_kv: 2,
-                len_q: len,
-                len_k: len,
-                head_dim: 16,
-            };
-            let err = kernel_case(comm, shape, pattern.clone())
-                .map_err(|e| format!("N {len} {pattern:?}: {e}"))?;
-            worst = worst.max(err);
+        for (batch, heads_q, heads_kv) in [(2, 4, 2), (3, 1, 1)] {
+            for pattern in &patterns {
+                let shape = AttnShape {
+                    batch,
+                    heads_q,
+                    heads_kv,
+                    len_q: len,
+                    len_k: len,
+                    head_dim: 16,
+                };
+                let err = kernel_case(comm, shape, pattern.clone())
+                    .map_err(|e| format!("N {len} {pattern:?}: {e}"))?;
+                worst = worst.max(err);
+            }
         }
     }
     println!(
@@ -131,9 +136,13 @@ fn kernel_case(comm: &Arc<Comm>, shape: AttnShape, pattern: Pattern) -> Result<f
     );
     let mut runs = Vec::new();
     for _ in 0..2 {
-        let (lo, llse) = ring
-            .forward(&local, scale, &lq, &lk, &lv)
+        let out = ring
+            .forward_owned(&local, scale, &lq, lk.clone(), lv.clone())
             .map_err(|e| e.to_string())?;
+        if out.k != lk || out.v != lv {
+            return Err("the ring did not give back the keys and values it was given".into());
+        }
+        let (lo, llse) = (out.o, out.lse);
         let grads = ring
             .backward(&local, scale, [&lq, &lk, &lv, &lo], &llse, &ldo)
             .map_err(|e| e.to_string())?;
