@@ -410,7 +410,7 @@ impl Comm {
             return Ok(());
         }
         Err(DistError::Mismatch(format!(
-            "{what} differs between rank 0 and rank(s) {differ:?}: every rank must run the same configuration"
+            "{what}: rank(s) {differ:?} differ from rank 0; every rank must run the same configuration"
         )))
     }
 }

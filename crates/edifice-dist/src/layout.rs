@@ -33,6 +33,21 @@ pub struct Chunk {
 }
 
 /// The assignment of a sequence's positions to the ranks of a ring.
+///
+/// ```
+/// use edifice_dist::{Layout, LayoutKind};
+///
+/// // 10 positions over 2 ranks, zig-zag: 4 chunks of 3 (the last has 1).
+/// let layout = Layout::new(LayoutKind::Zigzag, 10, 2);
+/// assert_eq!(layout.positions(0), [0, 1, 2, 9]);
+/// assert_eq!(layout.positions(1), [3, 4, 5, 6, 7, 8]);
+/// assert_eq!(layout.owner(9), Some((0, 3)));
+/// // Rank 1's rows of x [1, 10, 1], and back.
+/// let x: Vec<u32> = (0..10).collect();
+/// let parts = [layout.scatter(0, &x, 1, 1), layout.scatter(1, &x, 1, 1)];
+/// assert_eq!(parts[1], [3, 4, 5, 6, 7, 8]);
+/// assert_eq!(layout.gather(&parts, 1, 1), x);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     kind: LayoutKind,

@@ -126,7 +126,12 @@ impl RingAttention {
         pattern: Pattern,
         kind: LayoutKind,
     ) -> Result<Self, DistError> {
-        let reach = distances(&pattern)?;
+        let setup = format!("N {len}, {pattern:?}, {kind:?}");
+        let (reach, local) = match distances(&pattern) {
+            Ok(reach) => (reach, Ok(())),
+            Err(e) => ((0, 0), Err(e)),
+        };
+        agree(&comm, "the sequence length or pattern", &setup, local)?;
         let (p, rank) = (comm.size(), comm.rank());
         let layout = Layout::new(kind, len, p);
         let pairs = |r: usize, s: usize| -> Vec<Pair> {
@@ -179,6 +184,26 @@ impl RingAttention {
     /// Where the last call's time went on this rank.
     pub fn timing(&self) -> Timing {
         *self.timing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`check`](Self::check) on every rank, plus that every rank has the
+    /// same batch, heads, head dim and scale: an error on every rank if
+    /// any differs or fails.
+    fn check_all(&self, shape: &AttnShape, scale: f32) -> Result<(), DistError> {
+        let sizes = format!(
+            "B {}, Hq {}, Hkv {}, D {}, scale {:08x}",
+            shape.batch,
+            shape.heads_q,
+            shape.heads_kv,
+            shape.head_dim,
+            scale.to_bits()
+        );
+        agree(
+            &self.comm,
+            "the attention's sizes",
+            &sizes,
+            self.check(shape),
+        )
     }
 
     /// Checks a local shape: `Nq = Nk =` this rank's positions, pieces
@@ -258,7 +283,7 @@ impl RingAttention {
     /// that the kernels hid.
     pub fn time_transfers(&self, shape: &AttnShape) -> Result<Duration, DistError> {
         self.check(shape)?;
-        let (p, last) = (self.comm.size(), self.steps.len() - 1);
+        let last = self.steps.len() - 1;
         let (d, local, m) = (shape.head_dim, shape.len_q, shape.batch * shape.heads_kv);
         let slot = self.layout.max_local_len() * d;
         let mut kv = [
@@ -272,10 +297,7 @@ impl RingAttention {
                 self.advance(&mut kv, (s, s * m + plane, m), d, &mut timing);
             }
         }
-        let first = if self.kv_hops() == p { p * m } else { 0 };
-        for lane in kv {
-            drop(lane.into_vec(&self.comm, first));
-        }
+        kv.iter_mut().for_each(|lane| lane.settle(&self.comm));
         Ok(start.elapsed())
     }
 
@@ -335,7 +357,7 @@ impl RingAttention {
         k: Vec<f32>,
         v: Vec<f32>,
     ) -> Result<Forward, DistError> {
-        self.check(shape)?;
+        self.check_all(shape, scale)?;
         check_lens(shape, q, &k, &v)?;
         let start = Instant::now();
         let (_, p, last) = self.ring();
@@ -393,14 +415,19 @@ impl RingAttention {
             }
         }
         let wait = Instant::now();
-        let [k_lane, v_lane] = kv;
-        let first = if hops == p { p * m } else { 0 };
-        let (k, v) = (
-            k_lane.into_vec(&self.comm, first),
-            v_lane.into_vec(&self.comm, first),
-        );
+        kv.iter_mut().for_each(|lane| lane.settle(&self.comm));
         timing.exposed += wait.elapsed();
-        let (k, v) = keep.unwrap_or((k, v));
+        let (k, v) = match keep {
+            Some(kept) => kept,
+            None => {
+                let [k_lane, v_lane] = kv;
+                let first = if hops == p { p * m } else { 0 };
+                (
+                    k_lane.into_vec(&self.comm, first),
+                    v_lane.into_vec(&self.comm, first),
+                )
+            }
+        };
         timing.total = start.elapsed();
         *self.timing.lock().unwrap_or_else(|e| e.into_inner()) = timing;
         Ok(Forward { o, lse, k, v })
@@ -417,7 +444,7 @@ impl RingAttention {
         lse: &[f32],
         d_o: &[f32],
     ) -> Result<AttnGrads, DistError> {
-        self.check(shape)?;
+        self.check_all(shape, scale)?;
         check_lens(shape, q, k, v)?;
         if o.len() != q.len() || d_o.len() != q.len() || lse.len() != shape.lse_len() {
             return Err(DistError::Shape(
@@ -430,7 +457,6 @@ impl RingAttention {
         let m = shape.batch * shape.heads_kv;
         let group = shape.heads_q / shape.heads_kv;
         let slot = self.layout.max_local_len() * d;
-        let hops = self.kv_hops();
         let mut kv = [
             Lane::adopt(k.to_vec(), m, local * d, slot, TAG_K, "keys"),
             Lane::adopt(v.to_vec(), m, local * d, slot, TAG_V, "values"),
@@ -536,12 +562,9 @@ impl RingAttention {
             }
         }
         let wait = Instant::now();
-        let [k_lane, v_lane] = kv;
-        let first = if hops == p { p * m } else { 0 };
-        drop((
-            k_lane.into_vec(&self.comm, first),
-            v_lane.into_vec(&self.comm, first),
-        ));
+        kv.iter_mut()
+            .chain(&mut sums)
+            .for_each(|lane| lane.settle(&self.comm));
         let own = if last > 0 { (last + 1) * m } else { 0 };
         let [dk_lane, dv_lane] = sums;
         let (dk, dv) = (
@@ -567,6 +590,25 @@ pub struct Forward {
     pub k: Vec<f32>,
     /// The input `v`, unchanged.
     pub v: Vec<f32>,
+}
+
+/// Every rank's `setup` must match rank 0's, and every rank's `local`
+/// check pass: all ranks take part (a failing rank sends a fingerprint no
+/// setup has), so all return an error together instead of waiting on the
+/// rank that stopped.
+fn agree(
+    comm: &Comm,
+    what: &str,
+    setup: &str,
+    local: Result<(), DistError>,
+) -> Result<(), DistError> {
+    let fingerprint = match local {
+        Ok(()) => edifice::fingerprint::of_bytes(&[setup.as_bytes()]),
+        Err(_) => u64::MAX,
+    };
+    let shared = comm.check_same(what, fingerprint);
+    local?;
+    shared
 }
 
 fn check_lens(shape: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Result<(), DistError> {

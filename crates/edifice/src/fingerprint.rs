@@ -5,12 +5,17 @@
 
 use crate::weights::{self, Walk};
 
+/// The fingerprint of `parts`.
+pub fn of_bytes(parts: &[&[u8]]) -> u64 {
+    let mut h = Fnv::default();
+    parts.iter().for_each(|part| h.bytes(part));
+    h.0
+}
+
 /// The fingerprint of `parts` followed by `model`'s weights.
 pub fn fingerprint(parts: &[&[u8]], model: &mut impl Walk) -> u64 {
     let mut h = Fnv::default();
-    for part in parts {
-        h.bytes(part);
-    }
+    parts.iter().for_each(|part| h.bytes(part));
     for (name, (shape, values)) in weights::tensors(model) {
         h.bytes(name.as_bytes());
         shape

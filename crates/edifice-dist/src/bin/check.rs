@@ -9,7 +9,8 @@
 //!   spread over the ranks against one process.
 //! * `train`: 20 training steps spread over the ranks against one
 //!   process's loss curve and final weights.
-//! * `mismatch`: rank 1 starts from another seed; every rank must refuse.
+//! * `mismatch`: rank 1 starts from another seed, then asks for another
+//!   pattern, then another head dim; every rank must refuse each.
 //! * `die` / `hang`: rank 1 is killed / stops answering at step 3 of a
 //!   training run; the job must end (the test times it).
 
@@ -119,7 +120,23 @@ fn kernel_case(comm: &Arc<Comm>, shape: AttnShape, pattern: Pattern) -> Result<f
         .backward_vec(&q, &k, &v, &o, &lse, &d_o)
         .map_err(|e| e.to_string())?;
 
-    let ring = RingAttention::new(comm.clone(), shape.len_q, pattern).map_err(|e| e.to_string())?;
+    let ring = RingAttention::new(comm.clone(), shape.len_q, pattern.clone())
+        .map_err(|e| e.to_string())?;
+    // A causal window over contiguous slices of `c` positions reads the
+    // blocks of ceil((W − 1) / c) earlier ranks: the ring stops there.
+    let p = comm.size();
+    if let (PatternKind::Window { window }, true) = (&pattern.kind, pattern.causal) {
+        if shape.len_q % p == 0 {
+            let c = shape.len_q / p;
+            let want = 1 + (p - 1).min((window - 1).div_ceil(c));
+            if ring.steps().len() != want {
+                return Err(format!(
+                    "{} ring steps, expected {want}",
+                    ring.steps().len()
+                ));
+            }
+        }
+    }
     let (layout, r, d) = (ring.layout(), comm.rank(), shape.head_dim);
     let local = AttnShape {
         len_q: layout.local_len(r),
@@ -300,13 +317,43 @@ fn kill_self() {
 }
 
 fn mismatch(comm: &Arc<Comm>) -> Result<(), String> {
-    let run = run_config(if comm.rank() == 1 { 4 } else { 3 })?;
-    let mut trainer = Trainer::new(run).map_err(|e| e.to_string())?;
-    match SpreadTraining::install(comm.clone(), &mut trainer) {
+    let odd = comm.rank() == 1;
+    let refused = |what: &str, result: Result<(), String>| match result {
         Err(e) => {
             println!("rank {}: refused: {e}", comm.rank());
             Ok(())
         }
-        Ok(()) => Err("ranks with different seeds were not refused".into()),
-    }
+        Ok(()) => Err(format!("ranks with different {what} were not refused")),
+    };
+    // Another seed: other weights.
+    let run = run_config(if odd { 4 } else { 3 })?;
+    let mut trainer = Trainer::new(run).map_err(|e| e.to_string())?;
+    refused(
+        "weights",
+        SpreadTraining::install(comm.clone(), &mut trainer).map_err(|e| e.to_string()),
+    )?;
+    // Another pattern.
+    let kind = if odd {
+        PatternKind::Window { window: 5 }
+    } else {
+        PatternKind::Full
+    };
+    let ring = RingAttention::new(comm.clone(), 64, Pattern::new(kind, true));
+    refused("patterns", ring.map(drop).map_err(|e| e.to_string()))?;
+    // Another head dim, at the call.
+    let ring = RingAttention::new(comm.clone(), 64, Pattern::new(PatternKind::Full, true))
+        .map_err(|e| e.to_string())?;
+    let d = if odd { 8 } else { 16 };
+    let l = ring.layout().local_len(comm.rank());
+    let shape = AttnShape {
+        batch: 1,
+        heads_q: 2,
+        heads_kv: 2,
+        len_q: l,
+        len_k: l,
+        head_dim: d,
+    };
+    let x = vec![0.5; shape.q_len()];
+    let out = ring.forward(&shape, 0.25, &x, &x, &x);
+    refused("head dims", out.map(drop).map_err(|e| e.to_string()))
 }
