@@ -126,7 +126,7 @@ fn kernel_case(comm: &Arc<Comm>, shape: AttnShape, pattern: Pattern) -> Result<f
     // blocks of ceil((W − 1) / c) earlier ranks: the ring stops there.
     let p = comm.size();
     if let (PatternKind::Window { window }, true) = (&pattern.kind, pattern.causal) {
-        if shape.len_q % p == 0 {
+        if shape.len_q.is_multiple_of(p) {
             let c = shape.len_q / p;
             let want = 1 + (p - 1).min((window - 1).div_ceil(c));
             if ring.steps().len() != want {
