@@ -24,6 +24,34 @@ pub enum BenchCommand {
     Dist(crate::bench_dist::DistArgs),
 }
 
+/// The sizes of a benchmarked attention besides its length.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct Dims {
+    /// Batch size.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Heads (query and key/value).
+    #[arg(long, default_value_t = 8)]
+    pub heads: usize,
+    /// Head dimension.
+    #[arg(long, default_value_t = 64)]
+    pub head_dim: usize,
+}
+
+impl Dims {
+    /// Self-attention of `len` positions of these sizes.
+    pub fn shape(&self, len: usize) -> AttnShape {
+        AttnShape {
+            batch: self.batch,
+            heads_q: self.heads,
+            heads_kv: self.heads,
+            len_q: len,
+            len_k: len,
+            head_dim: self.head_dim,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct KernelArgs {
     /// Print one JSON array of results instead of a table.
@@ -44,15 +72,8 @@ pub struct KernelArgs {
     /// Keep timing each case until this many seconds have passed.
     #[arg(long, default_value_t = 1.0)]
     min_time: f64,
-    /// Batch size.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
-    /// Heads (query and key/value).
-    #[arg(long, default_value_t = 8)]
-    heads: usize,
-    /// Head dimension.
-    #[arg(long, default_value_t = 64)]
-    head_dim: usize,
+    #[command(flatten)]
+    dims: Dims,
     /// Also time the Rust peers (burn Flex attention, candle CPU flash
     /// attention) on the dense patterns. Needs a build with `--features peers`.
     #[arg(long)]
@@ -250,14 +271,7 @@ fn kernel(args: &KernelArgs, threads: usize) -> Result<()> {
     for spec in &patterns {
         let pattern = parse_pattern(spec)?;
         for &n in &sizes {
-            let shape = AttnShape {
-                batch: args.batch,
-                heads_q: args.heads,
-                heads_kv: args.heads,
-                len_q: n,
-                len_k: n,
-                head_dim: args.head_dim,
-            };
+            let shape = args.dims.shape(n);
             let mut att = Attention::new(shape, pattern.clone())?
                 .with_backward_schedule(args.backward_schedule.into());
             if let Some(isa) = args.isa {
@@ -331,9 +345,9 @@ fn time_kernel<E: Element>(
         pass: "forward".into(),
         pattern: spec.to_string(),
         n: shape.len_q,
-        batch: args.batch,
-        heads: args.heads,
-        head_dim: args.head_dim,
+        batch: args.dims.batch,
+        heads: args.dims.heads,
+        head_dim: args.dims.head_dim,
         threads,
         isa: format!("{:?}", att.isa()),
         dtype: E::NAME.into(),
@@ -342,7 +356,7 @@ fn time_kernel<E: Element>(
             other => other.into(),
         },
         ms: secs * 1e3,
-        gflops: 4.0 * allowed_pairs as f64 * args.head_dim as f64 / secs / 1e9,
+        gflops: 4.0 * allowed_pairs as f64 * args.dims.head_dim as f64 / secs / 1e9,
         allowed_pairs,
         extra_bytes,
         iters,

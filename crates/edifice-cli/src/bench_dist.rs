@@ -11,11 +11,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use edifice_dist::{Comm, RingAttention};
 use edifice_kernels::reference::uniform;
-use edifice_kernels::{Attention, AttnShape};
+use edifice_kernels::Attention;
 use serde::Serialize;
 
 use crate::alloc;
-use crate::bench::parse_pattern;
+use crate::bench::{parse_pattern, Dims};
 use crate::world::World;
 
 #[derive(Args)]
@@ -26,15 +26,8 @@ pub struct DistArgs {
     /// Pattern over the whole sequence, `PATTERN[+causal]` (full or window).
     #[arg(long, default_value = "full+causal")]
     pattern: String,
-    /// Batch size.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
-    /// Heads (query and key/value).
-    #[arg(long, default_value_t = 8)]
-    heads: usize,
-    /// Head dimension.
-    #[arg(long, default_value_t = 64)]
-    head_dim: usize,
+    #[command(flatten)]
+    dims: Dims,
     /// Timed forward passes (after one warm-up).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -173,14 +166,7 @@ fn rank_stats(args: &DistArgs, comm: &Arc<Comm>) -> Result<RankStats> {
         "--rounds and --len must be positive"
     );
     let pattern = parse_pattern(&args.pattern)?;
-    let shape = |len| AttnShape {
-        batch: args.batch,
-        heads_q: args.heads,
-        heads_kv: args.heads,
-        len_q: len,
-        len_k: len,
-        head_dim: args.head_dim,
-    };
+    let shape = |len| args.dims.shape(len);
     let (r, p) = (comm.rank(), comm.size());
     let mut stats = RankStats {
         rank: r,
@@ -210,7 +196,7 @@ fn rank_stats(args: &DistArgs, comm: &Arc<Comm>) -> Result<RankStats> {
         let ring = RingAttention::new(comm.clone(), args.len, pattern)?;
         let local = shape(ring.layout().local_len(r));
         stats.positions = local.len_q;
-        let scale = 1.0 / (args.head_dim as f32).sqrt();
+        let scale = 1.0 / (args.dims.head_dim as f32).sqrt();
         let seed = 10 * r as u32;
         let q = uniform(local.q_len(), seed + 1);
         let (mut k, mut v) = (
@@ -265,9 +251,9 @@ fn report(args: &DistArgs, threads: usize, all: &[RankStats]) {
         "ring attention {}, N = {}, B = {}, H = {}, D = {}: {p} rank(s), {threads} kernel thread(s) each{}",
         args.pattern,
         args.len,
-        args.batch,
-        args.heads,
-        args.head_dim,
+        args.dims.batch,
+        args.dims.heads,
+        args.dims.head_dim,
         if p == 1 { " (one process: the fused kernel on the whole sequence)" } else { "" }
     );
     println!("rank  positions  forward ms  kernels ms  CPU ms  exposed ms  transfers alone ms  hidden  sent MiB  peak heap MiB  VmHWM MiB");

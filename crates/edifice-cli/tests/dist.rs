@@ -15,6 +15,13 @@ use edifice_dist::launch;
 /// (whose masks are drawn per rank).
 const RING: &str = "model = \"ring\"\nembed_dim = 24\nhidden_size = 32\nnum_heads = 4\nnum_layers = 2\nnum_chunks = 1\ndropout = 0.0\nwindow_size = 61\n";
 
+fn max_diff<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&p, &q)| (p.into() - q.into()).abs())
+        .fold(0.0, f64::max)
+}
+
 fn edifice_mpirun(ranks: usize, args: &[&str]) -> String {
     let program = Path::new(env!("CARGO_BIN_EXE_edifice"));
     let run = launch::mpirun(ranks, program, args, &[], Duration::from_secs(120))
@@ -74,11 +81,7 @@ fn distributed_forward_matches_one_process() {
             );
             let ((a, da), (b, db)) = (read_f32(Path::new(&one), "y"), read_f32(&y, "y"));
             assert_eq!(da, db);
-            let err = a
-                .iter()
-                .zip(&b)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0, f32::max);
+            let err = max_diff(&a, &b);
             assert!(
                 err <= 1e-5,
                 "{ranks} ranks, all timesteps {all}: max |diff| {err}"
@@ -131,11 +134,7 @@ fn distributed_training_follows_one_process() {
     let (a, b) = (losses(&one), losses(&spread));
     assert_eq!(a.len(), 22, "20 steps and 2 evaluations, written once");
     assert_eq!(a.len(), b.len());
-    let err = a
-        .iter()
-        .zip(&b)
-        .map(|(p, q)| (p - q).abs())
-        .fold(0.0, f64::max);
+    let err = max_diff(&a, &b);
     assert!(
         err <= 1e-4,
         "loss curves differ by {err}: {a:?} against {b:?}"

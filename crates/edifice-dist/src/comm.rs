@@ -161,23 +161,17 @@ impl Comm {
     /// ([`finish`](Self::finish) or a [`test`](Self::test) that returns
     /// `true`).
     pub unsafe fn isend(&self, buf: &[f32], to: usize, tag: i32, what: &'static str) -> Pending {
-        let comm = self.raw();
-        let mut request = ffi::RSMPI_REQUEST_NULL;
-        let code = ffi::MPI_Isend(
-            buf.as_ptr().cast(),
-            count(buf.len()),
-            ffi::RSMPI_FLOAT,
-            to as c_int,
-            tag,
-            comm,
-            &mut request,
-        );
-        self.check(code, what);
-        Pending {
-            request,
-            peer: to,
-            what,
-        }
+        self.start(what, to, |comm, request| {
+            ffi::MPI_Isend(
+                buf.as_ptr().cast(),
+                count(buf.len()),
+                f32::datatype(),
+                to as c_int,
+                tag,
+                comm,
+                request,
+            )
+        })
     }
 
     /// Starts receiving `buf.len()` values from `from` into `buf`.
@@ -192,21 +186,37 @@ impl Comm {
         tag: i32,
         what: &'static str,
     ) -> Pending {
+        self.start(what, from, |comm, request| {
+            ffi::MPI_Irecv(
+                buf.as_mut_ptr().cast(),
+                count(buf.len()),
+                f32::datatype(),
+                from as c_int,
+                tag,
+                comm,
+                request,
+            )
+        })
+    }
+
+    /// Starts a non-blocking call (`call(comm, request)` returns MPI's
+    /// code) waiting on `peer`; an MPI error ends the job.
+    ///
+    /// # Safety
+    /// As the call's own: its buffers must outlive the request.
+    unsafe fn start(
+        &self,
+        what: &'static str,
+        peer: usize,
+        call: impl FnOnce(ffi::MPI_Comm, &mut ffi::MPI_Request) -> c_int,
+    ) -> Pending {
         let comm = self.raw();
         let mut request = ffi::RSMPI_REQUEST_NULL;
-        let code = ffi::MPI_Irecv(
-            buf.as_mut_ptr().cast(),
-            count(buf.len()),
-            ffi::RSMPI_FLOAT,
-            from as c_int,
-            tag,
-            comm,
-            &mut request,
-        );
+        let code = call(comm, &mut request);
         self.check(code, what);
         Pending {
             request,
-            peer: from,
+            peer,
             what,
         }
     }
@@ -297,27 +307,21 @@ impl Comm {
     /// Element-wise sum of `x` over every rank, in place.
     pub fn all_reduce_sum(&self, x: &mut [f32], what: &'static str) {
         let send = x.to_vec();
-        let comm = self.raw();
-        // SAFETY: reading a constant MPI handle.
-        let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
-        // SAFETY: `send` and `x` outlive the request: it is finished below.
-        let code = unsafe {
-            ffi::MPI_Iallreduce(
-                send.as_ptr().cast(),
-                x.as_mut_ptr().cast(),
-                count(x.len()),
-                ffi::RSMPI_FLOAT,
-                ffi::RSMPI_SUM,
-                comm,
-                &mut request,
-            )
+        // SAFETY: `send` and `x` outlive the request: it is finished here.
+        let request = unsafe {
+            self.start(what, self.prev(), |comm, request| {
+                ffi::MPI_Iallreduce(
+                    send.as_ptr().cast(),
+                    x.as_mut_ptr().cast(),
+                    count(x.len()),
+                    f32::datatype(),
+                    ffi::RSMPI_SUM,
+                    comm,
+                    request,
+                )
+            })
         };
-        self.check(code, what);
-        self.finish(&mut [Some(Pending {
-            request,
-            peer: self.prev(),
-            what,
-        })]);
+        self.finish(&mut [Some(request)]);
     }
 
     /// Returns once every rank has called it.
@@ -328,53 +332,35 @@ impl Comm {
     /// Every rank's `value`, by rank.
     pub fn all_gather(&self, value: u64, what: &'static str) -> Vec<u64> {
         let mut out = vec![0u64; self.size];
-        let comm = self.raw();
-        // SAFETY: reading a constant MPI handle.
-        let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
-        // SAFETY: `value` and `out` outlive the request: it is finished below.
-        let code = unsafe {
-            ffi::MPI_Iallgather(
-                (&value as *const u64).cast(),
-                1,
-                ffi::RSMPI_UINT64_T,
-                out.as_mut_ptr().cast(),
-                1,
-                ffi::RSMPI_UINT64_T,
-                comm,
-                &mut request,
-            )
+        // SAFETY: `value` and `out` outlive the request: it is finished here.
+        let request = unsafe {
+            self.start(what, self.prev(), |comm, request| {
+                ffi::MPI_Iallgather(
+                    (&value as *const u64).cast(),
+                    1,
+                    ffi::RSMPI_UINT64_T,
+                    out.as_mut_ptr().cast(),
+                    1,
+                    ffi::RSMPI_UINT64_T,
+                    comm,
+                    request,
+                )
+            })
         };
-        self.check(code, what);
-        self.finish(&mut [Some(Pending {
-            request,
-            peer: self.prev(),
-            what,
-        })]);
+        self.finish(&mut [Some(request)]);
         out
     }
 
     /// `x` from rank `root` on every rank.
     pub fn broadcast<T: Scalar>(&self, x: &mut [T], root: usize, what: &'static str) {
-        let comm = self.raw();
-        // SAFETY: reading a constant MPI handle.
-        let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
-        // SAFETY: `x` outlives the request: it is finished below.
-        let code = unsafe {
-            ffi::MPI_Ibcast(
-                x.as_mut_ptr().cast(),
-                count(x.len()),
-                T::datatype(),
-                root as c_int,
-                comm,
-                &mut request,
-            )
+        // SAFETY: `x` outlives the request: it is finished here.
+        let request = unsafe {
+            self.start(what, root, |comm, request| {
+                let (ptr, n) = (x.as_mut_ptr().cast(), count(x.len()));
+                ffi::MPI_Ibcast(ptr, n, T::datatype(), root as c_int, comm, request)
+            })
         };
-        self.check(code, what);
-        self.finish(&mut [Some(Pending {
-            request,
-            peer: root,
-            what,
-        })]);
+        self.finish(&mut [Some(request)]);
     }
 
     /// Rank 0 gets every rank's `local` (lengths may differ), by rank;

@@ -17,6 +17,13 @@
 
 use crate::comm::{Comm, Pending};
 
+/// What travels on a lane: its MPI tag and its name in error messages.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wire {
+    pub tag: i32,
+    pub what: &'static str,
+}
+
 pub(crate) struct Lane {
     /// Slots `0..pieces`: the rank's own tensor, re-strided in place.
     data: Vec<f32>,
@@ -32,8 +39,7 @@ pub(crate) struct Lane {
     slot: usize,
     /// Floats of this rank's own piece.
     own: usize,
-    tag: i32,
-    what: &'static str,
+    wire: Wire,
     pub(crate) sends: Vec<Option<Pending>>,
     pub(crate) recvs: Vec<Option<Pending>>,
 }
@@ -51,8 +57,7 @@ impl Lane {
         pieces: usize,
         own_len: usize,
         slot: usize,
-        tag: i32,
-        what: &'static str,
+        wire: Wire,
     ) -> Lane {
         assert_eq!(
             own.len(),
@@ -76,29 +81,10 @@ impl Lane {
             pieces,
             slot,
             own: own_len,
-            tag,
-            what,
+            wire,
             sends: (0..=pieces).map(|_| None).collect(),
             recvs: (0..=pieces).map(|_| None).collect(),
         }
-    }
-
-    /// A lane of zeros (gradient sums).
-    pub(crate) fn zeros(
-        pieces: usize,
-        own_len: usize,
-        slot: usize,
-        tag: i32,
-        what: &'static str,
-    ) -> Lane {
-        Lane::adopt(
-            vec![0.0; pieces * own_len],
-            pieces,
-            own_len,
-            slot,
-            tag,
-            what,
-        )
     }
 
     /// Slots: pieces + 1.
@@ -146,7 +132,7 @@ impl Lane {
         // `release(g)` finishes the send: the driver writes a slot only
         // after releasing it.
         let buf = unsafe { std::slice::from_raw_parts(self.base(i), len) };
-        self.sends[i] = Some(unsafe { comm.isend(buf, to, self.tag, self.what) });
+        self.sends[i] = Some(unsafe { comm.isend(buf, to, self.wire.tag, self.wire.what) });
     }
 
     /// Starts receiving piece `g` (`len` floats) from `from`.
@@ -158,7 +144,7 @@ impl Lane {
         );
         // SAFETY: nothing reads or writes the slot until `arrive(g)`.
         let buf = unsafe { std::slice::from_raw_parts_mut(self.base(i), len) };
-        self.recvs[i] = Some(unsafe { comm.irecv(buf, from, self.tag, self.what) });
+        self.recvs[i] = Some(unsafe { comm.irecv(buf, from, self.wire.tag, self.wire.what) });
     }
 
     /// Waits until piece `g` has arrived.
@@ -236,7 +222,7 @@ impl Drop for Lane {
         if self.sends.iter().chain(&self.recvs).any(Option::is_some) {
             eprintln!(
                 "error: a ring lane ({}) was dropped with transfers in flight",
-                self.what
+                self.wire.what
             );
             std::process::abort();
         }

@@ -35,14 +35,62 @@ use edifice_kernels::ring::merge;
 use edifice_kernels::{Attention, AttnShape, Pattern, PatternKind};
 
 use crate::comm::{Comm, Pending};
-use crate::lane::Lane;
+use crate::lane::{Lane, Wire};
 use crate::layout::{Chunk, Layout, LayoutKind};
 use crate::DistError;
 
-const TAG_K: i32 = 1;
-const TAG_V: i32 = 2;
-const TAG_DK: i32 = 3;
-const TAG_DV: i32 = 4;
+const KEYS: Wire = Wire {
+    tag: 1,
+    what: "keys",
+};
+const VALUES: Wire = Wire {
+    tag: 2,
+    what: "values",
+};
+const KEY_GRADIENTS: Wire = Wire {
+    tag: 3,
+    what: "key gradients",
+};
+const VALUE_GRADIENTS: Wire = Wire {
+    tag: 4,
+    what: "value gradients",
+};
+
+/// One rank's slice as the ring sees it.
+#[derive(Clone, Copy, Debug)]
+struct Slice {
+    /// Head dim.
+    d: usize,
+    /// This rank's positions.
+    local: usize,
+    /// Pieces per block: (batch, kv head) planes.
+    m: usize,
+    /// Query heads per kv head.
+    group: usize,
+    /// Floats per ring slot: the longest rank's rows.
+    slot: usize,
+    heads_q: usize,
+    heads_kv: usize,
+}
+
+impl Slice {
+    /// The query planes (`batch · Hq + head`) that read kv plane `plane`.
+    fn query_planes(&self, plane: usize) -> std::ops::Range<usize> {
+        let (batch, kv_head) = (plane / self.heads_kv, plane % self.heads_kv);
+        let first = batch * self.heads_q + kv_head * self.group;
+        first..first + self.group
+    }
+
+    /// A lane of `pieces` over this rank's `x` (`[B, Hkv, L, D]`).
+    fn lane(&self, x: Vec<f32>, wire: Wire) -> Lane {
+        Lane::adopt(x, self.m, self.local * self.d, self.slot, wire)
+    }
+
+    /// A lane of zeros.
+    fn zeros(&self, wire: Wire) -> Lane {
+        self.lane(vec![0.0; self.m * self.local * self.d], wire)
+    }
+}
 
 /// One block pair a rank computes: its query chunk `a` against key chunk
 /// `b` of the block it holds (indices into each rank's chunk list).
@@ -230,6 +278,18 @@ impl RingAttention {
         Ok(())
     }
 
+    fn slice(&self, shape: &AttnShape) -> Slice {
+        Slice {
+            d: shape.head_dim,
+            local: shape.len_q,
+            m: shape.batch * shape.heads_kv,
+            group: shape.heads_q / shape.heads_kv,
+            slot: self.layout.max_local_len() * shape.head_dim,
+            heads_q: shape.heads_q,
+            heads_kv: shape.heads_kv,
+        }
+    }
+
     fn ring(&self) -> (usize, usize, usize) {
         (self.comm.rank(), self.comm.size(), self.steps.len() - 1)
     }
@@ -284,12 +344,9 @@ impl RingAttention {
     pub fn time_transfers(&self, shape: &AttnShape) -> Result<Duration, DistError> {
         self.check(shape)?;
         let last = self.steps.len() - 1;
-        let (d, local, m) = (shape.head_dim, shape.len_q, shape.batch * shape.heads_kv);
-        let slot = self.layout.max_local_len() * d;
-        let mut kv = [
-            Lane::zeros(m, local * d, slot, TAG_K, "keys"),
-            Lane::zeros(m, local * d, slot, TAG_V, "values"),
-        ];
+        let x = self.slice(shape);
+        let (d, m) = (x.d, x.m);
+        let mut kv = [x.zeros(KEYS), x.zeros(VALUES)];
         let mut timing = Timing::default();
         let start = Instant::now();
         for s in 0..=last {
@@ -361,16 +418,11 @@ impl RingAttention {
         check_lens(shape, q, &k, &v)?;
         let start = Instant::now();
         let (_, p, last) = self.ring();
-        let (d, local) = (shape.head_dim, shape.len_q);
-        let m = shape.batch * shape.heads_kv;
-        let group = shape.heads_q / shape.heads_kv;
-        let slot = self.layout.max_local_len() * d;
+        let x = self.slice(shape);
+        let (d, local, m) = (x.d, x.local, x.m);
         let hops = self.kv_hops();
         let keep = (hops < p && last > 0).then(|| (k.clone(), v.clone()));
-        let mut kv = [
-            Lane::adopt(k, m, local * d, slot, TAG_K, "keys"),
-            Lane::adopt(v, m, local * d, slot, TAG_V, "values"),
-        ];
+        let mut kv = [x.lane(k, KEYS), x.lane(v, VALUES)];
         let mut o = vec![0.0f32; q.len()];
         let mut lse = vec![f32::NEG_INFINITY; shape.lse_len()];
         let mut timing = Timing {
@@ -385,9 +437,7 @@ impl RingAttention {
             for plane in 0..m {
                 let g = s * m + plane;
                 self.advance(&mut kv, (s, g, m), d, &mut timing);
-                let (batch, kv_head) = (plane / shape.heads_kv, plane % shape.heads_kv);
-                let heads = batch * shape.heads_q + kv_head * group
-                    ..batch * shape.heads_q + (kv_head + 1) * group;
+                let heads = x.query_planes(plane);
                 let (o_planes, lse_planes) = (
                     &mut o[heads.start * local * d..heads.end * local * d],
                     &mut lse[heads.start * local..heads.end * local],
@@ -453,18 +503,10 @@ impl RingAttention {
         }
         let start = Instant::now();
         let (r, p, last) = self.ring();
-        let (d, local) = (shape.head_dim, shape.len_q);
-        let m = shape.batch * shape.heads_kv;
-        let group = shape.heads_q / shape.heads_kv;
-        let slot = self.layout.max_local_len() * d;
-        let mut kv = [
-            Lane::adopt(k.to_vec(), m, local * d, slot, TAG_K, "keys"),
-            Lane::adopt(v.to_vec(), m, local * d, slot, TAG_V, "values"),
-        ];
-        let mut sums = [
-            Lane::zeros(m, local * d, slot, TAG_DK, "key gradients"),
-            Lane::zeros(m, local * d, slot, TAG_DV, "value gradients"),
-        ];
+        let x = self.slice(shape);
+        let (d, local, m) = (x.d, x.local, x.m);
+        let mut kv = [x.lane(k.to_vec(), KEYS), x.lane(v.to_vec(), VALUES)];
+        let mut sums = [x.zeros(KEY_GRADIENTS), x.zeros(VALUE_GRADIENTS)];
         let mut dq = vec![0.0f32; q.len()];
         let mut timing = Timing {
             steps: last + 1,
@@ -511,11 +553,9 @@ impl RingAttention {
                         lane.recv(&self.comm, g + m, len_in, sums_from(s + 1));
                     }
                 }
-                let (batch, kv_head) = (plane / shape.heads_kv, plane % shape.heads_kv);
-                let heads = batch * shape.heads_q + kv_head * group
-                    ..batch * shape.heads_q + (kv_head + 1) * group;
+                let heads = x.query_planes(plane);
                 let rows = heads.start * local * d..heads.end * local * d;
-                let x = PlaneInputs {
+                let inputs = PlaneInputs {
                     q: &q[rows.clone()],
                     o: &o[rows.clone()],
                     d_o: &d_o[rows.clone()],
@@ -541,7 +581,7 @@ impl RingAttention {
                         &kernels,
                         d,
                         local,
-                        x,
+                        inputs,
                         (k_piece, v_piece),
                         dq_planes,
                         (dk_sum, dv_sum),
