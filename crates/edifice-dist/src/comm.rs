@@ -38,7 +38,7 @@ const SPIN: Duration = Duration::from_micros(200);
 pub const MAX_POLL: Duration = Duration::from_millis(1);
 
 /// How long the kernels' helper polls at [`POLL`] before backing off.
-const PATIENCE: Duration = Duration::from_millis(20);
+pub const PATIENCE: Duration = Duration::from_millis(20);
 
 /// The exit code of a job ended by a timeout.
 pub const TIMEOUT_EXIT: c_int = 3;

@@ -31,6 +31,7 @@ mod lane;
 pub mod launch;
 pub mod layout;
 pub mod model;
+mod pairs;
 pub mod ring;
 
 pub use comm::Comm;

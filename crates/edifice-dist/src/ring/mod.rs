@@ -7,12 +7,12 @@
 //! queries `start_q − start_k` positions after the keys
 //! ([`Pattern::with_query_offset`]), so one call serves a diagonal,
 //! an earlier or a window-cut pair alike. Partial `(o, lse)` fold into
-//! the running result by log-sum-exp in f32 ([`merge`]).
+//! the running result by log-sum-exp in f32 ([`merge`](edifice_kernels::ring::merge)).
 //!
 //! While a rank works on one piece of its block (a `(batch, kv head)`
 //! plane), it forwards that piece to the next rank and receives the
 //! previous rank's matching piece into the slot the last piece left
-//! ([`Lane`](crate::lane)): transfers overlap the kernel's work, a helper
+//! (a lane, `lane.rs`): transfers overlap the kernel's work, a helper
 //! thread computes while this one keeps MPI moving, and the ring needs
 //! one extra piece of memory per lane.
 //!
@@ -30,14 +30,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edifice::kernel::AttnGrads;
-use edifice_kernels::ring::merge;
 use edifice_kernels::{Attention, AttnShape, Pattern, PatternKind};
 
 use crate::comm::{Comm, Pending};
 use crate::lane::{Lane, Wire};
 use crate::layout::{Chunk, Layout, LayoutKind};
+use crate::pairs::{forward_plane, PairKernel};
 use crate::DistError;
+
+mod backward;
 
 const KEYS: Wire = Wire {
     tag: 1,
@@ -365,7 +366,7 @@ impl RingAttention {
         scale: f32,
         s: usize,
         pair: Pair,
-    ) -> Result<(Attention, Chunk, usize, Chunk, usize), DistError> {
+    ) -> Result<PairKernel, DistError> {
         let (r, p, _) = self.ring();
         let src = (r + p - s) % p;
         let (mine, held) = (self.layout.chunks(r), self.layout.chunks(src));
@@ -482,140 +483,6 @@ impl RingAttention {
         *self.timing.lock().unwrap_or_else(|e| e.into_inner()) = timing;
         Ok(Forward { o, lse, k, v })
     }
-
-    /// `(dq, dk, dv)` of this rank's slice from its forward's inputs
-    /// `[q, k, v, o]`, `lse` and the output's gradient `d_o`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward(
-        &self,
-        shape: &AttnShape,
-        scale: f32,
-        [q, k, v, o]: [&[f32]; 4],
-        lse: &[f32],
-        d_o: &[f32],
-    ) -> Result<AttnGrads, DistError> {
-        self.check_all(shape, scale)?;
-        check_lens(shape, q, k, v)?;
-        if o.len() != q.len() || d_o.len() != q.len() || lse.len() != shape.lse_len() {
-            return Err(DistError::Shape(
-                "o and dO must be shaped like q, lse [B, Hq, L]".into(),
-            ));
-        }
-        let start = Instant::now();
-        let (r, p, last) = self.ring();
-        let x = self.slice(shape);
-        let (d, local, m) = (x.d, x.local, x.m);
-        let mut kv = [x.lane(k.to_vec(), KEYS), x.lane(v.to_vec(), VALUES)];
-        let mut sums = [x.zeros(KEY_GRADIENTS), x.zeros(VALUE_GRADIENTS)];
-        let mut dq = vec![0.0f32; q.len()];
-        let mut timing = Timing {
-            steps: last + 1,
-            ..Timing::default()
-        };
-        // The sums of step s go to the next rank, the last step's straight
-        // to the block's owner; the final sums come from the rank that
-        // held this rank's block last.
-        let sums_to = |s: usize| {
-            if s < last {
-                self.comm.next()
-            } else {
-                (r + p - last) % p
-            }
-        };
-        let sums_from = |s: usize| {
-            if s <= last {
-                self.comm.prev()
-            } else {
-                (r + last) % p
-            }
-        };
-        for s in 0..=last {
-            let src = (r + p - s) % p;
-            let kernels = self.steps[s]
-                .iter()
-                .map(|&pair| self.pair_kernel(shape, scale, s, pair))
-                .collect::<Result<Vec<_>, _>>()?;
-            for plane in 0..m {
-                let g = s * m + plane;
-                let wait = Instant::now();
-                for lane in &mut sums {
-                    lane.arrive(&self.comm, g);
-                    if g > 0 {
-                        lane.release(&self.comm, g - 1);
-                    }
-                }
-                timing.exposed += wait.elapsed();
-                self.advance(&mut kv, (s, g, m), d, &mut timing);
-                if last > 0 {
-                    let owner = if s < last { (src + p - 1) % p } else { r };
-                    let len_in = self.layout.local_len(owner) * d;
-                    for lane in &mut sums {
-                        lane.recv(&self.comm, g + m, len_in, sums_from(s + 1));
-                    }
-                }
-                let heads = x.query_planes(plane);
-                let rows = heads.start * local * d..heads.end * local * d;
-                let inputs = PlaneInputs {
-                    q: &q[rows.clone()],
-                    o: &o[rows.clone()],
-                    d_o: &d_o[rows.clone()],
-                    lse: &lse[heads.start * local..heads.end * local],
-                };
-                let dq_planes = &mut dq[rows];
-                // SAFETY: piece g of every lane has arrived and been released
-                // by no one; nothing else touches these slots until the next
-                // piece releases them.
-                let mut inflight = take_inflight(&mut kv);
-                inflight.extend(take_inflight(&mut sums));
-                let (k_piece, v_piece, dk_sum, dv_sum) = unsafe {
-                    (
-                        kv[0].piece(g),
-                        kv[1].piece(g),
-                        sums[0].piece_mut(g),
-                        sums[1].piece_mut(g),
-                    )
-                };
-                let busy = Instant::now();
-                let result = self.comm.overlap(&mut inflight, || {
-                    backward_plane(
-                        &kernels,
-                        d,
-                        local,
-                        inputs,
-                        (k_piece, v_piece),
-                        dq_planes,
-                        (dk_sum, dv_sum),
-                    )
-                });
-                timing.compute += busy.elapsed();
-                let rest = inflight.split_off(2 * 2 * (m + 1));
-                put_inflight(&mut kv, inflight);
-                put_inflight(&mut sums, rest);
-                result?;
-                if last > 0 {
-                    let len = self.layout.local_len(src) * d;
-                    for lane in &mut sums {
-                        lane.send(&self.comm, g, len, sums_to(s));
-                        timing.bytes_sent += len * 4;
-                    }
-                }
-            }
-        }
-        let wait = Instant::now();
-        kv.iter_mut()
-            .chain(&mut sums)
-            .for_each(|lane| lane.settle(&self.comm));
-        let own = if last > 0 { (last + 1) * m } else { 0 };
-        let [dk_lane, dv_lane] = sums;
-        let (dk, dv) = (
-            dk_lane.into_vec(&self.comm, own),
-            dv_lane.into_vec(&self.comm, own),
-        );
-        timing.exposed += wait.elapsed();
-        timing.total = start.elapsed();
-        *self.timing.lock().unwrap_or_else(|e| e.into_inner()) = timing;
-        Ok((dq, dk, dv))
-    }
 }
 
 /// What [`RingAttention::forward_owned`] returns: the output and the
@@ -685,100 +552,5 @@ fn put_inflight(lanes: &mut [Lane], inflight: Vec<Option<Pending>>) {
         let n = lane.slot_count();
         lane.sends = requests.by_ref().take(n).collect();
         lane.recvs = requests.by_ref().take(n).collect();
-    }
-}
-
-/// One query plane group's inputs to the backward.
-struct PlaneInputs<'a> {
-    q: &'a [f32],
-    o: &'a [f32],
-    d_o: &'a [f32],
-    lse: &'a [f32],
-}
-
-/// A pair's kernel, its query chunk and first local row, its key chunk
-/// and first row in the held block.
-type PairKernel = (Attention, Chunk, usize, Chunk, usize);
-
-/// Folds every pair of one held piece into the running `(o, lse)` of the
-/// query planes that read it (`[group, L, D]` and `[group, L]`).
-fn forward_plane(
-    kernels: &[PairKernel],
-    d: usize,
-    local: usize,
-    q: &[f32],
-    (k, v): (&[f32], &[f32]),
-    o: &mut [f32],
-    lse: &mut [f32],
-) -> Result<(), DistError> {
-    if local == 0 {
-        return Ok(());
-    }
-    let planes = q
-        .chunks_exact(local * d)
-        .zip(o.chunks_exact_mut(local * d))
-        .zip(lse.chunks_exact_mut(local));
-    for ((q, o), lse) in planes {
-        for (att, qa, ra, kb, rb) in kernels {
-            let rows = *ra * d..(ra + qa.len) * d;
-            let keys = *rb * d..(rb + kb.len) * d;
-            let (part_o, part_lse) = att
-                .forward_vec(&q[rows.clone()], &k[keys.clone()], &v[keys])
-                .map_err(DistError::Kernel)?;
-            merge(
-                &mut o[rows],
-                &mut lse[*ra..ra + qa.len],
-                &part_o,
-                &part_lse,
-                d,
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Adds every pair of one held piece to `dq` of the query planes that
-/// read it and to the piece's gradient sums, in one fixed order.
-fn backward_plane(
-    kernels: &[PairKernel],
-    d: usize,
-    local: usize,
-    x: PlaneInputs,
-    (k, v): (&[f32], &[f32]),
-    dq: &mut [f32],
-    (dk, dv): (&mut [f32], &mut [f32]),
-) -> Result<(), DistError> {
-    if local == 0 {
-        return Ok(());
-    }
-    let n = local * d;
-    for (h, dq) in dq.chunks_exact_mut(n).enumerate() {
-        let plane = h * n..(h + 1) * n;
-        let (q, o, d_o) = (&x.q[plane.clone()], &x.o[plane.clone()], &x.d_o[plane]);
-        let lse = &x.lse[h * local..(h + 1) * local];
-        for (att, qa, ra, kb, rb) in kernels {
-            let rows = *ra * d..(ra + qa.len) * d;
-            let keys = *rb * d..(rb + kb.len) * d;
-            let (dq_p, dk_p, dv_p) = att
-                .backward_vec(
-                    &q[rows.clone()],
-                    &k[keys.clone()],
-                    &v[keys.clone()],
-                    &o[rows.clone()],
-                    &lse[*ra..ra + qa.len],
-                    &d_o[rows.clone()],
-                )
-                .map_err(DistError::Kernel)?;
-            add(&mut dq[rows], &dq_p);
-            add(&mut dk[keys.clone()], &dk_p);
-            add(&mut dv[keys], &dv_p);
-        }
-    }
-    Ok(())
-}
-
-fn add(acc: &mut [f32], x: &[f32]) {
-    for (a, &b) in acc.iter_mut().zip(x) {
-        *a += b;
     }
 }
