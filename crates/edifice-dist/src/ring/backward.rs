@@ -107,8 +107,7 @@ impl RingAttention {
                         sums[1].piece_mut(g),
                     )
                 };
-                let busy = Instant::now();
-                let result = self.comm.overlap(&mut inflight, || {
+                let result = self.overlap(&mut inflight, &mut timing, || {
                     backward_plane(
                         &kernels,
                         d,
@@ -119,7 +118,6 @@ impl RingAttention {
                         (dk_sum, dv_sum),
                     )
                 });
-                timing.compute += busy.elapsed();
                 let rest = inflight.split_off(2 * 2 * (m + 1));
                 put_inflight(&mut kv, inflight);
                 put_inflight(&mut sums, rest);

@@ -338,6 +338,20 @@ impl RingAttention {
         }
     }
 
+    /// Runs the kernels' `work` while the transfers in `inflight` move
+    /// ([`Comm::overlap`]), adding its wall time to `timing.compute`.
+    fn overlap<R: Send>(
+        &self,
+        inflight: &mut [Option<Pending>],
+        timing: &mut Timing,
+        work: impl FnOnce() -> R + Send,
+    ) -> R {
+        let busy = Instant::now();
+        let out = self.comm.overlap(inflight, work);
+        timing.compute += busy.elapsed();
+        out
+    }
+
     /// Wall time of the key/value ring of `shape` without any work: every
     /// transfer of a forward pass, each waited for at once. With the
     /// forward's [`Timing::exposed`] it gives the share of the transfers
@@ -448,8 +462,7 @@ impl RingAttention {
                 // until it is released at the next piece.
                 let mut inflight = take_inflight(&mut kv);
                 let (k_piece, v_piece) = unsafe { (kv[0].piece(g), kv[1].piece(g)) };
-                let busy = Instant::now();
-                let result = self.comm.overlap(&mut inflight, || {
+                let result = self.overlap(&mut inflight, &mut timing, || {
                     forward_plane(
                         &kernels,
                         d,
@@ -460,7 +473,6 @@ impl RingAttention {
                         lse_planes,
                     )
                 });
-                timing.compute += busy.elapsed();
                 put_inflight(&mut kv, inflight);
                 result?;
             }
