@@ -141,3 +141,28 @@ fn distributed_training_follows_one_process() {
     );
     assert!(spread.join("checkpoint.safetensors").exists());
 }
+
+#[test]
+fn distributed_runs_refuse_other_models() {
+    let program = Path::new(env!("CARGO_BIN_EXE_edifice"));
+    let dir = Dir::new("dist-refuse");
+    let out = dir.path("run");
+    let args = [
+        "train",
+        "--distributed",
+        "--steps",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = launch::mpirun(2, program, &args, &[], Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!run.success, "{}", run.output);
+    assert!(
+        run.output
+            .contains("spreads the `ring` model's sequence over processes, not a `sliding_window`"),
+        "{}",
+        run.output
+    );
+    assert!(!run.output.contains("panicked"), "{}", run.output);
+}
