@@ -68,7 +68,7 @@ pub use bwd::CHUNK_K;
 use element::widen;
 pub use element::Element;
 pub use half::bf16;
-pub use pattern::{BoolMask, KeySpan, Pattern, PatternKind, TileKind};
+pub use pattern::{BlockRow, BlockSparse, BoolMask, KeySpan, Pattern, PatternKind, TileKind};
 pub use simd::Isa;
 
 pub use tile::{TILE_K, TILE_Q};

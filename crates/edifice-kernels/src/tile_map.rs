@@ -71,7 +71,7 @@ impl TileMap {
                     let rows = pattern.rows(shape, first, last);
                     let before = blocks.len();
                     spans.clear();
-                    pattern.key_spans(shape, head, &rows, &mut spans);
+                    pattern.key_spans(shape, batch, head, &rows, &mut spans);
                     for span in &spans {
                         push_span(
                             shape,

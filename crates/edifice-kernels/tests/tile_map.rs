@@ -8,6 +8,11 @@ use common::{pattern_strategy, shape_strategy};
 use edifice_kernels::{AttnShape, Pattern, PatternKind, TileMap};
 use proptest::prelude::*;
 
+/// A block mask's planes, `(B or 1, Hq or 1)`.
+fn blocks_planes(m: &edifice_kernels::BlockSparse, _shape: &AttnShape) -> (usize, usize) {
+    m.planes()
+}
+
 fn check_map(
     shape: &AttnShape,
     pattern: &Pattern,
@@ -22,11 +27,19 @@ fn check_map(
                 PatternKind::Strided { stride, .. } => head % stride,
                 PatternKind::Shifted { .. } => usize::from(head >= shape.heads_q / 2),
                 PatternKind::Mask(m) if m.dims().len() == 4 => batch * shape.heads_q + head,
-                // Unions get one map per head (per batch and head with a per-head mask).
+                PatternKind::Blocks(m) => match blocks_planes(m, shape) {
+                    (1, 1) => 0,
+                    (1, _) => head,
+                    _ => batch * shape.heads_q + head,
+                },
+                // Unions get one map per head (per batch and head with a
+                // per-head mask or a block mask per batch).
                 PatternKind::Union(kinds) => {
-                    let per_head = kinds
-                        .iter()
-                        .any(|k| matches!(k, PatternKind::Mask(m) if m.dims().len() == 4));
+                    let per_head = kinds.iter().any(|k| match k {
+                        PatternKind::Mask(m) => m.dims().len() == 4,
+                        PatternKind::Blocks(m) => blocks_planes(m, shape).0 > 1,
+                        _ => false,
+                    });
                     if per_head {
                         batch * shape.heads_q + head
                     } else {

@@ -40,7 +40,7 @@ use crate::{AttnShape, KernelError};
 #[rustfmt::skip]
 macro_rules! with_rule {
     ($kind:expr, $r:ident => $body:expr) => {{
-        use $crate::pattern::{chunk, full, global, mask, shifted, strided, union, window};
+        use $crate::pattern::{blocks, chunk, full, global, mask, shifted, strided, union, window};
         use $crate::pattern::PatternKind as K;
         match $kind {
             K::Full => { let $r = full::Full; $body }
@@ -50,11 +50,13 @@ macro_rules! with_rule {
             K::Shifted { group } => { let $r = shifted::Shifted(*group); $body }
             K::Global { tokens } => { let $r = global::Global(*tokens); $body }
             K::Mask(mask) => { let $r = mask::MaskRule(mask); $body }
+            K::Blocks(blocks) => { let $r = blocks::BlocksRule(blocks); $body }
             K::Union(kinds) => { let $r = union::Union(kinds); $body }
         }
     }};
 }
 
+mod blocks;
 mod chunk;
 mod full;
 mod global;
@@ -67,6 +69,7 @@ mod strided;
 mod union;
 mod window;
 
+pub use blocks::{BlockRow, BlockSparse};
 pub use mask::BoolMask;
 use rule::cut;
 use rule::{at_least_one, contiguous, distance_range, same_group};
@@ -116,6 +119,9 @@ pub enum PatternKind {
     },
     /// An explicit boolean mask, `[Nq, Nk]` or `[B, Hq, Nq, Nk]`.
     Mask(BoolMask),
+    /// An explicit block-sparse mask (FlexAttention's `BlockMask`): key
+    /// blocks read in full or, with a bitmask, in part, per query block.
+    Blocks(BlockSparse),
     /// BigBird's global tokens: keys `j < tokens` are read by every query,
     /// and queries at aligned positions `i' < tokens` read every key (the
     /// causal cut, if any, still applies).
@@ -285,15 +291,22 @@ impl Pattern {
     }
 
     /// Appends to `out` disjoint spans holding every key that any of `rows`
-    /// may read for `head`.
-    pub fn key_spans(&self, shape: &AttnShape, head: usize, rows: &Rows, out: &mut Vec<KeySpan>) {
+    /// may read for (`batch`, `head`).
+    pub fn key_spans(
+        &self,
+        shape: &AttnShape,
+        batch: usize,
+        head: usize,
+        rows: &Rows,
+        out: &mut Vec<KeySpan>,
+    ) {
         let nk = shape.len_k as i64;
         let end = if self.causal {
             (rows.b + 1).clamp(0, nk)
         } else {
             nk
         };
-        let cx = self.cx(shape, 0, head);
+        let cx = self.cx(shape, batch, head);
         with_rule!(&self.kind, r => r.key_spans(cx, rows, end, out))
     }
 

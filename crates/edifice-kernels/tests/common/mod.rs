@@ -1,7 +1,7 @@
 //! Shared generators for the kernel tests: random shapes, patterns and data.
 #![allow(dead_code)]
 
-use edifice_kernels::{AttnShape, BoolMask, Pattern, PatternKind};
+use edifice_kernels::{AttnShape, BlockRow, BlockSparse, BoolMask, Pattern, PatternKind};
 use proptest::prelude::*;
 
 /// Sequence lengths that stress tiling: 1, primes, around the tile size.
@@ -113,5 +113,54 @@ fn leaf_kind(shape: AttnShape) -> impl Strategy<Value = PatternKind> + Clone {
                 .collect();
             PatternKind::Mask(BoolMask::new(bits, &dims).unwrap())
         }),
+        (1usize..=9, 1usize..=9, 0usize..4, any::<u64>()).prop_map(
+            move |(bq, bk, planes, seed)| PatternKind::Blocks(block_mask(
+                shape,
+                (bq, bk),
+                planes,
+                seed
+            ))
+        ),
     ]
+}
+
+/// A random block mask for `shape`: blocks of `bq × bk`, planes shared,
+/// per head, per batch, or per (batch, head) (`planes` 0-3); each key
+/// block unread, read in full or read in part (random pairs) with equal
+/// odds.
+pub fn block_mask(
+    shape: AttnShape,
+    (bq, bk): (usize, usize),
+    planes: usize,
+    seed: u64,
+) -> BlockSparse {
+    let planes = match planes {
+        0 => (1, 1),
+        1 => (1, shape.heads_q),
+        2 => (shape.batch, 1),
+        _ => (shape.batch, shape.heads_q),
+    };
+    let (q_blocks, k_blocks) = (shape.len_q.div_ceil(bq), shape.len_k.div_ceil(bk));
+    let rows_n = planes.0 * planes.1 * q_blocks;
+    let choice = data(rows_n * k_blocks, seed);
+    let pairs = data(rows_n * k_blocks * bq * bk, seed.wrapping_add(1));
+    let rows: Vec<BlockRow> = (0..rows_n)
+        .map(|r| {
+            let mut row = BlockRow::default();
+            for kb in 0..k_blocks {
+                let c = choice[r * k_blocks + kb];
+                if c > 1.0 / 3.0 {
+                    row.full.push(kb);
+                } else if c > -1.0 / 3.0 {
+                    let at = (r * k_blocks + kb) * bq * bk;
+                    row.partial.push((
+                        kb,
+                        pairs[at..at + bq * bk].iter().map(|&x| x > 0.0).collect(),
+                    ));
+                }
+            }
+            row
+        })
+        .collect();
+    BlockSparse::new((shape.len_q, shape.len_k), (bq, bk), planes, &rows).unwrap()
 }
