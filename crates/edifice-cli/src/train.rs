@@ -12,9 +12,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use edifice::train::{RunConfig, Stats, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
 
 use crate::world::World;
-use serde_json::{json, Value};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -207,6 +207,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                        "seconds": started.elapsed().as_secs_f64()}),
             )?;
             if let Some(file) = &mut metrics {
+                // Only the process that writes the run's files has them.
                 trainer.save(&checkpoint)?;
                 file.flush().context("cannot write metrics.jsonl")?;
                 crate::curves::draw(
@@ -218,11 +219,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 "step {}/{steps}: eval loss {:.4}, accuracy {:.3}",
                 trainer.step, eval.loss, eval.accuracy
             );
-            if !root {
-            } else if args.quiet {
-                println!("{line}");
-            } else {
-                bar.println(line);
+            match (root, args.quiet) {
+                (false, _) => {}
+                (true, true) => println!("{line}"),
+                (true, false) => bar.println(line),
             }
             last_eval = Some(eval);
         }

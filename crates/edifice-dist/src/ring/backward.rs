@@ -62,24 +62,17 @@ impl RingAttention {
             }
         };
         for s in 0..=last {
-            let src = (r + p - s) % p;
+            let src = self.held_at(s);
             let kernels = self.steps[s]
                 .iter()
                 .map(|&pair| self.pair_kernel(shape, scale, s, pair))
                 .collect::<Result<Vec<_>, _>>()?;
             for plane in 0..m {
                 let g = s * m + plane;
-                let wait = Instant::now();
-                for lane in &mut sums {
-                    lane.arrive(&self.comm, g);
-                    if g > 0 {
-                        lane.release(&self.comm, g - 1);
-                    }
-                }
-                timing.exposed += wait.elapsed();
+                self.ready(&mut sums, g, &mut timing);
                 self.advance(&mut kv, (s, g, m), d, &mut timing);
                 if last > 0 {
-                    let owner = if s < last { (src + p - 1) % p } else { r };
+                    let owner = if s < last { self.held_at(s + 1) } else { r };
                     let len_in = self.layout.local_len(owner) * d;
                     for lane in &mut sums {
                         lane.recv(&self.comm, g + m, len_in, sums_from(s + 1));
@@ -97,8 +90,7 @@ impl RingAttention {
                 // SAFETY: piece g of every lane has arrived and been released
                 // by no one; nothing else touches these slots until the next
                 // piece releases them.
-                let mut inflight = take_inflight(&mut kv);
-                inflight.extend(take_inflight(&mut sums));
+                let mut inflight = take_inflight(kv.iter_mut().chain(&mut sums));
                 let (k_piece, v_piece, dk_sum, dv_sum) = unsafe {
                     (
                         kv[0].piece(g),
@@ -118,9 +110,7 @@ impl RingAttention {
                         (dk_sum, dv_sum),
                     )
                 });
-                let rest = inflight.split_off(2 * 2 * (m + 1));
-                put_inflight(&mut kv, inflight);
-                put_inflight(&mut sums, rest);
+                put_inflight(kv.iter_mut().chain(&mut sums), inflight);
                 result?;
                 if last > 0 {
                     let len = self.layout.local_len(src) * d;

@@ -295,6 +295,25 @@ impl RingAttention {
         (self.comm.rank(), self.comm.size(), self.steps.len() - 1)
     }
 
+    /// The rank whose block this rank holds at ring step `s`.
+    fn held_at(&self, s: usize) -> usize {
+        let (r, p, _) = self.ring();
+        (r + p - s % p) % p
+    }
+
+    /// Waits until piece `g` of every lane has arrived and piece `g − 1`
+    /// has left (its slot is then free), counting the wait as exposed.
+    fn ready(&self, lanes: &mut [Lane], g: usize, timing: &mut Timing) {
+        let wait = Instant::now();
+        for lane in lanes.iter_mut() {
+            lane.arrive(&self.comm, g);
+            if g > 0 {
+                lane.release(&self.comm, g - 1);
+            }
+        }
+        timing.exposed += wait.elapsed();
+    }
+
     /// Transfers of the key/value ring: every step's block, plus the way
     /// home when the ring runs every step.
     fn kv_hops(&self) -> usize {
@@ -317,19 +336,10 @@ impl RingAttention {
         d: usize,
         timing: &mut Timing,
     ) {
-        let (r, p, _) = self.ring();
-        let wait = Instant::now();
-        for lane in lanes.iter_mut() {
-            lane.arrive(&self.comm, g);
-            if g > 0 {
-                lane.release(&self.comm, g - 1);
-            }
-        }
-        timing.exposed += wait.elapsed();
+        self.ready(lanes, g, timing);
         if s < self.kv_hops() {
-            let src = (r + p - s) % p;
-            let len = self.layout.local_len(src) * d;
-            let len_in = self.layout.local_len((src + p - 1) % p) * d;
+            let len = self.layout.local_len(self.held_at(s)) * d;
+            let len_in = self.layout.local_len(self.held_at(s + 1)) * d;
             for lane in lanes.iter_mut() {
                 lane.send(&self.comm, g, len, self.comm.next());
                 timing.bytes_sent += len * 4;
@@ -381,9 +391,8 @@ impl RingAttention {
         s: usize,
         pair: Pair,
     ) -> Result<PairKernel, DistError> {
-        let (r, p, _) = self.ring();
-        let src = (r + p - s) % p;
-        let (mine, held) = (self.layout.chunks(r), self.layout.chunks(src));
+        let mine = self.layout.chunks(self.comm.rank());
+        let held = self.layout.chunks(self.held_at(s));
         let (qa, kb) = (mine[pair.a], held[pair.b]);
         let row = |chunks: &[Chunk], i: usize| chunks[..i].iter().map(|c| c.len).sum::<usize>();
         let one = AttnShape {
@@ -547,9 +556,9 @@ fn check_lens(shape: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Result<(), 
 
 /// Moves the lanes' requests out, so the main thread can test them while
 /// the helper thread reads the lanes' slots.
-fn take_inflight(lanes: &mut [Lane]) -> Vec<Option<Pending>> {
+fn take_inflight<'a>(lanes: impl IntoIterator<Item = &'a mut Lane>) -> Vec<Option<Pending>> {
     lanes
-        .iter_mut()
+        .into_iter()
         .flat_map(|l| {
             std::mem::take(&mut l.sends)
                 .into_iter()
@@ -558,7 +567,9 @@ fn take_inflight(lanes: &mut [Lane]) -> Vec<Option<Pending>> {
         .collect()
 }
 
-fn put_inflight(lanes: &mut [Lane], inflight: Vec<Option<Pending>>) {
+/// Gives the requests [`take_inflight`] took back to the same lanes, in
+/// the same order.
+fn put_inflight<'a>(lanes: impl IntoIterator<Item = &'a mut Lane>, inflight: Vec<Option<Pending>>) {
     let mut requests = inflight.into_iter();
     for lane in lanes {
         let n = lane.slot_count();
