@@ -36,6 +36,15 @@ eager recomputing the same model over the last seq_len frames per frame
 (python/reference.py, inference mode, one call timed at a time):
 
     .venv-bench/bin/python scripts/bench_vs_torch.py --stream --threads 1
+
+With --python it times the Python package (`pip install ./python` into the
+venv first) instead of the CLI: `edifice.attention` on torch tensors,
+forward and forward + backward through autograd, against SDPA (dense, or
+masked for the sparse patterns) and compiled FlexAttention (forward), in
+one process; then the per-call overhead at N = 64 (the API call minus the
+native kernel call on the same, preallocated buffers):
+
+    .venv-py/bin/python scripts/bench_vs_torch.py --python --threads 2
 """
 
 import argparse
@@ -160,7 +169,10 @@ def main():
                     help="--models / --stream: comma-separated config files (default: configs/defaults/* / configs/stream/*)")
     ap.add_argument("--stream", action="store_true", help="compare per-frame streaming (see above) instead of the kernel")
     ap.add_argument("--frames", type=int, default=2000, help="--stream: frames per stream timing")
+    ap.add_argument("--python", action="store_true", help="time the Python package's API (see above)")
     args = ap.parse_args()
+    if args.python:
+        return python_api(args)
     if args.models:
         return models(args)
     if args.stream:
@@ -304,6 +316,128 @@ def main():
                     cells += [f"{r['gflops']:.1f}", f"{e['gflops'] / r['gflops']:.2f}x"] if r else ["-", "-"]
                 print("| " + " | ".join(cells) + " |")
     print(f"\nrecords written to {args.out}")
+
+
+def python_api(args):
+    """The Python package vs SDPA and compiled Flex, in one process."""
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    import edifice
+
+    torch.set_num_threads(args.threads)
+    flex = torch.compile(flex_attention, dynamic=False)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    h, d = args.heads, args.head_dim
+    cases = [("window:256+causal", 16384), ("full+causal", 4096)]
+    if args.patterns:
+        cases = [(spec, int(n)) for spec in args.patterns.split(",") for n in args.sizes.split(",")]
+    rows = []
+    for spec, n in cases:
+        kind, _, causal = parse_pattern(spec)
+        pattern = spec.removesuffix("+causal")
+        q, k, v, g = (torch.from_numpy(inputs(h * n * d, s)).view(1, h, n, d) for s in (1, 2, 3, 4))
+        if kind == "full":
+            theirs = lambda a, b, c: sdpa(a, b, c, is_causal=causal)
+            flex_mask = None
+        else:
+            # One [N, N] mask broadcast over heads when the rule ignores the head.
+            mask = allowed(spec, h, n, torch)
+            mask = mask[:1] if bool((mask == mask[:1]).all()) else mask
+            theirs = lambda a, b, c: sdpa(a, b, c, attn_mask=mask.unsqueeze(0))
+            flex_mask = create_block_mask(mask_mod(spec, h), 1, h, n, n, device="cpu")
+        ours = lambda a, b, c: edifice.attention(a, b, c, pattern, causal=causal)
+
+        def fwd_bwd(attend):
+            qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+
+            def step():
+                qg.grad = kg.grad = vg.grad = None
+                attend(qg, kg, vg).backward(g)
+
+            return step
+
+        best = {}
+        for _ in range(args.rounds):
+            timings = {}
+            with torch.inference_mode():
+                timings[("edifice", "forward")] = time_it(lambda: ours(q, k, v), args.min_time)
+                timings[("torch-sdpa", "forward")] = time_it(lambda: theirs(q, k, v), args.min_time)
+                if not args.no_flex:
+                    timings[("torch-flex", "forward")] = time_it(lambda: flex(q, k, v, block_mask=flex_mask), args.min_time)
+            timings[("edifice", "forward+backward")] = time_it(fwd_bwd(ours), args.min_time)
+            timings[("torch-sdpa", "forward+backward")] = time_it(fwd_bwd(theirs), args.min_time)
+            for key, secs in timings.items():
+                best[key] = min(best.get(key, secs), secs)
+                print(f"{key[0]:>11} {key[1]:<16} {spec:<20} {n:>6} {secs * 1e3:>10.2f} ms", file=sys.stderr)
+        for pass_ in ("forward", "forward+backward"):
+            for other in ("torch-sdpa", "torch-flex"):
+                if (other, pass_) in best:
+                    e, o = best[("edifice", pass_)], best[(other, pass_)]
+                    rows.append((spec, n, pass_, other, e * 1e3, o * 1e3, o / e))
+    print(f"\nthrough Python: threads={args.threads} B=1 H={h} D={d} f32; best of {args.rounds} rounds; "
+          "speed-up = other's time / edifice's")
+    print("| pattern | N | pass | vs | edifice ms | other ms | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for spec, n, pass_, other, e, o, r in rows:
+        print(f"| {spec} | {n} | {pass_} | {other} | {e:.1f} | {o:.1f} | {r:.2f}x |")
+    call_overhead(torch, edifice, h, d, args.rounds)
+
+
+def call_overhead(torch, edifice, h, d, rounds, n=64, calls=2000):
+    """Per-call cost of the Python layer at N = 64: medians over interleaved
+    batches of calls of the API and of the native kernel on preallocated
+    buffers (the same kernel, pool and thread), and of the API with the
+    kernel replaced by a no-op (the Python layer alone)."""
+    from edifice import _kernels
+
+    q, k, v, g = (torch.from_numpy(inputs(h * n * d, s)).view(1, h, n, d) for s in (1, 2, 3, 4))
+    kern = _kernels.kernel((1, h, h, n, n, d), "full", False, None)
+    qn, kn, vn, gn = q.numpy(), k.numpy(), v.numpy(), g.numpy()
+    o, lse = torch.empty_like(q).numpy(), torch.empty(1, h, n).numpy()
+    dq, dk, dv = (torch.empty_like(q).numpy() for _ in range(3))
+    kern.forward(qn, kn, vn, o, lse)
+    qg = q.clone().requires_grad_(True)
+
+    class NoKernel:
+        def forward(self, *buffers):
+            pass
+
+    def python_layer_alone():
+        real = _kernels.kernel
+        _kernels.kernel = lambda *key: NoKernel()
+        try:
+            edifice.attention(q, k, v)
+        finally:
+            _kernels.kernel = real
+
+    ways = {
+        "native forward, preallocated": lambda: kern.forward(qn, kn, vn, o, lse),
+        "edifice.attention forward": lambda: edifice.attention(q, k, v),
+        "Python layer alone (no-op kernel)": python_layer_alone,
+        "torch.ops.edifice.attention forward": lambda: torch.ops.edifice.attention(q, k, v, "full", False, None),
+        "torch sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+        "native forward + backward, preallocated": lambda: (kern.forward(qn, kn, vn, o, lse), kern.backward(qn, kn, vn, o, lse, gn, dq, dk, dv)),
+        "edifice.attention forward + backward": lambda: edifice.attention(qg, k, v).backward(g),
+        "torch sdpa forward + backward": lambda: torch.nn.functional.scaled_dot_product_attention(qg, k, v).backward(g),
+    }
+    samples = {name: [] for name in ways}
+    for _ in range(max(rounds, 5)):
+        for name, fn in ways.items():
+            for _ in range(100):
+                fn()
+            t = time.perf_counter()
+            for _ in range(calls // 10):
+                fn()
+            samples[name].append((time.perf_counter() - t) / (calls // 10) * 1e6)
+    med = {name: sorted(s)[len(s) // 2] for name, s in samples.items()}
+    print(f"\ncall overhead at N={n}, B=1, H={h}, D={d}: median us per call over {max(rounds, 5)} interleaved batches")
+    print("| call | us per call | minus native |")
+    print("|---|---|---|")
+    for name, us in med.items():
+        base = med["native forward + backward, preallocated" if "backward" in name else "native forward, preallocated"]
+        print(f"| {name} | {us:.1f} | {'-' if 'alone' in name else f'{us - base:+.1f}'} |")
 
 
 def model_setup(args, config_dir):
