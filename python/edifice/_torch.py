@@ -8,6 +8,7 @@ bf16 crosses as its int16 bits. The GIL is released while the kernel runs.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import _kernels
@@ -17,6 +18,16 @@ _DTYPES = (torch.float32, torch.bfloat16)
 
 def _buffer(t: torch.Tensor):
     return t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def _empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """A new CPU tensor in NumPy's memory. Measured at N = 64, the kernel
+    writes its outputs ~20 us faster into memory from NumPy's allocator than
+    from torch's (which hands out cold blocks); the tensor is an ordinary
+    one sharing the array's memory (only its storage cannot be resized)."""
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(np.empty(shape, np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.empty(shape, np.float32))
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -44,8 +55,8 @@ def forward(q, k, v, shape: tuple, pattern: str, causal: bool, scale):
     by the kernel."""
     kern = _kernels.kernel(shape, pattern, causal, scale)
     b, hq, _, nq, _, e = shape
-    o = torch.empty((b, hq, nq, e), dtype=q.dtype)
-    lse = torch.empty((b, hq, nq))
+    o = _empty((b, hq, nq, e), q.dtype)
+    lse = _empty((b, hq, nq), torch.float32)
     kern.forward(_buffer(q), _buffer(k), _buffer(v), _buffer(o), lse.numpy())
     return o, lse
 
@@ -55,7 +66,7 @@ def backward(d_o, q, k, v, o, lse, pattern: str, causal: bool, scale):
     q, k, v, o, d_o = (_plain(t) for t in (q, k, v, o, d_o.to(q.dtype)))
     shape = _kernels.check_shapes(tuple(q.shape), tuple(k.shape), tuple(v.shape))
     kern = _kernels.kernel(shape, pattern, causal, scale)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = (_empty(tuple(t.shape), t.dtype) for t in (q, k, v))
     kern.backward(*(_buffer(t) for t in (q, k, v, o)), _plain(lse).numpy(), _buffer(d_o), _buffer(dq), _buffer(dk), _buffer(dv))
     return dq, dk, dv
 
