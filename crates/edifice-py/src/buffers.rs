@@ -14,6 +14,7 @@ use edifice_kernels::bf16;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 /// Element types a buffer may be read as: plain data for which every bit
 /// pattern of their size is a valid value.
@@ -94,9 +95,25 @@ impl Arg {
         Ok(Self { name, buf, dtype })
     }
 
-    /// The element type.
-    pub fn dtype(&self) -> Dtype {
-        self.dtype
+    /// The buffers of a call's positional arguments, one per name.
+    pub fn named<const N: usize>(
+        args: &Bound<'_, PyTuple>,
+        names: [&'static str; N],
+    ) -> PyResult<[Self; N]> {
+        if args.len() != N {
+            return Err(PyTypeError::new_err(format!(
+                "expected {N} buffers ({}), got {}",
+                names.join(", "),
+                args.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(N);
+        for (obj, name) in args.iter().zip(names) {
+            out.push(Self::get(&obj, name)?);
+        }
+        Ok(out
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one buffer per name")))
     }
 
     /// Elements in the buffer.
@@ -204,4 +221,19 @@ pub fn disjoint(args: &[(&Arg, Access)]) -> PyResult<()> {
         }
     }
     Ok(())
+}
+
+/// Checks one kernel call's buffers: `reads` and `writes` share the first
+/// read's element type, `lse` is f32 (read or written as `lse.1` says),
+/// and no written buffer overlaps another. Returns the element type.
+pub fn check_call(reads: &[&Arg], writes: &[&Arg], lse: (&Arg, Access)) -> PyResult<Dtype> {
+    same_dtype(&[lse.0], Dtype::F32)?;
+    let dtype = reads.first().map_or(Dtype::F32, |a| a.dtype);
+    let data: Vec<&Arg> = reads.iter().chain(writes).copied().collect();
+    same_dtype(&data, dtype)?;
+    let mut all: Vec<(&Arg, Access)> = reads.iter().map(|&a| (a, Access::Read)).collect();
+    all.extend(writes.iter().map(|&a| (a, Access::Write)));
+    all.push(lse);
+    disjoint(&all)?;
+    Ok(dtype)
 }

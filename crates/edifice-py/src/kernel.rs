@@ -13,8 +13,9 @@ use edifice_kernels::{
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
-use crate::buffers::{disjoint, same_dtype, Access, Arg, Dtype, Plain};
+use crate::buffers::{check_call, Access, Arg, Dtype, Plain};
 use crate::errors::kernel_error;
 
 /// A validated attention: see the module docs.
@@ -227,75 +228,24 @@ impl Kernel {
         self.att.allowed_pairs()
     }
 
-    /// Writes `o` and `lse` from `q`, `k`, `v`.
-    fn forward(
-        &self,
-        py: Python<'_>,
-        q: &Bound<'_, PyAny>,
-        k: &Bound<'_, PyAny>,
-        v: &Bound<'_, PyAny>,
-        o: &Bound<'_, PyAny>,
-        lse: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let (q, k, v, o, lse) = (
-            Arg::get(q, "q")?,
-            Arg::get(k, "k")?,
-            Arg::get(v, "v")?,
-            Arg::get(o, "o")?,
-            Arg::get(lse, "lse")?,
-        );
-        same_dtype(&[&lse], Dtype::F32)?;
-        same_dtype(&[&k, &v, &o], q.dtype())?;
-        disjoint(&[
-            (&q, Access::Read),
-            (&k, Access::Read),
-            (&v, Access::Read),
-            (&o, Access::Write),
-            (&lse, Access::Write),
-        ])?;
-        match q.dtype() {
+    /// `forward(q, k, v, o, lse)`: writes `o` and `lse` from `q`, `k`, `v`.
+    #[pyo3(signature = (*buffers))]
+    fn forward(&self, py: Python<'_>, buffers: &Bound<'_, PyTuple>) -> PyResult<()> {
+        let [q, k, v, o, lse] = Arg::named(buffers, ["q", "k", "v", "o", "lse"])?;
+        match check_call(&[&q, &k, &v], &[&o], (&lse, Access::Write))? {
             Dtype::F32 => self.forward_as::<f32>(py, [&q, &k, &v, &o, &lse]),
             Dtype::Bf16 => self.forward_as::<bf16>(py, [&q, &k, &v, &o, &lse]),
         }
     }
 
-    /// Writes `dq`, `dk`, `dv` from the forward's inputs, `o`, `lse` and
-    /// the output gradient `do`.
-    #[allow(clippy::too_many_arguments)]
-    fn backward(
-        &self,
-        py: Python<'_>,
-        q: &Bound<'_, PyAny>,
-        k: &Bound<'_, PyAny>,
-        v: &Bound<'_, PyAny>,
-        o: &Bound<'_, PyAny>,
-        lse: &Bound<'_, PyAny>,
-        d_o: &Bound<'_, PyAny>,
-        dq: &Bound<'_, PyAny>,
-        dk: &Bound<'_, PyAny>,
-        dv: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let reads = [
-            Arg::get(q, "q")?,
-            Arg::get(k, "k")?,
-            Arg::get(v, "v")?,
-            Arg::get(o, "o")?,
-            Arg::get(d_o, "do")?,
-        ];
-        let writes = [
-            Arg::get(dq, "dq")?,
-            Arg::get(dk, "dk")?,
-            Arg::get(dv, "dv")?,
-        ];
-        let lse = Arg::get(lse, "lse")?;
-        same_dtype(&[&lse], Dtype::F32)?;
-        let dtype = reads[0].dtype();
-        same_dtype(&reads.iter().chain(&writes).collect::<Vec<_>>(), dtype)?;
-        let mut all: Vec<(&Arg, Access)> = reads.iter().map(|a| (a, Access::Read)).collect();
-        all.push((&lse, Access::Read));
-        all.extend(writes.iter().map(|a| (a, Access::Write)));
-        disjoint(&all)?;
-        match dtype {
+    /// `backward(q, k, v, o, lse, do, dq, dk, dv)`: writes `dq`, `dk`, `dv`
+    /// from the forward's inputs, `o`, `lse` and the output gradient `do`.
+    #[pyo3(signature = (*buffers))]
+    fn backward(&self, py: Python<'_>, buffers: &Bound<'_, PyTuple>) -> PyResult<()> {
+        let [q, k, v, o, lse, d_o, dq, dk, dv] =
+            Arg::named(buffers, ["q", "k", "v", "o", "lse", "do", "dq", "dk", "dv"])?;
+        let (reads, writes) = ([q, k, v, o, d_o], [dq, dk, dv]);
+        match check_call(&reads.each_ref(), &writes.each_ref(), (&lse, Access::Read))? {
             Dtype::F32 => self.backward_as::<f32>(py, &reads, &lse, &writes),
             Dtype::Bf16 => self.backward_as::<bf16>(py, &reads, &lse, &writes),
         }
