@@ -111,3 +111,31 @@ def test_bad_flex_calls():
     bm4 = edifice.create_block_mask(lambda b, h, i, j: i >= j, 3, None, 16, 16, BLOCK_SIZE=8)
     with pytest.raises(ValueError, match="batch and head dims"):
         edifice.flex_attention(torch.randn(2, 2, 16, 8), torch.randn(2, 2, 16, 8), torch.randn(2, 2, 16, 8), block_mask=bm4)
+
+
+def test_random_calls_raise_or_run_never_crash():
+    """Random shapes, buffer sizes, dtypes and patterns against the native
+    layer: every call either runs or raises TypeError / ValueError."""
+    rng = np.random.default_rng(7)
+    specs = ["full", "window:3", "chunk:0", "strided:0:2", "global:9", "window:2|nope", "shifted:4", ""]
+    ran = refused = 0
+    for _ in range(1500):
+        shape = tuple(int(x) for x in rng.integers(0, 5, size=6))
+        try:
+            kern = _edifice.Kernel(shape, specs[rng.integers(len(specs))], bool(rng.integers(2)), [None, 0.5, float("inf")][rng.integers(3)])
+        except (TypeError, ValueError):
+            refused += 1
+            continue
+        b, hq, hkv, nq, nk, e = shape
+        sizes = [b * hq * nq * e, b * hkv * nk * e, b * hkv * nk * e, b * hq * nq * e, b * hq * nq]
+        args = [np.zeros(n, np.float32) for n in sizes]
+        if rng.random() < 0.5:  # spoil one argument: its size or its dtype
+            i = int(rng.integers(5))
+            n = max(0, sizes[i] + int(rng.choice([-1, 1])))
+            args[i] = np.zeros(n, np.float32) if rng.random() < 0.5 else np.zeros(sizes[i], [np.int16, np.float64][rng.integers(2)])
+        try:
+            kern.forward(*args)
+            ran += 1
+        except (TypeError, ValueError):
+            refused += 1
+    assert ran > 50 and refused > 50, (ran, refused)
