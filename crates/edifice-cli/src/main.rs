@@ -7,6 +7,7 @@ mod bench;
 mod bench_dist;
 mod bench_model;
 mod curves;
+mod data;
 mod model;
 mod patterns;
 mod stream;

@@ -14,6 +14,7 @@ use edifice::train::{RunConfig, Stats, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
+use crate::data::{score, DataArgs, Loaded};
 use crate::world::World;
 
 #[derive(Args)]
@@ -49,13 +50,15 @@ pub struct TrainArgs {
     /// Override [task] seq_len.
     #[arg(long)]
     seq_len: Option<usize>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Spread the `ring` model's sequence over the ranks of `mpirun -n P`
     /// (build with `--features dist`): rank 0 writes the files.
     #[arg(long)]
     distributed: bool,
 }
 
-fn run_config(args: &TrainArgs) -> Result<RunConfig> {
+fn run_config(args: &TrainArgs, data: Option<&Loaded>) -> Result<RunConfig> {
     let mut value: Value = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -82,6 +85,13 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
     set("train", "seed", args.seed.map(Into::into));
     set("task", "kind", args.task.clone().map(Into::into));
     set("task", "seq_len", args.seq_len.map(Into::into));
+    if let Some(data) = data {
+        let (t, e, k) = data.task();
+        set("task", "kind", Some("data".into()));
+        set("task", "seq_len", Some(t.into()));
+        set("task", "embed_dim", Some(e.into()));
+        set("task", "classes", Some(k.into()));
+    }
     let from = args
         .config
         .as_ref()
@@ -123,7 +133,12 @@ fn trim_metrics(path: &std::path::Path, step: usize) -> Result<()> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let run = run_config(&args)?;
+    let loaded = args.data.load(args.seed.unwrap_or(0))?;
+    anyhow::ensure!(
+        loaded.is_none() || !args.distributed,
+        "--data runs on one process (--distributed trains on the built-in tasks)"
+    );
+    let run = run_config(&args, loaded.as_ref())?;
     let world = World::new(args.distributed)?;
     let root = world.is_root();
     if root {
@@ -131,11 +146,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .with_context(|| format!("cannot create {}", args.out.display()))?;
     }
     let checkpoint = args.out.join("checkpoint.safetensors");
+    let best = args.out.join("best.safetensors");
     let mut trainer = if args.resume {
         Trainer::load(&checkpoint, Some(&run))?
     } else {
         Trainer::new(run)?
     };
+    let mut test = None;
+    if let Some(loaded) = loaded {
+        (trainer, test) = loaded.attach(trainer)?;
+    }
+    let mut early = EarlyStop::new(args.data.patience);
     #[cfg(feature = "dist")]
     if let Some(comm) = world.comm() {
         edifice_dist::model::SpreadTraining::install(comm.clone(), &mut trainer)?;
@@ -225,6 +246,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 (true, false) => bar.println(line),
             }
             last_eval = Some(eval);
+            if trainer.data().is_some() && early.improved(eval) {
+                trainer.save(&best)?;
+            }
+        }
+        let stopping = stopping || early.exhausted();
+        if stopping && early.exhausted() {
+            bar.println(format!(
+                "early stop at step {}: no better validation accuracy in {} evaluations",
+                trainer.step, args.data.patience
+            ));
+            break;
         }
         if stopping {
             bar.abandon_with_message("interrupted");
@@ -258,7 +290,53 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eval.loss,
         checkpoint.display()
     );
+    if let (Some(test), Some(data)) = (test, trainer.data()) {
+        let stats = score(&best, data, &test)?;
+        println!(
+            "test: accuracy {:.4}, loss {:.4} on {} sequences with the best checkpoint {} (validation accuracy {:.3})",
+            stats.accuracy,
+            stats.loss,
+            test.len(),
+            best.display(),
+            early.best.map_or(0.0, |b| b.accuracy)
+        );
+    }
     Ok(())
+}
+
+/// Early stopping on the validation accuracy (ties go to the lower loss).
+struct EarlyStop {
+    patience: usize,
+    best: Option<Stats>,
+    since: usize,
+}
+
+impl EarlyStop {
+    fn new(patience: usize) -> Self {
+        Self {
+            patience,
+            best: None,
+            since: 0,
+        }
+    }
+
+    /// Records an evaluation; true when it is the best so far.
+    fn improved(&mut self, eval: Stats) -> bool {
+        let better = self.best.is_none_or(|b| {
+            eval.accuracy > b.accuracy || (eval.accuracy == b.accuracy && eval.loss < b.loss)
+        });
+        if better {
+            self.best = Some(eval);
+            self.since = 0;
+        } else {
+            self.since += 1;
+        }
+        better
+    }
+
+    fn exhausted(&self) -> bool {
+        self.patience > 0 && self.since >= self.patience
+    }
 }
 
 /// `edifice eval`.

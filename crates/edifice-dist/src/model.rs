@@ -243,9 +243,16 @@ impl Parallelism for SpreadTraining {
         &self,
         model: &Classifier,
         x: Tensor<3>,
+        lengths: Option<&[usize]>,
         y: Tensor<1, Int>,
         device: &Device,
     ) -> Result<(Tensor<1>, Stats), Error> {
+        let t = x.dims()[1];
+        if lengths.is_some_and(|l| l.iter().any(|&n| n != t)) {
+            return Err(Error::Distributed(
+                "sequences of different lengths cannot be spread over ranks yet".into(),
+            ));
+        }
         let spread = &self.0;
         let (owner, row) = spread.last();
         let local = spread.forward_local(&model.model, x).map_err(dist)?;

@@ -1,6 +1,7 @@
 //! Edifice's attention models on burn (Flex CPU backend).
 #![warn(missing_docs)]
 
+pub mod data;
 pub mod fingerprint;
 pub mod functional;
 pub mod kernel;
@@ -42,4 +43,8 @@ pub enum Error {
     /// A sequence-parallel run failed (`edifice-dist`).
     #[error("distributed: {0}")]
     Distributed(String),
+    /// A data file that cannot be read or makes no data set: the message
+    /// names the file and, for text formats, the line.
+    #[error("data: {0}")]
+    Data(String),
 }

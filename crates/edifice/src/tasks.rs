@@ -32,6 +32,11 @@ pub enum TaskKind {
     Recall,
     /// Which event happened long ago in a control stream.
     Frames,
+    /// Recorded sequences from a file (`edifice train --data`): batches
+    /// come from a [`Dataset`](crate::data::Dataset) given to
+    /// [`Trainer::with_data`](crate::train::Trainer::with_data); this
+    /// generator has nothing to make and gives zero frames.
+    Data,
 }
 
 impl TaskKind {
@@ -41,6 +46,7 @@ impl TaskKind {
             TaskKind::Lookback => "lookback",
             TaskKind::Recall => "recall",
             TaskKind::Frames => "frames",
+            TaskKind::Data => "data",
         }
     }
 }
@@ -89,10 +95,10 @@ pub struct Batch {
 }
 
 /// SplitMix64: a tiny, well-mixed generator for reproducible data.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(parts: &[u64]) -> Self {
+    pub(crate) fn new(parts: &[u64]) -> Self {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         for &p in parts {
             state = Rng(state ^ p).next();
@@ -109,7 +115,7 @@ impl Rng {
     }
 
     /// Uniform in `0..n`.
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
@@ -126,6 +132,7 @@ impl TaskConfig {
             TaskKind::Lookback => self.classes + self.offsets,
             TaskKind::Recall => 3 * self.classes,
             TaskKind::Frames => self.classes + 1,
+            TaskKind::Data => 1,
         };
         if self.classes < 2 {
             return Err(Error::Config("a task needs at least 2 classes".into()));
@@ -140,6 +147,7 @@ impl TaskConfig {
             TaskKind::Lookback => self.offsets + 1,
             TaskKind::Recall => self.pairs + 1,
             TaskKind::Frames => 4,
+            TaskKind::Data => 1,
         };
         if self.seq_len < min_len {
             return Err(Error::Config(format!(
@@ -226,6 +234,7 @@ impl TaskConfig {
                 x[(t - 1) * e + 2 * c + keys[asked]] = 1.0;
                 values[asked]
             }
+            TaskKind::Data => 0,
             TaskKind::Frames => {
                 // Random walks with a slow drift, like analog stick positions.
                 let mut state: Vec<f32> = (0..e).map(|_| 0.5 * rng.signed()).collect();

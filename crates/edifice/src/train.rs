@@ -34,11 +34,13 @@ use burn::tensor::{Int, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::data::run::{DataRun, Restored};
+use crate::data::Dataset;
 use crate::layers::dense;
 use crate::layers::Linear;
 use crate::models::{model_info, overlay, Footprint, Use};
 use crate::optim::AdamWConfig;
-use crate::tasks::{Batch, Split, TaskConfig};
+use crate::tasks::{Batch, Split, TaskConfig, TaskKind};
 use crate::weights::{self, Walk, Walker};
 use crate::{Error, Model, ModelConfig};
 
@@ -246,6 +248,32 @@ impl Classifier {
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
         Ok(self.head.forward(self.model.forward(x)?))
     }
+
+    /// Logits at each sequence's last real frame: `lengths[b]` frames of
+    /// `x [B, T, E]` are real, the rest padding (None: all `T`).
+    pub fn forward_lengths(
+        &self,
+        x: Tensor<3>,
+        lengths: Option<&[usize]>,
+    ) -> Result<Tensor<2>, Error> {
+        let [b, t, _] = x.dims();
+        let Some(lengths) = lengths.filter(|l| l.iter().any(|&n| n != t)) else {
+            return self.forward(x);
+        };
+        if lengths.len() != b || lengths.iter().any(|&n| n == 0 || n > t) {
+            return Err(Error::Shape(format!(
+                "lengths {lengths:?} for a batch of {b} sequences of {t} frames"
+            )));
+        }
+        let device = x.device();
+        let all = self.model.forward_all(x)?;
+        let o = all.dims()[2];
+        let last: Vec<i64> = lengths.iter().map(|&n| n as i64 - 1).collect();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(last, [b]), &device)
+            .reshape([b, 1, 1])
+            .expand([b, 1, o]);
+        Ok(self.head.forward(all.gather(1, index).reshape([b, o])))
+    }
 }
 
 impl Walk for Classifier {
@@ -268,12 +296,14 @@ pub struct Stats {
 /// on one process, or with the sequence spread over several
 /// (`edifice-dist`).
 pub trait Parallelism: Send + Sync {
-    /// The loss of `model` on `x [B, T, E]` with labels `y [B]`: the tensor
-    /// to differentiate and the stats to report, the same on every process.
+    /// The loss of `model` on `x [B, T, E]` (of which `lengths[b]` frames
+    /// are real, None: all) with labels `y [B]`: the tensor to
+    /// differentiate and the stats to report, the same on every process.
     fn loss(
         &self,
         model: &Classifier,
         x: Tensor<3>,
+        lengths: Option<&[usize]>,
         y: Tensor<1, Int>,
         device: &Device,
     ) -> Result<(Tensor<1>, Stats), Error>;
@@ -294,10 +324,11 @@ impl Parallelism for Local {
         &self,
         model: &Classifier,
         x: Tensor<3>,
+        lengths: Option<&[usize]>,
         y: Tensor<1, Int>,
         device: &Device,
     ) -> Result<(Tensor<1>, Stats), Error> {
-        let (loss, accuracy) = Trainer::stats(model.forward(x)?, y, device);
+        let (loss, accuracy) = Trainer::stats(model.forward_lengths(x, lengths)?, y, device);
         let value = loss.clone().into_scalar::<f32>() as f64;
         let stats = Stats {
             loss: value,
@@ -318,6 +349,9 @@ pub struct Trainer {
     pub step: usize,
     device: Device,
     parallelism: Arc<dyn Parallelism>,
+    data: Option<Arc<DataRun>>,
+    /// A loaded checkpoint's data statistics and classes (runs on data).
+    pub restored: Option<Restored>,
 }
 
 /// A checkpoint's header key for the format marker.
@@ -348,7 +382,30 @@ impl Trainer {
             step: 0,
             device,
             parallelism: Arc::new(Local),
+            data: None,
+            restored: None,
         })
+    }
+
+    /// Trains on `data` (a run whose task kind is `data`, sized by it).
+    pub fn with_data(mut self, data: DataRun) -> Result<Self, Error> {
+        let [_, t, e] = data.train.dims;
+        let task = &self.run.task;
+        if task.kind != TaskKind::Data
+            || (task.seq_len, task.embed_dim, task.classes) != (t, e, data.classes.len())
+        {
+            return Err(Error::Config(format!(
+                "the run's task ({:?}, seq_len {}, embed_dim {}, {} classes) does not fit the data ({t} frames, {e} features, {} classes)",
+                task.kind, task.seq_len, task.embed_dim, task.classes, data.classes.len()
+            )));
+        }
+        self.data = Some(Arc::new(data));
+        Ok(self)
+    }
+
+    /// The run's data, if it trains on a file.
+    pub fn data(&self) -> Option<&DataRun> {
+        self.data.as_deref()
     }
 
     /// Computes losses and combines gradients through `parallelism` from
@@ -401,12 +458,27 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<Stats, Error> {
         let t = &self.run.train;
         self.device.seed(mix(t.seed, self.step as u64));
-        let batch = self
-            .run
-            .task
-            .batch(t.seed, Split::Train, self.step as u64, t.batch_size);
+        let (batch, lengths) = match &self.data {
+            Some(data) => {
+                let (batch, lengths) = data.train_batch(t.seed, self.step, t.batch_size);
+                (batch, Some(lengths))
+            }
+            None if self.run.task.kind == TaskKind::Data => {
+                return Err(Error::Config(
+                    "task kind `data` trains on a file: give --data".into(),
+                ))
+            }
+            None => (
+                self.run
+                    .task
+                    .batch(t.seed, Split::Train, self.step as u64, t.batch_size),
+                None,
+            ),
+        };
         let (x, y) = Self::tensors(&batch, &self.device);
-        let (loss, stats) = self.parallelism.loss(&self.model, x, y, &self.device)?;
+        let (loss, stats) =
+            self.parallelism
+                .loss(&self.model, x, lengths.as_deref(), y, &self.device)?;
         let (loss_value, accuracy) = (stats.loss, stats.accuracy);
         if !loss_value.is_finite() {
             return Err(Error::Diverged(format!(
@@ -427,24 +499,51 @@ impl Trainer {
         })
     }
 
-    /// Loss and accuracy on the held-out batches (dropout off, no
-    /// gradients). A loss that is not finite is an [`Error::Diverged`].
+    /// Loss and accuracy on the held-out batches, or the data's validation
+    /// split (dropout off, no gradients). A loss that is not finite is an
+    /// [`Error::Diverged`].
     pub fn evaluate(&self) -> Result<Stats, Error> {
         let t = &self.run.train;
+        if let Some(data) = &self.data {
+            return self.evaluate_on(&data.val);
+        }
+        let batches = (0..t.eval_batches).map(|index| {
+            (
+                self.run
+                    .task
+                    .batch(t.seed, Split::Eval, index as u64, t.batch_size),
+                None,
+            )
+        });
+        self.evaluate_batches(batches)
+    }
+
+    /// Loss and accuracy on `data` (prepared like the training split: see
+    /// [`DataRun::prepare`]).
+    pub fn evaluate_on(&self, data: &Dataset) -> Result<Stats, Error> {
+        let batches = DataRun::batches(data, self.run.train.batch_size).map(|(b, l)| (b, Some(l)));
+        self.evaluate_batches(batches)
+    }
+
+    /// Means over sequences of the loss and accuracy of `batches`.
+    fn evaluate_batches(
+        &self,
+        batches: impl Iterator<Item = (Batch, Option<Vec<usize>>)>,
+    ) -> Result<Stats, Error> {
         let model = self.model.valid();
         let device = Device::flex();
-        let (mut loss, mut accuracy) = (0.0, 0.0);
-        for index in 0..t.eval_batches {
-            let batch = self
-                .run
-                .task
-                .batch(t.seed, Split::Eval, index as u64, t.batch_size);
+        let (mut loss, mut accuracy, mut count) = (0.0, 0.0, 0usize);
+        for (batch, lengths) in batches {
+            let n = batch.dims[0];
             let (x, y) = Self::tensors(&batch, &device);
-            let (_, stats) = self.parallelism.loss(&model, x, y, &device)?;
-            loss += stats.loss;
-            accuracy += stats.accuracy;
+            let (_, stats) = self
+                .parallelism
+                .loss(&model, x, lengths.as_deref(), y, &device)?;
+            loss += stats.loss * n as f64;
+            accuracy += stats.accuracy * n as f64;
+            count += n;
         }
-        let n = t.eval_batches as f64;
+        let n = count.max(1) as f64;
         if !loss.is_finite() {
             return Err(Error::Diverged(format!(
                 "the held-out loss after step {} is {}",
@@ -481,7 +580,7 @@ impl Trainer {
             Error::Checkpoint(format!("cannot serialise the optimizer state: {e:?}"))
         })?;
         let blobs = BTreeMap::from([(OPTIMIZER.to_string(), optimizer.to_vec())]);
-        let metadata = HashMap::from([
+        let mut metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("step".to_string(), self.step.to_string()),
             ("run".to_string(), self.run.to_value().to_string()),
@@ -490,6 +589,9 @@ impl Trainer {
                 serde_json::to_string(&ids).expect("serialisable"),
             ),
         ]);
+        if let Some(data) = &self.data {
+            metadata.insert("data".to_string(), data.to_meta().to_string());
+        }
         let bytes = weights::to_safetensors_with(&tensors, &blobs, Some(metadata))?;
         let tmp = path.with_extension("tmp");
         let mut file = std::fs::File::create(&tmp).map_err(io)?;
@@ -558,6 +660,11 @@ impl Trainer {
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(optimizer))
             .map_err(|e| bad(format!("bad optimizer state: {e:?}")))?;
         trainer.step = step;
+        if let Some(data) = meta.get("data") {
+            let value: Value =
+                serde_json::from_str(data).map_err(|e| bad(format!("bad `data`: {e}")))?;
+            trainer.restored = Some(DataRun::from_meta(&value).map_err(|e| bad(e.to_string()))?);
+        }
         if let Some(expected) = expected {
             trainer.run.train.steps = expected.train.steps;
         }

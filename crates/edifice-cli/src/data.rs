@@ -1,0 +1,123 @@
+//! `edifice train --data`: recorded sequences from files (see
+//! `edifice::data` for the formats), a validation split for early stopping,
+//! and a test set scored with the best checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use edifice::data::run::{split, DataRun};
+use edifice::data::Dataset;
+use edifice::train::{Stats, Trainer};
+
+#[derive(Args, Clone, Default)]
+pub struct DataArgs {
+    /// Train on sequences from this file (.safetensors, .npz, .npy, .csv or
+    /// UCR/UEA .ts) instead of a built-in task.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Validation sequences (early stopping); default: --val-split of --data.
+    #[arg(long, conflicts_with = "val_split")]
+    pub val: Option<PathBuf>,
+    /// Fraction of --data held out for validation, per class.
+    #[arg(long)]
+    pub val_split: Option<f64>,
+    /// Test sequences, scored with the best checkpoint at the end.
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// Frames per token: every K consecutive frames become one frame of
+    /// K·E features (patches, as in PatchTST), after standardisation.
+    #[arg(long, default_value_t = 1)]
+    pub patch: usize,
+    /// Stop after this many evaluations without a better validation
+    /// accuracy (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub patience: usize,
+}
+
+/// The splits read from the files.
+pub struct Loaded {
+    pub train: Dataset,
+    pub val: Dataset,
+    pub test: Option<Dataset>,
+    pub patch: usize,
+}
+
+fn read(path: &Path) -> Result<Dataset> {
+    Ok(Dataset::read(path)?)
+}
+
+impl DataArgs {
+    /// Reads the files, if `--data` was given.
+    pub fn load(&self, seed: u64) -> Result<Option<Loaded>> {
+        let Some(path) = &self.data else {
+            if self.val.is_some() || self.val_split.is_some() || self.test.is_some() {
+                bail!("--val, --val-split and --test go with --data");
+            }
+            return Ok(None);
+        };
+        let all = read(path)?;
+        let (train, val) = match &self.val {
+            Some(val) => (all, read(val)?),
+            None => split(&all, self.val_split.unwrap_or(0.1), seed)?,
+        };
+        anyhow::ensure!(
+            !val.is_empty(),
+            "the validation split is empty: give --val or a larger --val-split"
+        );
+        let test = self.test.as_deref().map(read).transpose()?;
+        anyhow::ensure!(self.patch >= 1, "--patch must be at least 1");
+        Ok(Some(Loaded {
+            train,
+            val,
+            test,
+            patch: self.patch,
+        }))
+    }
+}
+
+impl Loaded {
+    /// `(seq_len, embed_dim, classes)` of the run's task.
+    pub fn task(&self) -> (usize, usize, usize) {
+        let [_, t, e] = self.train.dims;
+        (t.div_ceil(self.patch), e * self.patch, self.train.outputs())
+    }
+
+    /// Gives `trainer` the data, standardised with the checkpoint's
+    /// statistics when it was resumed, else with the training split's.
+    pub fn attach(self, mut trainer: Trainer) -> Result<(Trainer, Option<Dataset>)> {
+        let restored = trainer.restored.take();
+        if let Some(r) = &restored {
+            anyhow::ensure!(
+                r.patch == self.patch,
+                "the checkpoint was trained with --patch {}",
+                r.patch
+            );
+        }
+        let run = DataRun::new(
+            self.train,
+            self.val,
+            restored.as_ref().map(|r| r.normalizer.clone()),
+            self.patch,
+        )?;
+        if let Some(r) = restored {
+            anyhow::ensure!(
+                r.classes == run.classes,
+                "the checkpoint was trained on classes {:?}, the data has {:?}",
+                r.classes,
+                run.classes
+            );
+        }
+        let test = self.test.map(|t| run.prepare(t)).transpose()?;
+        Ok((trainer.with_data(run)?, test))
+    }
+}
+
+/// Accuracy on `test` of the checkpoint at `best` (the run's data attached).
+pub fn score(best: &Path, data: &DataRun, test: &Dataset) -> Result<Stats> {
+    let mut trainer = Trainer::load(best, None)
+        .with_context(|| format!("the best checkpoint {}", best.display()))?;
+    trainer.restored = None;
+    let trainer = trainer.with_data(data.clone())?;
+    Ok(trainer.evaluate_on(test)?)
+}

@@ -1,0 +1,211 @@
+use super::*;
+
+const TS: &str = "# a comment\n@problemName Tiny\n@univariate false\n@dimensions 2\n@equalLength false\n@classLabel true b a\n@data\n1,2,3:4,5,6:a\n7,8:9,10,11:b\n";
+
+#[test]
+fn ts_multivariate_unequal_lengths_and_declared_classes() {
+    let d = ts::read(TS, "t.ts").unwrap();
+    assert_eq!(d.dims, [2, 3, 2]);
+    assert_eq!(d.lengths, vec![3, 3]);
+    // Frame t holds (dimension 0, dimension 1); dimension 0 of the second
+    // sequence is one shorter and padded with 0.
+    assert_eq!(&d.x[..6], &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    assert_eq!(&d.x[6..], &[7.0, 9.0, 8.0, 10.0, 0.0, 11.0]);
+    assert_eq!(
+        d.y,
+        Targets::Classes {
+            labels: vec![1, 0],
+            names: vec!["b".into(), "a".into()]
+        }
+    );
+}
+
+#[test]
+fn malformed_ts_names_file_and_line() {
+    let cases = [
+        (
+            TS.replace("1,2,3:4,5,6:a", "1,x,3:4,5,6:a"),
+            "t.ts:8: dimension 0: `x` is not a number",
+        ),
+        (
+            TS.replace("1,2,3:4,5,6:a", "1,2,3:a"),
+            "t.ts:8: expected 2 dimension(s)",
+        ),
+        (
+            TS.replace("1,2,3:4,5,6:a", "1,?,3:4,5,6:a"),
+            "t.ts:8: dimension 0 has a missing value",
+        ),
+        (
+            TS.replace(":b\n", ":c\n"),
+            "label `c` is not among the declared classes",
+        ),
+        (
+            TS.replace("@data\n", ""),
+            "t.ts:7: expected a header line or @data",
+        ),
+        (
+            TS.replace("1,2,3:4,5,6:a\n7,8:9,10,11:b\n", "")
+                .replace("@data\n", ""),
+            "t.ts: no @data line",
+        ),
+        (
+            TS.replace("@problemName Tiny", "problemName Tiny"),
+            "t.ts:2: expected a header line",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = ts::read(&text, "t.ts").unwrap_err().to_string();
+        assert!(err.contains(want), "{err:?} should contain {want:?}");
+        assert_eq!(err.lines().count(), 1);
+    }
+}
+
+#[test]
+fn csv_groups_rows_into_sequences() {
+    let text = "sequence,y,f0,f1\n0,walk,1,2\n0,walk,3,4\n1,run,5,6\n";
+    let d = table::read(text, "d.csv").unwrap();
+    assert_eq!(d.dims, [2, 2, 2]);
+    assert_eq!(d.lengths, vec![2, 1]);
+    assert_eq!(d.x, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0]);
+    assert_eq!(
+        d.y,
+        Targets::Classes {
+            labels: vec![1, 0],
+            names: vec!["run".into(), "walk".into()]
+        }
+    );
+    let reg = table::read("sequence,y0,y1,f0\na,0.5,1,1\nb,2,3,2\n", "r.csv").unwrap();
+    assert_eq!(
+        reg.y,
+        Targets::Values {
+            values: vec![0.5, 1.0, 2.0, 3.0],
+            width: 2
+        }
+    );
+}
+
+#[test]
+fn malformed_csv_names_file_and_line() {
+    let cases = [
+        (
+            "sequence,y,f0\n0,a,1\n0,b,2\n",
+            "c.csv:3: sequence `0` changes its target",
+        ),
+        (
+            "sequence,y,f0\n0,a,1\n1,b,2\n0,a,3\n",
+            "c.csv:4: the rows of sequence `0` are not together",
+        ),
+        (
+            "sequence,y,f0\n0,a,1\n1,b,oops\n",
+            "c.csv:3: column `f0`: `oops` is not a number",
+        ),
+        (
+            "seq,y,f0\n0,a,1\n",
+            "c.csv:1: the first column must be `sequence`",
+        ),
+        (
+            "sequence,f0\n0,1\n",
+            "c.csv:1: the header needs target column(s)",
+        ),
+        ("sequence,y,f0\n0,a,1\n1,b\n", "c.csv:3:"),
+        ("sequence,y,f0\n0,a,1\n", "at least 2 classes"),
+    ];
+    for (text, want) in cases {
+        let err = table::read(text, "c.csv").unwrap_err().to_string();
+        assert!(err.contains(want), "{err:?} should contain {want:?}");
+        assert_eq!(err.lines().count(), 1);
+    }
+}
+
+#[test]
+fn integer_labels_are_classes_in_numeric_order() {
+    let text = "sequence,y,f0\n0,10,1\n1,2,1\n2,10,1\n";
+    let d = table::read(text, "d.csv").unwrap();
+    assert_eq!(
+        d.y,
+        Targets::Classes {
+            labels: vec![1, 0, 1],
+            names: vec!["2".into(), "10".into()]
+        }
+    );
+}
+
+#[test]
+fn normalizer_fits_real_frames_and_keeps_padding_zero() {
+    let mut d = table::read("sequence,y,f0\n0,a,1\n0,a,3\n1,b,5\n", "d.csv").unwrap();
+    let norm = Normalizer::fit(&d);
+    // Real values 1, 3, 5: the padded frame of sequence 1 is not one.
+    assert!((norm.mean[0] - 3.0).abs() < 1e-6);
+    assert!((norm.std[0] - (8.0f32 / 3.0).sqrt()).abs() < 1e-5);
+    norm.apply(&mut d).unwrap();
+    assert_eq!(d.x[3], 0.0);
+    assert!((d.x[0] + d.x[1] + d.x[2]).abs() < 1e-6);
+}
+
+#[test]
+fn select_keeps_rows_in_order() {
+    let d = table::read("sequence,y,f0\n0,a,1\n1,b,2\n2,a,3\n", "d.csv").unwrap();
+    let s = d.select(&[2, 0]);
+    assert_eq!(s.x, vec![3.0, 1.0]);
+    assert_eq!(
+        s.y,
+        Targets::Classes {
+            labels: vec![0, 0],
+            names: vec!["a".into(), "b".into()]
+        }
+    );
+}
+
+fn tiny_run(data: &Dataset) -> crate::train::RunConfig {
+    let [_, t, e] = data.dims;
+    crate::train::RunConfig::from_value(serde_json::json!({
+        "task": {"kind": "data", "seq_len": t, "embed_dim": e, "classes": data.outputs()},
+        "model": {"model": "sliding_window", "num_heads": 1, "head_dim": 4, "num_layers": 1, "ffn_dim": 8},
+        "train": {"steps": 2, "batch_size": 2},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_checkpoint_restores_the_statistics_classes_and_patch() {
+    let data = ts::read(TS, "t.ts").unwrap();
+    let run = run::DataRun::new(data.clone(), data.clone(), None, 2).unwrap();
+    let mut trainer = crate::train::Trainer::new(tiny_run(&data.patched(2)))
+        .unwrap()
+        .with_data(run.clone())
+        .unwrap();
+    trainer.train_step().unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "edifice-data-ckpt-{}.safetensors",
+        std::process::id()
+    ));
+    trainer.save(&path).unwrap();
+    let loaded = crate::train::Trainer::load(&path, None).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let restored = loaded.restored.unwrap();
+    assert_eq!(
+        (restored.normalizer, restored.classes, restored.patch),
+        (run.normalizer, run.classes, 2)
+    );
+}
+
+#[test]
+fn padding_does_not_change_a_causal_models_output() {
+    use burn::tensor::{Tensor, TensorData};
+    let text = "sequence,y,f0,f1\n0,a,1,2\n0,a,3,1\n0,a,2,2\n1,b,5,0\n";
+    let data = table::read(text, "d.csv").unwrap();
+    let trainer = crate::train::Trainer::new(tiny_run(&data)).unwrap();
+    use burn::module::Module;
+    let (model, device) = (trainer.model.valid(), burn::tensor::Device::flex());
+    let logits = |x: Vec<f32>| -> Vec<f32> {
+        let x = Tensor::<3>::from_data(TensorData::new(x, data.dims), &device);
+        let y = model.forward_lengths(x, Some(&data.lengths)).unwrap();
+        y.into_data().try_to_vec().unwrap()
+    };
+    // Sequence 1 has one real frame and two of padding: whatever the
+    // padding holds, its logits (at its last real frame) stay the same.
+    let mut garbage = data.x.clone();
+    garbage[8..].iter_mut().for_each(|v| *v = 7.0);
+    let (zeros, other) = (logits(data.x.clone()), logits(garbage));
+    assert_eq!(zeros, other);
+}
