@@ -136,3 +136,69 @@ pub fn draw(metrics: &Path, png: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", png.display()))?;
     Ok(())
 }
+
+/// Draws a confusion matrix (`counts[true][predicted]`) into `png`: one
+/// cell per pair with its count, shaded by its share of the true class.
+pub fn confusion(png: &Path, counts: &[Vec<usize>], names: &[String]) -> Result<()> {
+    let labels = register_font();
+    let k = names.len();
+    let side = 200 + 70 * k as u32;
+    let root = BitMapBackend::new(png, (side, side)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(16);
+    if labels {
+        builder
+            .caption("true (rows) vs predicted", ("sans-serif", 16))
+            .x_label_area_size(40)
+            .y_label_area_size(70);
+    }
+    // A segmented range `0..m` has segments 0..=m: k cells need `0..k - 1`.
+    let axis = || (0..k.saturating_sub(1)).into_segmented();
+    let mut chart = builder.build_cartesian_2d(axis(), axis())?;
+    // Row t is drawn top-down: true class 0 at the top.
+    let row = |t: usize| k - 1 - t;
+    let name = |v: &SegmentValue<usize>, flip: bool| match v {
+        SegmentValue::CenterOf(i) if *i < k => names[if flip { row(*i) } else { *i }].clone(),
+        _ => String::new(),
+    };
+    let (x_name, y_name) = (
+        |v: &SegmentValue<usize>| name(v, false),
+        |v: &SegmentValue<usize>| name(v, true),
+    );
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_mesh()
+        .x_label_formatter(&x_name)
+        .y_label_formatter(&y_name);
+    if labels {
+        mesh.x_desc("predicted").y_desc("true");
+    } else {
+        mesh.disable_x_axis().disable_y_axis();
+    }
+    mesh.draw()?;
+    for (t, counts_t) in counts.iter().enumerate() {
+        let total = counts_t.iter().sum::<usize>().max(1) as f64;
+        for (p, &n) in counts_t.iter().enumerate() {
+            let shade = (255.0 * (1.0 - 0.75 * n as f64 / total)) as u8;
+            let cell = [
+                (SegmentValue::Exact(p), SegmentValue::Exact(row(t))),
+                (SegmentValue::Exact(p + 1), SegmentValue::Exact(row(t) + 1)),
+            ];
+            chart.draw_series(std::iter::once(Rectangle::new(
+                cell,
+                RGBColor(shade, shade, 255).filled(),
+            )))?;
+            if labels {
+                let at = (SegmentValue::CenterOf(p), SegmentValue::CenterOf(row(t)));
+                chart.draw_series(std::iter::once(Text::new(
+                    n.to_string(),
+                    at,
+                    ("sans-serif", 18),
+                )))?;
+            }
+        }
+    }
+    root.present()
+        .with_context(|| format!("cannot write {}", png.display()))?;
+    Ok(())
+}

@@ -10,6 +10,7 @@ mod curves;
 mod data;
 mod model;
 mod patterns;
+mod predict;
 mod stream;
 mod tensors;
 mod train;
@@ -49,8 +50,12 @@ enum Command {
     Patterns(patterns::PatternsArgs),
     /// Train a model on a built-in task (the default run needs no file).
     Train(train::TrainArgs),
-    /// Evaluate a training checkpoint on its task's held-out data.
+    /// Evaluate a training checkpoint on its task's held-out data, or with
+    /// --data on a labelled file (accuracy, per-class F1, confusion.png).
     Eval(train::EvalArgs),
+    /// Class probabilities of a checkpoint trained with --data for the
+    /// sequences of a file.
+    Predict(predict::PredictArgs),
     /// Step a model one frame at a time: over a file of frames, or timed
     /// against Edifice's per-frame recompute.
     Stream(stream::StreamArgs),
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         Command::Patterns(args) => patterns::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => train::eval(args),
+        Command::Predict(args) => predict::predict(args),
         Command::Stream(args) => stream::run(args),
     };
     match result {

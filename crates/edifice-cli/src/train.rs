@@ -350,9 +350,15 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     json: bool,
+    /// Score a checkpoint trained with --data on this labelled file.
+    #[arg(long, conflicts_with = "batches")]
+    data: Option<PathBuf>,
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
+    if let Some(data) = &args.data {
+        return crate::predict::eval_data(&args.checkpoint, data, args.json);
+    }
     let mut trainer = Trainer::load(&args.checkpoint, None)?;
     if let Some(b) = args.batches {
         anyhow::ensure!(b > 0, "--batches must be at least 1");

@@ -85,7 +85,51 @@ fn a_ts_set_trains_and_scores_its_test_set() {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no test accuracy in {text}"));
     assert!(acc >= 0.9, "{text}");
-    assert!(out.join("best.safetensors").exists());
+    let best = out.join("best.safetensors");
+    // eval --data scores the test file as training did, with F1 per class
+    // and a confusion matrix beside the checkpoint.
+    let eval = run_ok(&[
+        "eval",
+        best.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--json",
+    ]);
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert!(
+        (eval["accuracy"].as_f64().unwrap() - acc).abs() < 1e-4,
+        "{eval} vs {text}"
+    );
+    assert_eq!(eval["confusion"].as_array().unwrap().len(), 2);
+    assert!(out.join("confusion.png").exists());
+    // predict: one row per sequence, probabilities summing to 1, and the
+    // predicted classes agree with eval's confusion matrix.
+    let csv_out = dir.path("p.csv");
+    run_ok(&[
+        "predict",
+        best.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--output",
+        csv_out.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&csv_out).unwrap();
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 40);
+    let mut predicted = [0usize; 2];
+    for row in rows {
+        let cells: Vec<&str> = row.split(',').collect();
+        let p: Vec<f64> = cells[2..].iter().map(|c| c.parse().unwrap()).collect();
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+        predicted[["up", "down"].iter().position(|c| *c == cells[1]).unwrap()] += 1;
+    }
+    let confusion = &eval["confusion"];
+    let column = |c: usize| {
+        (0..2)
+            .map(|t| confusion[t][c].as_u64().unwrap() as usize)
+            .sum::<usize>()
+    };
+    assert_eq!(predicted, [column(0), column(1)]);
     // Resuming takes the statistics and classes from the checkpoint.
     let mut resume: Vec<&str> = vec![
         "train",

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use edifice::data::{Dataset, Targets};
 
 fn sample(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data")
+        .join(name)
 }
 
 fn labels(d: &Dataset) -> Vec<usize> {
@@ -26,7 +28,13 @@ const X: [f32; 24] = [
 
 #[test]
 fn every_format_reads_the_same_sequences() {
-    for name in ["sample.ts", "sample.csv", "sample.npz", "sample_compressed.npz", "sample.safetensors"] {
+    for name in [
+        "sample.ts",
+        "sample.csv",
+        "sample.npz",
+        "sample_compressed.npz",
+        "sample.safetensors",
+    ] {
         let d = Dataset::read(&sample(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(d.dims, [4, 3, 2], "{name}");
         assert_eq!(d.x, X, "{name}");

@@ -56,8 +56,16 @@ impl DataRun {
     /// `data` standardised, padded and patched like the training split,
     /// its classes checked against the run's (a test set).
     pub fn prepare(&self, data: Dataset) -> Result<Dataset, Error> {
-        let frames = self.train.dims[1] * self.patch;
-        Ok(prepare(data, &self.normalizer, frames, &self.classes)?.patched(self.patch))
+        self.restored().prepare(data, self.train.dims[1])
+    }
+
+    /// What a checkpoint of this run records.
+    pub fn restored(&self) -> Restored {
+        Restored {
+            normalizer: self.normalizer.clone(),
+            classes: self.classes.clone(),
+            patch: self.patch,
+        }
     }
 
     /// Training batch `step` of `size` sequences and their lengths.
@@ -126,6 +134,15 @@ pub struct Restored {
     pub classes: Vec<String>,
     /// Frames per token.
     pub patch: usize,
+}
+
+impl Restored {
+    /// `data` as the run's model takes it: standardised, padded and
+    /// patched into `tokens` frames, its classes checked.
+    pub fn prepare(&self, data: Dataset, tokens: usize) -> Result<Dataset, Error> {
+        let frames = tokens * self.patch;
+        Ok(prepare(data, &self.normalizer, frames, &self.classes)?.patched(self.patch))
+    }
 }
 
 fn class_names(data: &Dataset) -> Result<Vec<String>, Error> {

@@ -1,5 +1,6 @@
-//! Training a model on a built-in task: a linear classification head on the
-//! model's `[B, output_size]` output, cross-entropy, AdamW with weight decay
+//! Training a model on a built-in task or on recorded sequences
+//! ([`crate::data`]): a linear classification head on the model's
+//! `[B, output_size]` output (at each sequence's last real frame), cross-entropy, AdamW with weight decay
 //! and gradient-norm clipping, linear warm-up then cosine decay, dropout in
 //! training steps only, held-out evaluation, and checkpoints that resume
 //! bit for bit.
@@ -21,9 +22,6 @@
 //! `s`, so a run resumed from a checkpoint at step `s` continues exactly as
 //! the uninterrupted run would.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 
 use burn::module::Module;
@@ -43,6 +41,8 @@ use crate::optim::AdamWConfig;
 use crate::tasks::{Batch, Split, TaskConfig, TaskKind};
 use crate::weights::{self, Walk, Walker};
 use crate::{Error, Model, ModelConfig};
+
+mod checkpoint;
 
 /// Optimisation settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -354,11 +354,6 @@ pub struct Trainer {
     pub restored: Option<Restored>,
 }
 
-/// A checkpoint's header key for the format marker.
-const FORMAT: &str = "edifice-checkpoint-1";
-/// The U8 tensor that holds the optimizer state.
-const OPTIMIZER: &str = "__optimizer__";
-
 impl Trainer {
     /// A fresh run: weights initialised from the seed.
     pub fn new(run: RunConfig) -> Result<Self, Error> {
@@ -525,6 +520,26 @@ impl Trainer {
         self.evaluate_batches(batches)
     }
 
+    /// Class probabilities `[N, classes]` (softmax of the logits) for the
+    /// sequences of `data` (prepared like the training split).
+    pub fn predict(&self, data: &Dataset) -> Result<Vec<f32>, Error> {
+        let model = self.model.valid();
+        let device = Device::flex();
+        let mut out = Vec::with_capacity(data.len() * self.run.task.classes);
+        for (batch, lengths) in DataRun::batches(data, self.run.train.batch_size) {
+            let x = Tensor::<3>::from_data(TensorData::new(batch.x, batch.dims), &device);
+            let logits = model.forward_lengths(x, Some(&lengths))?;
+            let probs = burn::tensor::activation::softmax(logits, 1);
+            out.extend(
+                probs
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| Error::Shape(format!("{e:?}")))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Means over sequences of the loss and accuracy of `batches`.
     fn evaluate_batches(
         &self,
@@ -555,120 +570,6 @@ impl Trainer {
             loss: loss / n,
             accuracy: accuracy / n,
         })
-    }
-
-    /// Writes a checkpoint (weights, optimizer state, step, run config) to
-    /// `path` atomically: a temporary file beside it, fsync, rename. Weights
-    /// that are not finite are an [`Error::Diverged`] and leave `path` as it
-    /// was.
-    pub fn save(&mut self, path: &Path) -> Result<(), Error> {
-        let io =
-            |e: std::io::Error| Error::Checkpoint(format!("cannot write {}: {e}", path.display()));
-        let tensors = weights::tensors(&mut self.model);
-        if let Some((name, _)) = tensors
-            .iter()
-            .find(|(_, (_, values))| values.iter().any(|x| !x.is_finite()))
-        {
-            return Err(Error::Diverged(format!(
-                "weight `{name}` is not finite after step {}; {} was not overwritten",
-                self.step,
-                path.display()
-            )));
-        }
-        let ids = weights::param_ids(&mut self.model);
-        let optimizer = self.optim.into_bytes().map_err(|e| {
-            Error::Checkpoint(format!("cannot serialise the optimizer state: {e:?}"))
-        })?;
-        let blobs = BTreeMap::from([(OPTIMIZER.to_string(), optimizer.to_vec())]);
-        let mut metadata = HashMap::from([
-            ("format".to_string(), FORMAT.to_string()),
-            ("step".to_string(), self.step.to_string()),
-            ("run".to_string(), self.run.to_value().to_string()),
-            (
-                "param_ids".to_string(),
-                serde_json::to_string(&ids).expect("serialisable"),
-            ),
-        ]);
-        if let Some(data) = &self.data {
-            metadata.insert("data".to_string(), data.to_meta().to_string());
-        }
-        let bytes = weights::to_safetensors_with(&tensors, &blobs, Some(metadata))?;
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        file.write_all(&bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(io)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
-        }
-        Ok(())
-    }
-
-    /// Resumes from a checkpoint written by [`Trainer::save`]. With
-    /// `expected`, the checkpoint's run config must equal it except for
-    /// `steps`, which is taken from `expected`.
-    pub fn load(path: &Path, expected: Option<&RunConfig>) -> Result<Self, Error> {
-        let bad = |what: String| Error::Checkpoint(format!("{}: {what}", path.display()));
-        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        let (tensors, mut blobs, meta) =
-            weights::from_safetensors_with(&bytes).map_err(|e| bad(e.to_string()))?;
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(bad(format!(
-                "not an edifice checkpoint (no `format = {FORMAT}` in its header)"
-            )));
-        }
-        let field = |key: &str| {
-            meta.get(key)
-                .ok_or_else(|| bad(format!("header lacks `{key}`")))
-        };
-        let step: usize = field("step")?
-            .parse()
-            .map_err(|_| bad("bad `step`".into()))?;
-        let run_value: Value =
-            serde_json::from_str(field("run")?).map_err(|e| bad(format!("bad `run`: {e}")))?;
-        let ids: BTreeMap<String, u64> = serde_json::from_str(field("param_ids")?)
-            .map_err(|e| bad(format!("bad `param_ids`: {e}")))?;
-        let run = RunConfig::from_value(run_value.clone())
-            .map_err(|e| bad(format!("its run config: {e}")))?;
-        if let Some(expected) = expected {
-            // `steps` may grow on resume (the schedule then follows the new
-            // total); everything else must match.
-            let without_steps = |mut v: Value| {
-                if let Some(train) = v.get_mut("train").and_then(Value::as_object_mut) {
-                    train.remove("steps");
-                }
-                v
-            };
-            if without_steps(expected.to_value()) != without_steps(run_value.clone()) {
-                return Err(bad(format!(
-                    "it was written by a different run config ({run_value}), not {}",
-                    expected.to_value()
-                )));
-            }
-        }
-        let mut trainer = Self::new(run)?;
-        weights::load_tensors_with_ids(&mut trainer.model, tensors, Some(&ids))
-            .map_err(|e| bad(e.to_string()))?;
-        let optimizer = blobs
-            .remove(OPTIMIZER)
-            .ok_or_else(|| bad("no optimizer state".into()))?;
-        let optim = std::mem::replace(&mut trainer.optim, Self::optimizer(&trainer.run));
-        trainer.optim = optim
-            .from_bytes(burn::tensor::Bytes::from_bytes_vec(optimizer))
-            .map_err(|e| bad(format!("bad optimizer state: {e:?}")))?;
-        trainer.step = step;
-        if let Some(data) = meta.get("data") {
-            let value: Value =
-                serde_json::from_str(data).map_err(|e| bad(format!("bad `data`: {e}")))?;
-            trainer.restored = Some(DataRun::from_meta(&value).map_err(|e| bad(e.to_string()))?);
-        }
-        if let Some(expected) = expected {
-            trainer.run.train.steps = expected.train.steps;
-        }
-        Ok(trainer)
     }
 }
 
