@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Every model on UCR/UEA data sets with one fixed recipe: test accuracy
+over three seeds (mean and spread) beside the published MLP and FCN accuracies.
+
+The recipe is the same for every data set (no per-data-set tuning): the
+small models of scripts/train_table.py with dropout 0.1, 1000 steps of 16,
+weight decay 0.05, 20% of the training file (per class) held out for the
+best checkpoint, the test file scored with it. Fetches the data with
+scripts/ucr.sh. Needs python3 and cargo.
+
+    python3 scripts/ucr_table.py [--datasets GunPoint,ItalyPowerDemand,BasicMotions] [--models ...]
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MODELS = {
+    "sliding_window": 'model = "sliding_window"\nnum_heads = 2\nhead_dim = 16\nnum_layers = 2\nffn_dim = 64\n',
+    "dual_chunk": 'model = "dual_chunk"\nhidden_size = 32\nnum_heads = 2\nnum_layers = 2\nchunk_size = 4\n',
+    "ring": 'model = "ring"\nhidden_size = 32\nnum_heads = 2\nnum_layers = 2\nnum_chunks = 2\n',
+    "hybrid": 'model = "hybrid"\nlstm_hidden = 32\nnum_heads = 2\nhead_dim = 16\n',
+    "shifted_sparse": 'model = "shifted_sparse"\nhidden_size = 32\nnum_heads = 4\nnum_layers = 2\nlocal_window = 4\n',
+}
+RECIPE = "dropout = 0.1\n[train]\nsteps = 1000\nbatch_size = 16\nweight_decay = 0.05\n"
+# Fawaz et al. 2019, "Deep learning for time series classification: a
+# review" (MLP, FCN), as issue 19 quotes them; other data sets: not listed.
+PUBLISHED = {
+    "GunPoint": (0.927, 1.0),
+    "ItalyPowerDemand": (0.954, 0.961),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="GunPoint,ItalyPowerDemand,BasicMotions")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    datasets, models, seeds = args.datasets.split(","), args.models.split(","), args.seeds.split(",")
+    subprocess.run(["scripts/ucr.sh", *datasets], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "edifice-cli"], cwd=ROOT, check=True)
+    binary = ROOT / "target" / "release" / "edifice"
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    cells = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            config = Path(tmp) / "run.toml"
+            config.write_text(f"[model]\n{MODELS[model]}{RECIPE}")
+            for data in datasets:
+                accs, secs = [], []
+                for seed in seeds:
+                    d = ROOT / "data" / data
+                    out = subprocess.run([str(binary), "train", "--quiet", "--config", str(config), "--seed", seed,
+                                          "--data", str(d / f"{data}_TRAIN.ts"), "--test", str(d / f"{data}_TEST.ts"),
+                                          "--val-split", "0.2", "--out", str(Path(tmp) / "run")],
+                                         env=env, capture_output=True, text=True)
+                    test = re.search(r"test: accuracy ([0-9.]+)", out.stdout)
+                    took = re.search(r"in ([0-9.]+) s;", out.stdout)
+                    if test is None:
+                        print(f"{model} / {data} / seed {seed}: {out.stderr.strip()[-200:]}", flush=True)
+                        break
+                    accs.append(float(test[1]))
+                    secs.append(float(took[1]))
+                    print(f"{model} / {data} / seed {seed}: {accs[-1]:.4f} ({secs[-1]:.0f} s)", flush=True)
+                cells[model, data] = (
+                    f"{statistics.mean(accs):.3f} ± {statistics.pstdev(accs):.3f} ({statistics.mean(secs):.0f} s)"
+                    if len(accs) == len(seeds) else "error"
+                )
+    print(f"\ntest accuracy, mean ± spread over seeds {args.seeds} (mean training time), {args.threads} threads\n")
+    print("| model | " + " | ".join(datasets) + " |")
+    print("|---|" + "---|" * len(datasets))
+    for model in models:
+        print(f"| {model} | " + " | ".join(cells[model, d] for d in datasets) + " |")
+    for i, name in enumerate(["MLP", "FCN"]):
+        row = [f"{PUBLISHED[d][i]:.3f}" if d in PUBLISHED else "-" for d in datasets]
+        print(f"| published {name} | " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
