@@ -209,3 +209,17 @@ fn padding_does_not_change_a_causal_models_output() {
     let (zeros, other) = (logits(data.x.clone()), logits(garbage));
     assert_eq!(zeros, other);
 }
+
+#[test]
+fn patches_group_consecutive_frames() {
+    // Sequences of 3 and 1 frames of 2 features, patches of 2 frames.
+    let d = table::read("sequence,y,f0,f1\n0,a,1,2\n0,a,3,4\n0,a,5,6\n1,b,7,8\n", "d.csv").unwrap();
+    let p = d.patched(2);
+    assert_eq!(p.dims, [2, 2, 4]);
+    assert_eq!(p.lengths, vec![2, 1]);
+    assert_eq!(
+        p.x,
+        vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, 7.0, 8.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    );
+    assert_eq!(d.patched(1), d);
+}
