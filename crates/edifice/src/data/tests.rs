@@ -213,7 +213,11 @@ fn padding_does_not_change_a_causal_models_output() {
 #[test]
 fn patches_group_consecutive_frames() {
     // Sequences of 3 and 1 frames of 2 features, patches of 2 frames.
-    let d = table::read("sequence,y,f0,f1\n0,a,1,2\n0,a,3,4\n0,a,5,6\n1,b,7,8\n", "d.csv").unwrap();
+    let d = table::read(
+        "sequence,y,f0,f1\n0,a,1,2\n0,a,3,4\n0,a,5,6\n1,b,7,8\n",
+        "d.csv",
+    )
+    .unwrap();
     let p = d.patched(2);
     assert_eq!(p.dims, [2, 2, 4]);
     assert_eq!(p.lengths, vec![2, 1]);
