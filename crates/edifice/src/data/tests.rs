@@ -156,14 +156,19 @@ fn select_keeps_rows_in_order() {
     );
 }
 
-fn tiny_run(data: &Dataset) -> crate::train::RunConfig {
+fn tiny_run_of(data: &Dataset, model: serde_json::Value) -> crate::train::RunConfig {
     let [_, t, e] = data.dims;
     crate::train::RunConfig::from_value(serde_json::json!({
         "task": {"kind": "data", "seq_len": t, "embed_dim": e, "classes": data.outputs()},
-        "model": {"model": "sliding_window", "num_heads": 1, "head_dim": 4, "num_layers": 1, "ffn_dim": 8},
+        "model": model,
         "train": {"steps": 2, "batch_size": 2},
     }))
     .unwrap()
+}
+
+fn tiny_run(data: &Dataset) -> crate::train::RunConfig {
+    let model = serde_json::json!({"model": "sliding_window", "num_heads": 1, "head_dim": 4, "num_layers": 1, "ffn_dim": 8});
+    tiny_run_of(data, model)
 }
 
 #[test]
@@ -189,25 +194,41 @@ fn a_checkpoint_restores_the_statistics_classes_and_patch() {
     );
 }
 
+/// Every model in a causal configuration.
+fn causal_models() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    vec![
+        json!({"model": "sliding_window", "num_heads": 1, "head_dim": 4, "num_layers": 1, "ffn_dim": 8}),
+        json!({"model": "ring", "hidden_size": 8, "num_heads": 2, "num_layers": 1, "num_chunks": 2}),
+        json!({"model": "hybrid", "lstm_hidden": 4, "num_heads": 1, "head_dim": 4}),
+        json!({"model": "hybrid_mlp", "lstm_hidden": 4, "num_heads": 1, "head_dim": 4, "mlp_sizes": [6]}),
+        json!({"model": "dual_chunk", "hidden_size": 8, "num_heads": 2, "num_layers": 1, "chunk_size": 2, "strict_causal": true}),
+        json!({"model": "shifted_sparse", "hidden_size": 8, "num_heads": 2, "num_layers": 1, "local_window": 2, "causal": true}),
+    ]
+}
+
 #[test]
 fn padding_does_not_change_a_causal_models_output() {
-    use burn::tensor::{Tensor, TensorData};
-    let text = "sequence,y,f0,f1\n0,a,1,2\n0,a,3,1\n0,a,2,2\n1,b,5,0\n";
-    let data = table::read(text, "d.csv").unwrap();
-    let trainer = crate::train::Trainer::new(tiny_run(&data)).unwrap();
     use burn::module::Module;
-    let (model, device) = (trainer.model.valid(), burn::tensor::Device::flex());
-    let logits = |x: Vec<f32>| -> Vec<f32> {
-        let x = Tensor::<3>::from_data(TensorData::new(x, data.dims), &device);
-        let y = model.forward_lengths(x, Some(&data.lengths)).unwrap();
-        y.into_data().try_to_vec().unwrap()
-    };
-    // Sequence 1 has one real frame and two of padding: whatever the
-    // padding holds, its logits (at its last real frame) stay the same.
-    let mut garbage = data.x.clone();
-    garbage[8..].iter_mut().for_each(|v| *v = 7.0);
-    let (zeros, other) = (logits(data.x.clone()), logits(garbage));
-    assert_eq!(zeros, other);
+    use burn::tensor::{Tensor, TensorData};
+    // Sequence 1 has three real frames and one of padding, which shares a
+    // chunk (dual_chunk) and a group (shifted_sparse) with its last real one.
+    let text = "sequence,y,f0,f1\n0,a,1,2\n0,a,3,1\n0,a,2,2\n0,a,0,1\n1,b,5,0\n1,b,1,1\n1,b,2,3\n";
+    let data = table::read(text, "d.csv").unwrap();
+    for model in causal_models() {
+        let trainer = crate::train::Trainer::new(tiny_run_of(&data, model.clone())).unwrap();
+        let (net, device) = (trainer.model.valid(), burn::tensor::Device::flex());
+        let logits = |x: Vec<f32>| -> Vec<f32> {
+            let x = Tensor::<3>::from_data(TensorData::new(x, data.dims), &device);
+            let y = net.forward_lengths(x, Some(&data.lengths)).unwrap();
+            y.into_data().try_to_vec().unwrap()
+        };
+        // Whatever the padding holds, sequence 1's logits (at its last
+        // real frame) stay the same.
+        let mut garbage = data.x.clone();
+        garbage[14..].iter_mut().for_each(|v| *v = 7.0);
+        assert_eq!(logits(data.x.clone()), logits(garbage), "{model}");
+    }
 }
 
 #[test]
