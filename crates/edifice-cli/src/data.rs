@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use edifice::data::run::{split, DataRun};
-use edifice::data::Dataset;
+use edifice::data::{Dataset, Targets};
 use edifice::train::{Stats, Trainer};
 
 #[derive(Args, Clone, Default)]
@@ -25,6 +25,10 @@ pub struct DataArgs {
     /// Test sequences, scored with the best checkpoint at the end.
     #[arg(long)]
     pub test: Option<PathBuf>,
+    /// Weight the cross-entropy per class: `balanced` gives class c the
+    /// weight N / (K · n_c) from the training split's counts.
+    #[arg(long, value_parser = ["balanced"])]
+    pub class_weights: Option<String>,
     /// Frames per token: every K consecutive frames become one frame of
     /// K·E features (patches, as in PatchTST), after standardisation.
     #[arg(long, default_value_t = 1)]
@@ -77,6 +81,23 @@ impl DataArgs {
 }
 
 impl Loaded {
+    /// Inverse-frequency class weights of the training split, `N / (K · n_c)`.
+    pub fn balanced_weights(&self) -> Result<Vec<f32>> {
+        let Targets::Classes { labels, names } = &self.train.y else {
+            bail!("--class-weights needs class labels");
+        };
+        let mut counts = vec![0usize; names.len()];
+        labels.iter().for_each(|&l| counts[l] += 1);
+        if let Some(c) = counts.iter().position(|&n| n == 0) {
+            bail!(
+                "--class-weights balanced: class `{}` has no training sequence",
+                names[c]
+            );
+        }
+        let (n, k) = (labels.len() as f32, names.len() as f32);
+        Ok(counts.iter().map(|&c| n / (k * c as f32)).collect())
+    }
+
     /// `(seq_len, embed_dim, classes)` of the run's task.
     pub fn task(&self) -> (usize, usize, usize) {
         let [_, t, e] = self.train.dims;

@@ -91,6 +91,13 @@ fn run_config(args: &TrainArgs, data: Option<&Loaded>) -> Result<RunConfig> {
         set("task", "seq_len", Some(t.into()));
         set("task", "embed_dim", Some(e.into()));
         set("task", "classes", Some(k.into()));
+        if args.data.class_weights.is_some() {
+            set(
+                "train",
+                "class_weights",
+                Some(data.balanced_weights()?.into()),
+            );
+        }
     }
     let from = args
         .config

@@ -224,6 +224,12 @@ impl SpreadTraining {
     /// Spreads `trainer`'s model over `comm` and checks that every rank
     /// starts from the same run config and weights.
     pub fn install(comm: Arc<Comm>, trainer: &mut Trainer) -> Result<(), DistError> {
+        if trainer.run.train.class_weights.is_some() {
+            return Err(Error::Distributed(
+                "class_weights are not supported spread over ranks yet".into(),
+            )
+            .into());
+        }
         let spread = Spread::new(comm, &trainer.run.model)?;
         trainer.model.model = spread.model(trainer.model.model.clone())?;
         let run = trainer.run.to_value().to_string();

@@ -248,3 +248,26 @@ fn patches_group_consecutive_frames() {
     );
     assert_eq!(d.patched(1), d);
 }
+
+#[test]
+fn class_weights_weight_the_cross_entropy() {
+    use burn::tensor::{Int, Tensor, TensorData};
+    let device = burn::tensor::Device::flex();
+    let logits = [[2.0f64, 0.0], [0.0, 1.0], [1.0, 1.0]];
+    let (labels, weights) = ([0usize, 1, 1], [1.0f64, 3.0]);
+    let flat: Vec<f32> = logits.iter().flatten().map(|&v| v as f32).collect();
+    let t = Tensor::<2>::from_data(TensorData::new(flat, [3, 2]), &device);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 1], [3]), &device);
+    let w: Vec<f32> = weights.iter().map(|&v| v as f32).collect();
+    let (loss, accuracy) = crate::train::Trainer::weighted_stats(t, y, Some(&w), &device);
+    // Σ w_y · (-log softmax_y) / Σ w_y, in f64.
+    let (mut num, mut den) = (0.0, 0.0);
+    for (row, &c) in logits.iter().zip(&labels) {
+        let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+        num += weights[c] * (lse - row[c]);
+        den += weights[c];
+    }
+    let got = loss.into_scalar::<f32>() as f64;
+    assert!((got - num / den).abs() < 1e-6, "{got} vs {}", num / den);
+    assert!((accuracy - 2.0 / 3.0).abs() < 1e-12);
+}

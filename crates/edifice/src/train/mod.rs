@@ -67,6 +67,11 @@ pub struct TrainOptions {
     pub eval_every: usize,
     /// Held-out batches per evaluation.
     pub eval_batches: usize,
+    /// Weight of each class in the cross-entropy (None: all 1), e.g. the
+    /// inverse class frequencies of an unbalanced data set
+    /// (`edifice train --class-weights balanced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<Vec<f32>>,
 }
 
 impl Default for TrainOptions {
@@ -82,6 +87,7 @@ impl Default for TrainOptions {
             seed: 0,
             eval_every: 100,
             eval_batches: 8,
+            class_weights: None,
         }
     }
 }
@@ -147,9 +153,11 @@ impl RunConfig {
             serde_json::from_value(overlay(object(task_defaults), task, "[task]", &["kind"])?)
                 .map_err(|e| Error::Config(format!("bad [task] options: {e}")))?;
         task.validate()?;
-        let train_defaults = serde_json::to_value(TrainOptions::default()).expect("serialisable");
+        let mut train_defaults =
+            object(serde_json::to_value(TrainOptions::default()).expect("serialisable"));
+        train_defaults.insert("class_weights".into(), Value::Null);
         let train: TrainOptions =
-            serde_json::from_value(overlay(object(train_defaults), train, "[train]", &[])?)
+            serde_json::from_value(overlay(train_defaults, train, "[train]", &[])?)
                 .map_err(|e| Error::Config(format!("bad [train] options: {e}")))?;
         if train.steps == 0
             || train.batch_size == 0
@@ -168,6 +176,14 @@ impl RunConfig {
                 "need 0 <= min_lr <= lr and lr > 0, got lr {} and min_lr {}",
                 train.lr, train.min_lr
             )));
+        }
+        if let Some(w) = &train.class_weights {
+            if w.len() != task.classes || w.iter().any(|&x| !(x > 0.0 && x.is_finite())) {
+                return Err(Error::Config(format!(
+                    "class_weights must be {} positive numbers (one per class), got {w:?}",
+                    task.classes
+                )));
+            }
         }
         let model = Self::model_for(model, &task)?;
         Ok(Self { model, task, train })
@@ -315,9 +331,13 @@ pub trait Parallelism: Send + Sync {
     }
 }
 
-/// One process: the whole batch, the whole sequence.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Local;
+/// One process: the whole batch, the whole sequence; the cross-entropy
+/// weighted by `class_weights` when given.
+#[derive(Clone, Debug, Default)]
+pub struct Local {
+    /// Weight of each class (None: all 1).
+    pub class_weights: Option<Vec<f32>>,
+}
 
 impl Parallelism for Local {
     fn loss(
@@ -328,7 +348,9 @@ impl Parallelism for Local {
         y: Tensor<1, Int>,
         device: &Device,
     ) -> Result<(Tensor<1>, Stats), Error> {
-        let (loss, accuracy) = Trainer::stats(model.forward_lengths(x, lengths)?, y, device);
+        let logits = model.forward_lengths(x, lengths)?;
+        let (loss, accuracy) =
+            Trainer::weighted_stats(logits, y, self.class_weights.as_deref(), device);
         let value = loss.clone().into_scalar::<f32>() as f64;
         let stats = Stats {
             loss: value,
@@ -370,13 +392,16 @@ impl Trainer {
         // first (a training step re-seeds the device for its dropout; a
         // distributed run reads the weights to check its ranks agree).
         weights::entries(&mut model);
+        let local = Local {
+            class_weights: run.train.class_weights.clone(),
+        };
         Ok(Self {
             run,
             model,
             optim,
             step: 0,
             device,
-            parallelism: Arc::new(Local),
+            parallelism: Arc::new(local),
             data: None,
             restored: None,
         })
@@ -431,6 +456,17 @@ impl Trainer {
     /// Mean cross-entropy of `logits [B, classes]` against labels `y [B]`,
     /// and the fraction of correct argmax predictions.
     pub fn stats(logits: Tensor<2>, y: Tensor<1, Int>, device: &Device) -> (Tensor<1>, f64) {
+        Self::weighted_stats(logits, y, None, device)
+    }
+
+    /// [`Trainer::stats`] with the cross-entropy weighted per class (the
+    /// weighted mean, as PyTorch's `CrossEntropyLoss(weight=...)`).
+    pub fn weighted_stats(
+        logits: Tensor<2>,
+        y: Tensor<1, Int>,
+        weights: Option<&[f32]>,
+        device: &Device,
+    ) -> (Tensor<1>, f64) {
         let n = y.dims()[0];
         let correct: i64 = logits
             .clone()
@@ -441,6 +477,7 @@ impl Trainer {
             .sum()
             .into_scalar::<i64>();
         let loss = CrossEntropyLossConfig::new()
+            .with_weights(weights.map(<[f32]>::to_vec))
             .init(device)
             .forward(logits, y);
         (loss, correct as f64 / n as f64)
