@@ -47,12 +47,17 @@ def check(q, k, v) -> tuple:
             raise TypeError(f"{name}: expected float32 or bfloat16, got {t.dtype}")
         if t.dtype != q.dtype:
             raise TypeError(f"{name}: dtype {t.dtype} differs from q's {q.dtype}")
+    return _sizes(q, k, v)
+
+
+def _sizes(q, k, v) -> tuple:
     return _kernels.check_shapes(tuple(q.shape), tuple(k.shape), tuple(v.shape))
 
 
 def forward(q, k, v, shape: tuple, pattern: str, causal: bool, scale):
-    """``(o, lse)`` of contiguous CPU tensors of sizes ``shape``, computed
-    by the kernel."""
+    """``(o, lse)`` of CPU tensors of sizes ``shape`` (detached and made
+    contiguous here), computed by the kernel."""
+    q, k, v = _plain(q), _plain(k), _plain(v)
     kern = _kernels.kernel(shape, pattern, causal, scale)
     b, hq, _, nq, _, e = shape
     o = _empty((b, hq, nq, e), q.dtype)
@@ -64,7 +69,7 @@ def forward(q, k, v, shape: tuple, pattern: str, causal: bool, scale):
 def backward(d_o, q, k, v, o, lse, pattern: str, causal: bool, scale):
     """``(dq, dk, dv)`` from the forward's inputs and outputs, by the kernel."""
     q, k, v, o, d_o = (_plain(t) for t in (q, k, v, o, d_o.to(q.dtype)))
-    shape = _kernels.check_shapes(tuple(q.shape), tuple(k.shape), tuple(v.shape))
+    shape = _sizes(q, k, v)
     kern = _kernels.kernel(shape, pattern, causal, scale)
     dq, dk, dv = (_empty(tuple(t.shape), t.dtype) for t in (q, k, v))
     kern.backward(*(_buffer(t) for t in (q, k, v, o)), _plain(lse).numpy(), _buffer(d_o), _buffer(dq), _buffer(dk), _buffer(dv))
@@ -75,8 +80,7 @@ def backward(d_o, q, k, v, o, lse, pattern: str, causal: bool, scale):
 def attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, causal: bool, scale: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = _kernels.check_shapes(tuple(q.shape), tuple(k.shape), tuple(v.shape))
-    return forward(_plain(q), _plain(k), _plain(v), shape, pattern, causal, scale)
+    return forward(q, k, v, _sizes(q, k, v), pattern, causal, scale)
 
 
 @attention_op.register_fake
@@ -132,7 +136,7 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, shape, pattern, causal, scale):
-        o, lse = forward(_plain(q), _plain(k), _plain(v), shape, pattern, causal, scale)
+        o, lse = forward(q, k, v, shape, pattern, causal, scale)
         _save(ctx, q, k, v, o, lse, (pattern, causal, scale))
         return o, lse
 
@@ -148,4 +152,4 @@ def attention(q, k, v, shape: tuple, pattern: str, causal: bool, scale):
         return attention_op(q, k, v, pattern, causal, scale)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _Attention.apply(q, k, v, shape, pattern, causal, scale)
-    return forward(_plain(q), _plain(k), _plain(v), shape, pattern, causal, scale)
+    return forward(q, k, v, shape, pattern, causal, scale)

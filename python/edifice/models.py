@@ -127,7 +127,6 @@ class Stream:
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {n!r}")
         self._native = _edifice.Stream(model._native, rollback, max_len)
-        self._out = np.empty(self._native.output_size, dtype=np.float32)
 
     def step(self, frame):
         """Feeds ``frame [E]``; returns the output ``[output_size]`` (a new
@@ -135,7 +134,7 @@ class Stream:
         array, was_torch = _as_array(frame, "frame")
         if array.shape != (self._native.input_size,):
             raise ValueError(f"frame: expected shape ({self._native.input_size},), got {array.shape}")
-        out = np.empty_like(self._out)
+        out = np.empty(self._native.output_size, dtype=np.float32)
         self._native.step(array, out)
         return _like(out, was_torch)
 

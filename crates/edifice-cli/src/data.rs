@@ -134,11 +134,10 @@ impl Loaded {
     }
 }
 
-/// Accuracy on `test` of the checkpoint at `best` (the run's data attached).
-pub fn score(best: &Path, data: &DataRun, test: &Dataset) -> Result<Stats> {
-    let mut trainer = Trainer::load(best, None)
+/// Accuracy on `test` (prepared like the training split) of the checkpoint
+/// at `best`.
+pub fn score(best: &Path, test: &Dataset) -> Result<Stats> {
+    let trainer = Trainer::load(best, None)
         .with_context(|| format!("the best checkpoint {}", best.display()))?;
-    trainer.restored = None;
-    let trainer = trainer.with_data(data.clone())?;
     Ok(trainer.evaluate_on(test)?)
 }

@@ -257,8 +257,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 trainer.save(&best)?;
             }
         }
-        let stopping = stopping || early.exhausted();
-        if stopping && early.exhausted() {
+        if early.exhausted() {
             bar.println(format!(
                 "early stop at step {}: no better validation accuracy in {} evaluations",
                 trainer.step, args.data.patience
@@ -288,7 +287,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     println!(
         "done: {} steps of {} on {} (seq_len {}) in {:.1} s; held-out accuracy {:.3}, loss {:.4}; checkpoint {} (curves.png beside it)",
-        steps,
+        trainer.step,
         trainer.run.model.name(),
         trainer.run.task.kind.name(),
         trainer.run.task.seq_len,
@@ -297,8 +296,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eval.loss,
         checkpoint.display()
     );
-    if let (Some(test), Some(data)) = (test, trainer.data()) {
-        let stats = score(&best, data, &test)?;
+    if let Some(test) = test {
+        let stats = score(&best, &test)?;
         println!(
             "test: accuracy {:.4}, loss {:.4} on {} sequences with the best checkpoint {} (validation accuracy {:.3})",
             stats.accuracy,

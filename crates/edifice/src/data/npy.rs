@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use super::tensors::{from_arrays, Array};
+use super::tensors::{from_arrays, Array, Kind};
 use super::Dataset;
 use crate::Error;
 
@@ -128,33 +128,23 @@ fn parse(bytes: &[u8]) -> Result<Array, String> {
         .collect::<Result<Vec<_>, _>>()?;
     let count: usize = shape.iter().product();
     let data = &bytes[start + header_len..];
-    let (size, integer) = match descr {
-        "<f4" | "<f8" => (if descr == "<f4" { 4 } else { 8 }, false),
-        "<i4" | "<i8" => (if descr == "<i4" { 4 } else { 8 }, true),
+    let kind = match descr {
+        "<f4" => Kind::F32,
+        "<f8" => Kind::F64,
+        "<i4" => Kind::I32,
+        "<i8" => Kind::I64,
         other => {
             return Err(format!(
                 "dtype `{other}` is not supported (little-endian f4, f8, i4, i8)"
             ))
         }
     };
+    let size = kind.size();
     if data.len() < count * size {
         return Err(format!(
             "{} bytes of data for {count} values of {size} bytes",
             data.len()
         ));
     }
-    let values = data[..count * size]
-        .chunks_exact(size)
-        .map(|b| match descr {
-            "<f4" => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
-            "<i4" => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
-            "<i8" => i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f64,
-            _ => f64::from_le_bytes(b.try_into().unwrap_or([0; 8])),
-        })
-        .collect();
-    Ok(Array {
-        shape,
-        values,
-        integer,
-    })
+    Ok(Array::new(shape, kind, &data[..count * size]))
 }

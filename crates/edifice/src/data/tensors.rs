@@ -16,52 +16,69 @@ pub(crate) struct Array {
     pub integer: bool,
 }
 
+/// Element types of the arrays a data file may hold, little-endian.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    F32,
+    F64,
+    I32,
+    I64,
+}
+
+impl Kind {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Kind::F32 | Kind::I32 => 4,
+            Kind::F64 | Kind::I64 => 8,
+        }
+    }
+}
+
+impl Array {
+    /// The whole elements of `bytes` as values of `kind`.
+    pub fn new(shape: Vec<usize>, kind: Kind, bytes: &[u8]) -> Self {
+        let word = |b: &[u8]| -> [u8; 8] {
+            let mut w = [0; 8];
+            w[..b.len()].copy_from_slice(b);
+            w
+        };
+        let values = bytes
+            .chunks_exact(kind.size())
+            .map(|b| match kind {
+                Kind::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+                Kind::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+                Kind::F64 => f64::from_le_bytes(word(b)),
+                Kind::I64 => i64::from_le_bytes(word(b)) as f64,
+            })
+            .collect();
+        let integer = matches!(kind, Kind::I32 | Kind::I64);
+        Self {
+            shape,
+            values,
+            integer,
+        }
+    }
+}
+
 /// Reads a safetensors file's `x`, `y` and `lengths`.
 pub fn read(bytes: &[u8], file: &str) -> Result<Dataset, Error> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::Data(format!("{file}: not a valid safetensors file: {e}")))?;
     let mut arrays = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let data = view.data();
-        let (values, integer): (Vec<f64>, bool) = match view.dtype() {
-            Dtype::F32 => (
-                data.chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-                    .collect(),
-                false,
-            ),
-            Dtype::F64 => (
-                data.chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-                    .collect(),
-                false,
-            ),
-            Dtype::I64 => (
-                data.chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f64)
-                    .collect(),
-                true,
-            ),
-            Dtype::I32 => (
-                data.chunks_exact(4)
-                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-                    .collect(),
-                true,
-            ),
+        let kind = match view.dtype() {
+            Dtype::F32 => Kind::F32,
+            Dtype::F64 => Kind::F64,
+            Dtype::I32 => Kind::I32,
+            Dtype::I64 => Kind::I64,
             other => {
                 return Err(Error::Data(format!(
                     "{file}: tensor `{name}` has dtype {other:?}; expected F32, F64, I64 or I32"
                 )))
             }
         };
-        arrays.insert(
-            name,
-            Array {
-                shape: view.shape().to_vec(),
-                values,
-                integer,
-            },
-        );
+        arrays.insert(name, Array::new(view.shape().to_vec(), kind, view.data()));
     }
     from_arrays(arrays, file)
 }
