@@ -154,6 +154,32 @@ fn long_sequences_every_pattern() {
     }
 }
 
+/// Key lengths across many tiles: a batch element without keys, one cut
+/// inside a tile and one with every key, for every pattern kind.
+#[test]
+fn long_sequences_with_key_lengths() {
+    let shape = AttnShape {
+        batch: 3,
+        heads_q: 2,
+        heads_kv: 1,
+        len_q: 300,
+        len_k: 300,
+        head_dim: 16,
+    };
+    for kind in long_kinds() {
+        for causal in [false, true] {
+            for &schedule in SCHEDULES {
+                let pattern =
+                    Pattern::new(kind.clone(), causal).with_key_lengths(vec![0, 171, 300]);
+                let att = Attention::new(shape, pattern)
+                    .unwrap()
+                    .with_backward_schedule(schedule);
+                assert_grads(&att, 13).unwrap();
+            }
+        }
+    }
+}
+
 /// The reference's analytic gradients against central differences of its
 /// own f64 forward pass, for loss = Σ o · r.
 #[test]

@@ -152,6 +152,58 @@ fn long_sequences_every_pattern() {
     }
 }
 
+/// A key-padding cut: each batch element's real positions give the same
+/// output as the sequence alone, unpadded, and the reference agrees.
+#[test]
+fn key_lengths_match_the_unpadded_sequence() {
+    let (n, real, d) = (300, 171, 16);
+    let shape = AttnShape {
+        batch: 2,
+        heads_q: 2,
+        heads_kv: 1,
+        len_q: n,
+        len_k: n,
+        head_dim: d,
+    };
+    let alone = AttnShape {
+        batch: 1,
+        len_q: real,
+        len_k: real,
+        ..shape
+    };
+    let (q, k, v) = (
+        data(shape.q_len(), 1),
+        data(shape.kv_len(), 2),
+        data(shape.kv_len(), 3),
+    );
+    // Batch element 1's first `real` positions of every head, contiguous.
+    let head_rows = |x: &[f32], heads: usize| -> Vec<f32> {
+        (0..heads)
+            .flat_map(|h| x[((heads + h) * n) * d..][..real * d].to_vec())
+            .collect()
+    };
+    for kind in long_kinds() {
+        for causal in [false, true] {
+            let pattern = Pattern::new(kind.clone(), causal);
+            let att =
+                Attention::new(shape, pattern.clone().with_key_lengths(vec![n, real])).unwrap();
+            let want = reference::forward_f64(&att, &q, &k, &v);
+            assert_matches(&att, (&q, &k, &v), &want, TOL).unwrap();
+            let (o, _) = att.forward_vec(&q, &k, &v).unwrap();
+            let single = Attention::new(alone, pattern).unwrap();
+            let (o1, _) = single
+                .forward_vec(&head_rows(&q, 2), &head_rows(&k, 1), &head_rows(&v, 1))
+                .unwrap();
+            let got = head_rows(&o, 2);
+            let diff = got
+                .iter()
+                .zip(&o1)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff < 1e-5, "{kind:?} causal {causal}: {diff}");
+        }
+    }
+}
+
 /// Rows with no allowed key: o = 0 and lse = -inf, never NaN. With Nq > Nk
 /// and causal, the first Nq - Nk rows sit before every key.
 #[test]

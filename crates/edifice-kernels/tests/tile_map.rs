@@ -8,11 +8,6 @@ use common::{pattern_strategy, shape_strategy};
 use edifice_kernels::{AttnShape, Pattern, PatternKind, TileMap};
 use proptest::prelude::*;
 
-/// A block mask's planes, `(B or 1, Hq or 1)`.
-fn blocks_planes(m: &edifice_kernels::BlockSparse, _shape: &AttnShape) -> (usize, usize) {
-    m.planes()
-}
-
 fn check_map(
     shape: &AttnShape,
     pattern: &Pattern,
@@ -23,31 +18,7 @@ fn check_map(
     let (nq, nk) = (shape.len_q, shape.len_k);
     for batch in 0..shape.batch {
         for head in 0..shape.heads_q {
-            let class = match &pattern.kind {
-                PatternKind::Strided { stride, .. } => head % stride,
-                PatternKind::Shifted { .. } => usize::from(head >= shape.heads_q / 2),
-                PatternKind::Mask(m) if m.dims().len() == 4 => batch * shape.heads_q + head,
-                PatternKind::Blocks(m) => match blocks_planes(m, shape) {
-                    (1, 1) => 0,
-                    (1, _) => head,
-                    _ => batch * shape.heads_q + head,
-                },
-                // Unions get one map per head (per batch and head with a
-                // per-head mask or a block mask per batch).
-                PatternKind::Union(kinds) => {
-                    let per_head = kinds.iter().any(|k| match k {
-                        PatternKind::Mask(m) => m.dims().len() == 4,
-                        PatternKind::Blocks(m) => blocks_planes(m, shape).0 > 1,
-                        _ => false,
-                    });
-                    if per_head {
-                        batch * shape.heads_q + head
-                    } else {
-                        head
-                    }
-                }
-                _ => 0,
-            };
+            let class = pattern.class_of(shape, batch, head);
             let mut seen = vec![0u8; nq * nk];
             for t in 0..map.q_tiles() {
                 let rows = t * tile_q..((t + 1) * tile_q).min(nq);

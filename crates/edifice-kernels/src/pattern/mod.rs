@@ -33,6 +33,8 @@
 //! FlashAttention). Every rule below is written in aligned positions, except
 //! an explicit [`BoolMask`], which is indexed by the row `i` itself.
 
+use std::sync::Arc;
+
 use crate::{AttnShape, KernelError};
 
 /// Runs `$body` with `$r` bound to the [`Rule`] of a [`PatternKind`]:
@@ -135,7 +137,8 @@ pub enum PatternKind {
     Union(Vec<PatternKind>),
 }
 
-/// A sparsity rule plus an optional causal cut (`j <= i'`).
+/// A sparsity rule plus an optional causal cut (`j <= i'`) and an optional
+/// key-padding cut (`j < key_lengths[b]`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pattern {
     /// The rule.
@@ -144,6 +147,9 @@ pub struct Pattern {
     pub causal: bool,
     /// The aligned position of query row 0 when not `Nk - Nq`.
     query_offset: Option<i64>,
+    /// Per batch element, how many leading keys are real (the rest is
+    /// padding no query reads); `None`: all `Nk`.
+    key_lengths: Option<Arc<[usize]>>,
 }
 
 impl Pattern {
@@ -153,7 +159,33 @@ impl Pattern {
             kind,
             causal,
             query_offset: None,
+            key_lengths: None,
         }
+    }
+
+    /// Intersects the pattern with `j < lengths[b]` for batch element `b`:
+    /// a key-padding mask for sequences padded at the end to one length
+    /// (FlashAttention's `seqused_k`). It costs nothing per pair: tiles past
+    /// a sequence's end are skipped and its last tile is cut by its row
+    /// bounds; batch elements of different lengths get their own tile maps.
+    /// [`Pattern::validate`] wants one length per batch element, each at
+    /// most `Nk`.
+    pub fn with_key_lengths(mut self, lengths: impl Into<Arc<[usize]>>) -> Self {
+        self.key_lengths = Some(lengths.into());
+        self
+    }
+
+    /// The per-batch key lengths, if the pattern has them.
+    pub fn key_lengths(&self) -> Option<&[usize]> {
+        self.key_lengths.as_deref()
+    }
+
+    /// One past the last key batch element `batch` may read.
+    #[inline]
+    fn key_end(&self, shape: &AttnShape, batch: usize) -> usize {
+        self.key_lengths
+            .as_ref()
+            .map_or(shape.len_k, |l| l[batch].min(shape.len_k))
     }
 
     /// Places query row `i` at aligned position `i' = i + offset` instead of
@@ -193,6 +225,14 @@ impl Pattern {
     /// Checks the pattern's parameters against an attention shape.
     pub fn validate(&self, shape: &AttnShape) -> Result<(), KernelError> {
         self.kind.check_sizes()?;
+        if let Some(lengths) = &self.key_lengths {
+            if lengths.len() != shape.batch || lengths.iter().any(|&n| n > shape.len_k) {
+                return Err(KernelError::Pattern(format!(
+                    "key lengths {lengths:?} must give each of the {} batch elements at most Nk = {} keys",
+                    shape.batch, shape.len_k
+                )));
+            }
+        }
         with_rule!(&self.kind, r => r.validate(shape, self.causal))
     }
 
@@ -235,7 +275,7 @@ impl Pattern {
         j: usize,
     ) -> bool {
         let cx = self.cx(shape, batch, head);
-        with_rule!(&self.kind, r => r.allowed(cx, i, j))
+        j < self.key_end(shape, batch) && with_rule!(&self.kind, r => r.allowed(cx, i, j))
     }
 
     /// For every row `i` of `rows`, a range `lo[i]..=hi[i]` of tile-local key
@@ -250,16 +290,18 @@ impl Pattern {
     pub(crate) fn row_bounds(
         &self,
         shape: &AttnShape,
-        head: usize,
+        (batch, head): (usize, usize),
         rows: &Rows,
         keys: &KeySpan,
         (lo, hi): (&mut [i32], &mut [i32]),
     ) -> bool {
-        let cx = self.cx(shape, 0, head);
+        let cx = self.cx(shape, batch, head);
         with_rule!(&self.kind, r => {
             let n_rows = rows.last - rows.first + 1;
             let start = keys.start as i64;
-            let last = keys.len as i64 - 1;
+            // The last tile-local key before the key-padding cut.
+            let real = self.key_end(shape, batch) as i64 - 1 - start;
+            let last = (keys.len as i64 - 1).min(real.div_euclid(keys.step as i64));
             let exact = keys.step == 1 && r.exact(cx, keys);
             for i in 0..n_rows {
                 let ip = rows.a + i as i64;
@@ -285,7 +327,14 @@ impl Pattern {
 
     /// Sets to `-inf` every score of a partial tile of (batch, head) whose
     /// pair is not allowed. At most [`MAX_TILE_ROWS`] rows.
-    pub(crate) fn mask_tile(&self, shape: &AttnShape, batch: usize, head: usize, tile: ScoreTile) {
+    pub(crate) fn mask_tile(
+        &self,
+        shape: &AttnShape,
+        batch: usize,
+        head: usize,
+        mut tile: ScoreTile,
+    ) {
+        tile.cut_keys(self.key_end(shape, batch));
         let cx = self.cx(shape, batch, head);
         with_rule!(&self.kind, r => r.mask_tile(cx, tile))
     }
@@ -300,7 +349,7 @@ impl Pattern {
         rows: &Rows,
         out: &mut Vec<KeySpan>,
     ) {
-        let nk = shape.len_k as i64;
+        let nk = self.key_end(shape, batch) as i64;
         let end = if self.causal {
             (rows.b + 1).clamp(0, nk)
         } else {
@@ -326,16 +375,23 @@ impl Pattern {
         } else {
             TileKind::Full
         };
-        if causal == TileKind::Empty {
+        let end = self.key_end(shape, batch) as i64;
+        let cuts = causal.and(TileKind::from_bounds(d < end, c >= end));
+        if cuts == TileKind::Empty {
             return TileKind::Empty;
         }
         let cx = self.cx(shape, batch, head);
-        causal.and(with_rule!(&self.kind, r => r.classify(cx, rows, keys)))
+        cuts.and(with_rule!(&self.kind, r => r.classify(cx, rows, keys)))
     }
 
-    /// Which (batch, head)s share a tile map.
+    /// Which (batch, head)s share a tile map: the rule's classes, each split
+    /// per batch element when key lengths differ between them.
     fn classes(&self) -> Classes {
-        with_rule!(&self.kind, r => r.classes())
+        let rule = with_rule!(&self.kind, r => r.classes());
+        match &self.key_lengths {
+            Some(l) if l.iter().any(|&n| n != l[0]) => rule.per_batch(),
+            _ => rule,
+        }
     }
 
     /// Number of distinct tile-map classes: heads (and batches) in one class
@@ -344,9 +400,10 @@ impl Pattern {
         self.classes().count(shape)
     }
 
-    /// The class of (batch, head).
+    /// The tile-map class of (batch, head): the `class` that
+    /// [`TileMap::row`](crate::TileMap::row) takes for it.
     #[inline]
-    pub(crate) fn class_of(&self, shape: &AttnShape, batch: usize, head: usize) -> usize {
+    pub fn class_of(&self, shape: &AttnShape, batch: usize, head: usize) -> usize {
         self.classes().of(shape, batch, head)
     }
 

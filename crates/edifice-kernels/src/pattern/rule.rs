@@ -30,9 +30,43 @@ pub(crate) enum Classes {
     PerHead,
     /// Each (batch, head) its own.
     PerBatchHead,
+    /// Each batch element its own copy of the classes of a per-head rule.
+    PerBatch(HeadClasses),
+}
+
+/// The classes of a rule whose tile map does not depend on the batch
+/// element, so that [`Classes::PerBatch`] can repeat them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeadClasses {
+    One,
+    Residues(usize),
+    Halves,
+    PerHead,
 }
 
 impl Classes {
+    /// These classes, split per batch element.
+    pub(super) fn per_batch(self) -> Classes {
+        let heads = match self {
+            Classes::One => HeadClasses::One,
+            Classes::Residues(stride) => HeadClasses::Residues(stride),
+            Classes::Halves => HeadClasses::Halves,
+            Classes::PerHead => HeadClasses::PerHead,
+            Classes::PerBatchHead | Classes::PerBatch(_) => return self,
+        };
+        Classes::PerBatch(heads)
+    }
+
+    /// The per-head classes that [`Classes::PerBatch`] repeats.
+    fn of_heads(heads: HeadClasses) -> Classes {
+        match heads {
+            HeadClasses::One => Classes::One,
+            HeadClasses::Residues(stride) => Classes::Residues(stride),
+            HeadClasses::Halves => Classes::Halves,
+            HeadClasses::PerHead => Classes::PerHead,
+        }
+    }
+
     /// Number of classes.
     pub(super) fn count(self, shape: &AttnShape) -> usize {
         match self {
@@ -41,6 +75,7 @@ impl Classes {
             Classes::Halves => 2,
             Classes::PerHead => shape.heads_q,
             Classes::PerBatchHead => shape.batch * shape.heads_q,
+            Classes::PerBatch(heads) => shape.batch * Self::of_heads(heads).count(shape),
         }
     }
 
@@ -53,6 +88,10 @@ impl Classes {
             Classes::Halves => usize::from(head >= shape.heads_q / 2),
             Classes::PerHead => head,
             Classes::PerBatchHead => batch * shape.heads_q + head,
+            Classes::PerBatch(heads) => {
+                let inner = Self::of_heads(heads);
+                batch * inner.count(shape) + inner.of(shape, batch, head)
+            }
         }
     }
 
@@ -63,6 +102,11 @@ impl Classes {
             Classes::Residues(_) | Classes::PerHead => (0, class),
             Classes::Halves => (0, if class == 0 { 0 } else { shape.heads_q / 2 }),
             Classes::PerBatchHead => (class / shape.heads_q, class % shape.heads_q),
+            Classes::PerBatch(heads) => {
+                let inner = Self::of_heads(heads);
+                let n = inner.count(shape);
+                (class / n, inner.representative(shape, class % n).1)
+            }
         }
     }
 }
@@ -80,6 +124,16 @@ impl ScoreTile<'_> {
     /// Query rows in the tile.
     pub(super) fn n_rows(&self) -> usize {
         self.rows.last - self.rows.first + 1
+    }
+
+    /// Sets to `-inf` the scores of every key at or past `end`.
+    pub(super) fn cut_keys(&mut self, end: usize) {
+        let n_rows = self.n_rows();
+        for t in 0..self.keys.len {
+            if self.keys.key(t) >= end {
+                self.scores[t * self.ld..t * self.ld + n_rows].fill(f32::NEG_INFINITY);
+            }
+        }
     }
 
     /// Sets to `-inf` every score whose (row, key) `allowed` refuses.

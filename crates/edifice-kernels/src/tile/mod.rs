@@ -205,7 +205,7 @@ pub(crate) fn masked_scores<'b, S: Simd, T: Operand>(
     let exact = !full
         && pattern.row_bounds(
             shape,
-            pos.head,
+            (pos.batch, pos.head),
             &pos.rows,
             keys,
             (&mut bounds.lo, &mut bounds.hi),

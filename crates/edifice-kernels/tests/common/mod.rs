@@ -74,10 +74,16 @@ pub fn pattern_strategy(shape: AttnShape) -> impl Strategy<Value = Pattern> {
     // the keys (a ring's block pairs), before, inside and past them.
     let reach = (shape.len_q + shape.len_k) as i64 + 3;
     let offset = prop::option::weighted(0.25, -reach..=reach);
-    (kind, any::<bool>(), offset).prop_map(|(kind, causal, offset)| {
-        let pattern = Pattern::new(kind, causal);
-        match offset {
-            Some(offset) => pattern.with_query_offset(offset),
+    // A quarter of the cases cut each batch element's keys to a length of
+    // its own (a key-padding mask), empty and full included.
+    let lengths = prop::option::weighted(0.25, prop::collection::vec(0..=shape.len_k, shape.batch));
+    (kind, any::<bool>(), offset, lengths).prop_map(|(kind, causal, offset, lengths)| {
+        let mut pattern = Pattern::new(kind, causal);
+        if let Some(offset) = offset {
+            pattern = pattern.with_query_offset(offset);
+        }
+        match lengths {
+            Some(lengths) => pattern.with_key_lengths(lengths),
             None => pattern,
         }
     })
