@@ -129,8 +129,10 @@ impl Loaded {
                 run.classes
             );
         }
+        let trainer = trainer.with_data(run)?;
+        let run = trainer.data().expect("the data was just attached");
         let test = self.test.map(|t| run.prepare(t)).transpose()?;
-        Ok((trainer.with_data(run)?, test))
+        Ok((trainer, test))
     }
 }
 

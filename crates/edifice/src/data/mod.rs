@@ -153,6 +153,23 @@ impl Dataset {
         }
     }
 
+    /// The same sequences zero-padded at the end to `t` frames (at least
+    /// their current `T`); lengths unchanged.
+    pub fn padded(&self, t: usize) -> Self {
+        let [n, t0, e] = self.dims;
+        let t = t.max(t0);
+        let mut x = vec![0.0; n * t * e];
+        for (s, row) in x.chunks_exact_mut(t * e).enumerate() {
+            row[..t0 * e].copy_from_slice(&self.x[s * t0 * e..(s + 1) * t0 * e]);
+        }
+        Self {
+            x,
+            dims: [n, t, e],
+            lengths: self.lengths.clone(),
+            y: self.y.clone(),
+        }
+    }
+
     /// Groups every `k` consecutive frames into one frame of `k·E`
     /// features (PatchTST's patches: a token per stretch of the series
     /// instead of per sample). A last, partial patch is zero-filled.

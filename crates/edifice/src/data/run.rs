@@ -53,6 +53,14 @@ impl DataRun {
         })
     }
 
+    /// The same run with both splits padded to `tokens` tokens (what the
+    /// model takes, when that is longer than the data).
+    pub fn padded(mut self, tokens: usize) -> Self {
+        self.train = self.train.padded(tokens);
+        self.val = self.val.padded(tokens);
+        self
+    }
+
     /// `data` standardised, padded and patched like the training split,
     /// its classes checked against the run's (a test set).
     pub fn prepare(&self, data: Dataset) -> Result<Dataset, Error> {
@@ -181,14 +189,7 @@ fn prepare(
         )));
     }
     norm.apply(&mut data)?;
-    let [n, t0, _] = data.dims;
-    let mut x = vec![0.0; n * t * e];
-    for (s, row) in x.chunks_exact_mut(t * e).enumerate() {
-        row[..t0 * e].copy_from_slice(&data.x[s * t0 * e..(s + 1) * t0 * e]);
-    }
-    data.x = x;
-    data.dims = [n, t, e];
-    Ok(data)
+    Ok(data.padded(t))
 }
 
 /// `0..n` in the order of `(seed, epoch)`.

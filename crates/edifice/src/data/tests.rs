@@ -194,28 +194,22 @@ fn a_checkpoint_restores_the_statistics_classes_and_patch() {
     );
 }
 
-/// Every model in a causal configuration.
-fn causal_models() -> Vec<serde_json::Value> {
-    use serde_json::json;
-    vec![
-        json!({"model": "sliding_window", "num_heads": 1, "head_dim": 4, "num_layers": 1, "ffn_dim": 8}),
-        json!({"model": "ring", "hidden_size": 8, "num_heads": 2, "num_layers": 1, "num_chunks": 2}),
-        json!({"model": "hybrid", "lstm_hidden": 4, "num_heads": 1, "head_dim": 4}),
-        json!({"model": "hybrid_mlp", "lstm_hidden": 4, "num_heads": 1, "head_dim": 4, "mlp_sizes": [6]}),
-        json!({"model": "dual_chunk", "hidden_size": 8, "num_heads": 2, "num_layers": 1, "chunk_size": 2, "strict_causal": true}),
-        json!({"model": "shifted_sparse", "hidden_size": 8, "num_heads": 2, "num_layers": 1, "local_window": 2, "causal": true}),
-    ]
-}
-
+/// The logits at each sequence's last real frame ignore its padding (every
+/// model's outputs: `tests/padding.rs`; here the read-out, with two models
+/// whose positions read later ones).
 #[test]
-fn padding_does_not_change_a_causal_models_output() {
+fn padding_does_not_change_the_logits() {
     use burn::module::Module;
     use burn::tensor::{Tensor, TensorData};
     // Sequence 1 has three real frames and one of padding, which shares a
     // chunk (dual_chunk) and a group (shifted_sparse) with its last real one.
     let text = "sequence,y,f0,f1\n0,a,1,2\n0,a,3,1\n0,a,2,2\n0,a,0,1\n1,b,5,0\n1,b,1,1\n1,b,2,3\n";
     let data = table::read(text, "d.csv").unwrap();
-    for model in causal_models() {
+    let models = [
+        serde_json::json!({"model": "dual_chunk", "hidden_size": 8, "num_heads": 2, "num_layers": 1, "chunk_size": 2}),
+        serde_json::json!({"model": "shifted_sparse", "hidden_size": 8, "num_heads": 2, "num_layers": 1, "local_window": 2, "causal": false}),
+    ];
+    for model in models {
         let trainer = crate::train::Trainer::new(tiny_run_of(&data, model.clone())).unwrap();
         let (net, device) = (trainer.model.valid(), burn::tensor::Device::flex());
         let logits = |x: Vec<f32>| -> Vec<f32> {
@@ -270,4 +264,32 @@ fn class_weights_weight_the_cross_entropy() {
     let got = loss.into_scalar::<f32>() as f64;
     assert!((got - num / den).abs() < 1e-6, "{got} vs {}", num / den);
     assert!((accuracy - 2.0 / 3.0).abs() < 1e-12);
+}
+
+#[test]
+fn a_length_the_model_cannot_take_is_padded_up_to_one_it_can() {
+    let data = ts::read(TS, "t.ts").unwrap();
+    let model = serde_json::json!({"model": "dual_chunk", "hidden_size": 8, "num_heads": 2, "num_layers": 1, "chunk_size": 2});
+    let config = tiny_run_of(&data, model);
+    // Three frames, chunks of two: the run takes four.
+    assert_eq!((data.dims[1], config.task.seq_len), (3, 4));
+    assert_eq!(config.model.input_dims().0, 4);
+    let run = run::DataRun::new(data.clone(), data.clone(), None, 1).unwrap();
+    let mut trainer = crate::train::Trainer::new(config)
+        .unwrap()
+        .with_data(run)
+        .unwrap();
+    trainer.train_step().unwrap();
+    let stored = trainer.data().unwrap();
+    assert_eq!((stored.train.dims[1], stored.val.dims[1]), (4, 4));
+    assert_eq!(stored.prepare(data).unwrap().dims[1], 4);
+    // A length given in the model table is kept (and refused when it does
+    // not fit the chunks).
+    let fixed = serde_json::json!({"model": "dual_chunk", "hidden_size": 8, "num_heads": 2, "num_layers": 1, "chunk_size": 2, "seq_len": 3});
+    let err = crate::train::RunConfig::from_value(serde_json::json!({
+        "task": {"kind": "data", "seq_len": 3, "embed_dim": 2, "classes": 2},
+        "model": fixed,
+    }))
+    .unwrap_err();
+    assert!(err.to_string().contains("chunk_size"), "{err}");
 }

@@ -402,6 +402,23 @@ impl PatternAttention {
         Ok(self.out_proj.forward(o))
     }
 
+    /// `x [B, T, H]` of which the first `lengths[b]` positions are real →
+    /// `[B, T, H]`, real positions' outputs independent of the padding: a
+    /// non-causal pattern is cut at each sequence's end
+    /// ([`Pattern::with_key_lengths`]); a causal one never reads past its
+    /// query, so it runs as it is (and keeps a ring schedule).
+    pub fn forward_padded(&self, x: Tensor<3>, lengths: &[usize]) -> Result<Tensor<3>, Error> {
+        if self.spec.pattern.causal {
+            return self.forward(x);
+        }
+        let spec = AttnSpec {
+            pattern: self.spec.pattern.clone().with_key_lengths(lengths.to_vec()),
+            ..self.spec.clone()
+        };
+        let o = attention_packed(self.qkv.forward(x), self.num_heads, &spec)?;
+        Ok(self.out_proj.forward(o))
+    }
+
     /// `x [B, T, H]` → the last position's output `[B, 1, H]`: the last
     /// query alone, or with a ring or parallel schedule (which need every
     /// query) the full attention; the output projection on that position

@@ -108,18 +108,27 @@ pub struct DualChunkAttention {
 impl DualChunkAttention {
     /// `x [B, T, input_size]` → `[B, T, hidden_size]`.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        Ok(self.out.forward(self.mix(x)?))
+        Ok(self.out.forward(self.mix(x, None)?))
+    }
+
+    /// `x [B, T, input_size]` of which the first `lengths[b]` positions are
+    /// real → `[B, T, hidden_size]`, real positions' outputs independent of
+    /// the padding: a chunk's summary is the mean of its real positions
+    /// (so `T` may be padded up to a multiple of the chunk length). Both
+    /// attentions are causal over tokens or chunks already.
+    pub fn forward_padded(&self, x: Tensor<3>, lengths: &[usize]) -> Result<Tensor<3>, Error> {
+        Ok(self.out.forward(self.mix(x, Some(lengths))?))
     }
 
     /// `x [B, T, input_size]` → the last position's output
     /// `[B, 1, hidden_size]` (both paths as in [`forward`](Self::forward));
     /// the output projection runs on that position only.
     pub fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        Ok(self.out.forward(last_position(self.mix(x)?)))
+        Ok(self.out.forward(last_position(self.mix(x, None)?)))
     }
 
     /// Both paths mixed, before the output projection: `[B, T, nh·hd]`.
-    fn mix(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+    fn mix(&self, x: Tensor<3>, lengths: Option<&[usize]>) -> Result<Tensor<3>, Error> {
         check_input(&x, self.qkv.weight.dims()[0], "dual_chunk_attention")?;
         let [b, t, _] = x.dims();
         let c = self.chunk;
@@ -138,7 +147,11 @@ impl DualChunkAttention {
             nh,
             &AttnSpec::new(Pattern::new(PatternKind::Chunk { chunk: c }, true)),
         )?;
-        let summary = qkv.clone().reshape([b, chunks, c, 3 * width]).mean_dim(2);
+        let by_chunk = qkv.clone().reshape([b, chunks, c, 3 * width]);
+        let summary = match lengths {
+            Some(lengths) => real_means(by_chunk, lengths)?,
+            None => by_chunk.mean_dim(2),
+        };
         let inter = if self.strict_causal {
             let [q, _, _] = split_qkv(qkv, nh);
             let [_, ks, vs] = split_qkv(summary.reshape([b, chunks, 3 * width]), nh);
@@ -170,4 +183,29 @@ impl DualChunkAttention {
         };
         Ok(mixed)
     }
+}
+
+/// `x [B, chunks, C, F]` → the mean over each chunk's real positions
+/// `[B, chunks, 1, F]`, of which batch element `b` has its first
+/// `lengths[b]` (a chunk with none gets 0: no real query reads it).
+fn real_means(x: Tensor<4>, lengths: &[usize]) -> Result<Tensor<4>, Error> {
+    let [b, chunks, c, _] = x.dims();
+    if lengths.len() != b || lengths.iter().any(|&n| n > chunks * c) {
+        return Err(Error::Shape(format!(
+            "lengths {lengths:?} for a batch of {b} sequences of {} positions",
+            chunks * c
+        )));
+    }
+    let real: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&n| (0..chunks * c).map(move |t| f32::from(u8::from(t < n))))
+        .collect();
+    let inv_count: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&n| (0..chunks).map(move |k| 1.0 / n.saturating_sub(k * c).clamp(1, c) as f32))
+        .collect();
+    let device = x.device();
+    let real = Tensor::<4>::from_data(TensorData::new(real, [b, chunks, c, 1]), &device);
+    let inv_count = Tensor::<4>::from_data(TensorData::new(inv_count, [b, chunks, 1, 1]), &device);
+    Ok(x.mul(real).sum_dim(2).mul(inv_count))
 }

@@ -23,6 +23,9 @@ use crate::Error;
 pub trait BlockAttention: Module {
     /// `[B, T, H]` → `[B, T, H]`.
     fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error>;
+    /// `[B, T, H]` of which the first `lengths[b]` positions are real →
+    /// `[B, T, H]`, the real positions' outputs independent of the padding.
+    fn forward_padded(&self, x: Tensor<3>, lengths: &[usize]) -> Result<Tensor<3>, Error>;
     /// `[B, T, H]` → the last position's output `[B, 1, H]` (its query
     /// still reads every position it may).
     fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error>;
@@ -95,7 +98,13 @@ impl<A: BlockAttention> Backbone<A> {
 
     /// `[B, T, E]` → `[B, T, H]` (every timestep, after the final norm).
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        self.run(x, false)
+        self.run(x, Pass::All)
+    }
+
+    /// `[B, T, E]` of which the first `lengths[b]` frames are real →
+    /// `[B, T, H]`; real positions' outputs do not depend on the padding.
+    pub fn forward_padded(&self, x: Tensor<3>, lengths: &[usize]) -> Result<Tensor<3>, Error> {
+        self.run(x, Pass::Padded(lengths))
     }
 
     /// `[B, T, E]` → the last timestep `[B, 1, H]`, equal to the last row of
@@ -103,10 +112,10 @@ impl<A: BlockAttention> Backbone<A> {
     /// every position (as keys and values); its residual stream, FFN and
     /// the final norm run on the last position alone.
     pub fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
-        self.run(x, true)
+        self.run(x, Pass::Last)
     }
 
-    fn run(&self, x: Tensor<3>, last_only: bool) -> Result<Tensor<3>, Error> {
+    fn run(&self, x: Tensor<3>, pass: Pass) -> Result<Tensor<3>, Error> {
         check_input(&x, self.embed_dim, "the model")?;
         let mut x = match &self.input_projection {
             Some(p) => p.forward(x),
@@ -115,11 +124,13 @@ impl<A: BlockAttention> Backbone<A> {
         let n = self.blocks.len();
         for (i, block) in self.blocks.iter().enumerate() {
             let h = block.attn_norm.forward(x.clone());
-            let a = if last_only && i + 1 == n {
-                x = last_position(x);
-                block.attn.forward_last(h)?
-            } else {
-                block.attn.forward(h)?
+            let a = match pass {
+                Pass::Last if i + 1 == n => {
+                    x = last_position(x);
+                    block.attn.forward_last(h)?
+                }
+                Pass::Padded(lengths) => block.attn.forward_padded(h, lengths)?,
+                _ => block.attn.forward(h)?,
             };
             x = x.add(block.dropout.forward(a));
             let f = block.ffn.forward(block.ffn_norm.forward(x.clone()));
@@ -128,11 +139,22 @@ impl<A: BlockAttention> Backbone<A> {
                 x = self.inter_block_dropout.forward(x);
             }
         }
-        if last_only && n == 0 {
+        if matches!(pass, Pass::Last) && n == 0 {
             x = last_position(x);
         }
         Ok(self.final_norm.forward(x))
     }
+}
+
+/// Which outputs a backbone pass computes.
+#[derive(Clone, Copy)]
+enum Pass<'a> {
+    /// Every position.
+    All,
+    /// Every position, of which the first `lengths[b]` are real.
+    Padded(&'a [usize]),
+    /// The last position only.
+    Last,
 }
 
 impl<A: BlockAttention> Walk for Backbone<A> {
@@ -185,6 +207,14 @@ impl<A: BlockAttention> SequenceModel<A> {
     pub fn forward_all(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         check_len(&x, self.seq_len, &self.name)?;
         self.backbone.forward(x)
+    }
+
+    /// `[B, seq_len, embed_dim]` of which the first `lengths[b]` frames are
+    /// real → every timestep `[B, seq_len, hidden_size]`; real positions'
+    /// outputs do not depend on the padding.
+    pub fn forward_padded(&self, x: Tensor<3>, lengths: &[usize]) -> Result<Tensor<3>, Error> {
+        check_len(&x, self.seq_len, &self.name)?;
+        self.backbone.forward_padded(x, lengths)
     }
 
     /// `[B, seq_len, embed_dim]` → last timestep `[B, hidden_size]`.

@@ -29,6 +29,10 @@ impl ModelOptions for DualChunkConfig {
         (self.seq_len(), self.embed_dim)
     }
 
+    fn len_multiple(&self) -> usize {
+        self.chunk_size.max(1)
+    }
+
     fn with_len(&self, len: usize) -> Self {
         self.clone().with_seq_len(Some(len))
     }
@@ -132,6 +136,10 @@ impl DualChunkConfig {
 impl BlockAttention for DualChunkAttention {
     fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         DualChunkAttention::forward(self, x)
+    }
+
+    fn forward_padded(&self, x: Tensor<3>, lengths: &[usize]) -> Result<Tensor<3>, Error> {
+        DualChunkAttention::forward_padded(self, x, lengths)
     }
 
     fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {

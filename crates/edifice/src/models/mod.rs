@@ -77,6 +77,11 @@ pub trait ModelOptions: Sized {
     fn input_dims(&self) -> (usize, usize);
     /// The same config for sequences of `len` frames.
     fn with_len(&self, len: usize) -> Self;
+    /// What the sequence length must be a multiple of (a chunk size, a
+    /// ring's chunk count): data padded at the end is padded up to it.
+    fn len_multiple(&self) -> usize {
+        1
+    }
     /// The model, parameters not yet allocated (burn initialises them at
     /// first use).
     fn model(&self, device: &Device) -> Result<Model, Error>;
@@ -151,6 +156,13 @@ macro_rules! registry {
             pub fn input_dims(&self) -> (usize, usize) {
                 match self {
                     $( Self::$variant(c) => c.input_dims(), )*
+                }
+            }
+
+            /// What the sequence length must be a multiple of.
+            pub fn len_multiple(&self) -> usize {
+                match self {
+                    $( Self::$variant(c) => c.len_multiple(), )*
                 }
             }
 
@@ -235,6 +247,13 @@ impl ModelConfig {
     /// Builds a config from a JSON object with a `model` key. Unknown option
     /// names are errors, so a typo never silently falls back to a default.
     pub fn from_value(value: Value) -> Result<Self, Error> {
+        let config = Self::parse(value)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`from_value`](Self::from_value) without the final `validate`.
+    pub(crate) fn parse(value: Value) -> Result<Self, Error> {
         let Value::Object(mut options) = value else {
             return Err(Error::Config("a config must be a table of options".into()));
         };
@@ -291,9 +310,7 @@ impl ModelConfig {
             &format!("model `{model}`"),
             info.enum_options,
         )?;
-        let config = defaults.reparse(merged)?;
-        config.validate()?;
-        Ok(config)
+        defaults.reparse(merged)
     }
 
     /// The config as a JSON object, `model` key included, that
@@ -386,6 +403,29 @@ impl Model {
     /// `[B, seq_len, embed_dim]` → `[B, seq_len, output_size]`.
     pub fn forward_all(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         each_model!(self, m => m.forward_all(x))
+    }
+
+    /// `[B, seq_len, embed_dim]` of which the first `lengths[b]` frames are
+    /// real, the rest padding → `[B, seq_len, output_size]`; the outputs at
+    /// real positions do not depend on the padding. sliding_window, hybrid
+    /// and hybrid_mlp are causal by construction, and ring, dual_chunk with
+    /// `strict_causal` and shifted_sparse with `causal` by configuration:
+    /// no real position reads a later one. Non-causal shifted_sparse cuts
+    /// its attention at each sequence's end; dual_chunk's chunk summaries
+    /// average real positions only.
+    pub fn forward_padded(&self, x: Tensor<3>, lengths: &[usize]) -> Result<Tensor<3>, Error> {
+        let [b, t, _] = x.dims();
+        if lengths.len() != b || lengths.iter().any(|&n| n == 0 || n > t) {
+            return Err(Error::Shape(format!(
+                "lengths {lengths:?} for a batch of {b} sequences of {t} frames (each needs 1..={t})"
+            )));
+        }
+        match self {
+            Model::DualChunk(m) => m.forward_padded(x, lengths),
+            Model::ShiftedSparse(m) | Model::Ring(m) => m.forward_padded(x, lengths),
+            Model::SlidingWindow(m) => m.forward_all(x),
+            Model::Hybrid(m) => m.forward_all(x),
+        }
     }
 }
 

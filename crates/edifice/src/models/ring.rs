@@ -28,6 +28,10 @@ impl ModelOptions for RingConfig {
         (self.window_size, self.embed_dim)
     }
 
+    fn len_multiple(&self) -> usize {
+        self.num_chunks.max(1)
+    }
+
     fn with_len(&self, len: usize) -> Self {
         self.clone().with_window_size(len)
     }
@@ -115,6 +119,10 @@ impl RingConfig {
 impl BlockAttention for PatternAttention {
     fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         PatternAttention::forward(self, x)
+    }
+
+    fn forward_padded(&self, x: Tensor<3>, lengths: &[usize]) -> Result<Tensor<3>, Error> {
+        PatternAttention::forward_padded(self, x, lengths)
     }
 
     fn forward_last(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::models::{model_info, overlay};
-use crate::tasks::TaskConfig;
+use crate::tasks::{TaskConfig, TaskKind};
 use crate::{Error, ModelConfig};
 
 /// Optimisation settings.
@@ -114,7 +114,7 @@ impl RunConfig {
             )));
         }
         let task_defaults = serde_json::to_value(TaskConfig::new()).expect("serialisable");
-        let task: TaskConfig =
+        let mut task: TaskConfig =
             serde_json::from_value(overlay(object(task_defaults), task, "[task]", &["kind"])?)
                 .map_err(|e| Error::Config(format!("bad [task] options: {e}")))?;
         task.validate()?;
@@ -150,15 +150,16 @@ impl RunConfig {
                 )));
             }
         }
-        let model = Self::model_for(model, &task)?;
+        let model = Self::model_for(model, &mut task)?;
         Ok(Self { model, task, train })
     }
 
     /// The `[model]` table, with the task's width and length filled in (or
-    /// checked when given).
+    /// checked when given). Recorded data is padded at the end, so a data
+    /// task's length is rounded up to what the model takes.
     fn model_for(
         mut model: serde_json::Map<String, Value>,
-        task: &TaskConfig,
+        task: &mut TaskConfig,
     ) -> Result<ModelConfig, Error> {
         if !model.contains_key("model") {
             let defaults = default_model();
@@ -172,11 +173,17 @@ impl RunConfig {
             .and_then(model_info)
             .map_or("seq_len", |info| info.length_key);
         model.entry("embed_dim").or_insert(task.embed_dim.into());
+        let length_given = model.contains_key(len_key);
         model.entry(len_key).or_insert(task.seq_len.into());
         if model.get("model").and_then(Value::as_str) == Some("sliding_window") {
             model.entry("window_size").or_insert(task.seq_len.into());
         }
-        let config = ModelConfig::from_value(Value::Object(model))?;
+        let mut config = ModelConfig::parse(Value::Object(model))?;
+        if task.kind == TaskKind::Data && !length_given {
+            task.seq_len = task.seq_len.next_multiple_of(config.len_multiple());
+            config = config.with_seq_len(task.seq_len);
+        }
+        config.validate()?;
         if config.input_dims() != (task.seq_len, task.embed_dim) {
             return Err(Error::Config(format!(
                 "the model takes [seq_len, embed_dim] = {:?} but the task makes {:?}",

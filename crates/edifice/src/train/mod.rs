@@ -72,13 +72,8 @@ impl Classifier {
         let Some(lengths) = lengths.filter(|l| l.iter().any(|&n| n != t)) else {
             return self.forward(x);
         };
-        if lengths.len() != b || lengths.iter().any(|&n| n == 0 || n > t) {
-            return Err(Error::Shape(format!(
-                "lengths {lengths:?} for a batch of {b} sequences of {t} frames"
-            )));
-        }
         let device = x.device();
-        let all = self.model.forward_all(x)?;
+        let all = self.model.forward_padded(x, lengths)?;
         let o = all.dims()[2];
         let last: Vec<i64> = lengths.iter().map(|&n| n as i64 - 1).collect();
         let index = Tensor::<1, Int>::from_data(TensorData::new(last, [b]), &device)
@@ -203,19 +198,21 @@ impl Trainer {
         })
     }
 
-    /// Trains on `data` (a run whose task kind is `data`, sized by it).
+    /// Trains on `data` (a run whose task kind is `data`, as wide as it and
+    /// at least as long: shorter sequences are padded to the run's length).
     pub fn with_data(mut self, data: DataRun) -> Result<Self, Error> {
         let [_, t, e] = data.train.dims;
         let task = &self.run.task;
         if task.kind != TaskKind::Data
-            || (task.seq_len, task.embed_dim, task.classes) != (t, e, data.classes.len())
+            || task.seq_len < t
+            || (task.embed_dim, task.classes) != (e, data.classes.len())
         {
             return Err(Error::Config(format!(
                 "the run's task ({:?}, seq_len {}, embed_dim {}, {} classes) does not fit the data ({t} frames, {e} features, {} classes)",
                 task.kind, task.seq_len, task.embed_dim, task.classes, data.classes.len()
             )));
         }
-        self.data = Some(Arc::new(data));
+        self.data = Some(Arc::new(data.padded(task.seq_len)));
         Ok(self)
     }
 
