@@ -98,10 +98,16 @@ impl Loaded {
         Ok(counts.iter().map(|&c| n / (k * c as f32)).collect())
     }
 
-    /// `(seq_len, embed_dim, classes)` of the run's task.
-    pub fn task(&self) -> (usize, usize, usize) {
+    /// The run's `[task]` table: kind `data`, the length and width of the
+    /// patched sequences, and the head (classes, or regression targets).
+    pub fn task(&self) -> serde_json::Value {
         let [_, t, e] = self.train.dims;
-        (t.div_ceil(self.patch), e * self.patch, self.train.outputs())
+        let head = match self.train.y {
+            Targets::Classes { .. } => "classes",
+            Targets::Values { .. } => "values",
+        };
+        serde_json::json!({"kind": "data", "seq_len": t.div_ceil(self.patch),
+                           "embed_dim": e * self.patch, "classes": self.train.outputs(), "head": head})
     }
 
     /// Gives `trainer` the data, standardised with the checkpoint's
@@ -115,18 +121,13 @@ impl Loaded {
                 r.patch
             );
         }
-        let run = DataRun::new(
-            self.train,
-            self.val,
-            restored.as_ref().map(|r| r.normalizer.clone()),
-            self.patch,
-        )?;
+        let run = DataRun::new(self.train, self.val, restored.as_ref(), self.patch)?;
         if let Some(r) = restored {
             anyhow::ensure!(
-                r.classes == run.classes,
+                r.classes == run.meta.classes,
                 "the checkpoint was trained on classes {:?}, the data has {:?}",
                 r.classes,
-                run.classes
+                run.meta.classes
             );
         }
         let trainer = trainer.with_data(run)?;

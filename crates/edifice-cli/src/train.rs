@@ -86,11 +86,11 @@ fn run_config(args: &TrainArgs, data: Option<&Loaded>) -> Result<RunConfig> {
     set("task", "kind", args.task.clone().map(Into::into));
     set("task", "seq_len", args.seq_len.map(Into::into));
     if let Some(data) = data {
-        let (t, e, k) = data.task();
-        set("task", "kind", Some("data".into()));
-        set("task", "seq_len", Some(t.into()));
-        set("task", "embed_dim", Some(e.into()));
-        set("task", "classes", Some(k.into()));
+        if let Value::Object(task) = data.task() {
+            for (key, v) in task {
+                set("task", &key, Some(v));
+            }
+        }
         if args.data.class_weights.is_some() {
             set(
                 "train",
@@ -211,14 +211,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let stats = trainer.train_step()?;
         let smooth = |avg: Option<f64>, x: f64| Some(avg.map_or(x, |a| 0.9 * a + 0.1 * x));
         loss_avg = smooth(loss_avg, stats.loss);
-        acc_avg = smooth(acc_avg, stats.accuracy);
+        if let Some(accuracy) = stats.accuracy {
+            acc_avg = smooth(acc_avg, accuracy);
+        }
         let secs = started.elapsed().as_secs_f64();
         let throughput = (trainer.step - first_step) as f64 * batch / secs.max(1e-9);
         bar.set_position(trainer.step as u64);
+        let acc = acc_avg.map_or(String::new(), |a| format!("  acc {a:.3}"));
         bar.set_message(format!(
-            "loss {:.3}  acc {:.3}  {:.0} seq/s",
+            "loss {:.3}{acc}  {:.0} seq/s",
             loss_avg.unwrap_or(0.0),
-            acc_avg.unwrap_or(0.0),
             throughput
         ));
         log_line(
@@ -243,10 +245,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     &args.out.join("curves.png"),
                 )?;
             }
-            let line = format!(
-                "step {}/{steps}: eval loss {:.4}, accuracy {:.3}",
-                trainer.step, eval.loss, eval.accuracy
-            );
+            let line = format!("step {}/{steps}: eval {eval}", trainer.step);
             match (root, args.quiet) {
                 (false, _) => {}
                 (true, true) => println!("{line}"),
@@ -259,7 +258,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         if early.exhausted() {
             bar.println(format!(
-                "early stop at step {}: no better validation accuracy in {} evaluations",
+                "early stop at step {}: no better validation score in {} evaluations",
                 trainer.step, args.data.patience
             ));
             break;
@@ -286,31 +285,29 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "done: {} steps of {} on {} (seq_len {}) in {:.1} s; held-out accuracy {:.3}, loss {:.4}; checkpoint {} (curves.png beside it)",
+        "done: {} steps of {} on {} (seq_len {}) in {:.1} s; held-out {eval}; checkpoint {} (curves.png beside it)",
         trainer.step,
         trainer.run.model.name(),
         trainer.run.task.kind.name(),
         trainer.run.task.seq_len,
         started.elapsed().as_secs_f64(),
-        eval.accuracy,
-        eval.loss,
         checkpoint.display()
     );
     if let Some(test) = test {
         let stats = score(&best, &test)?;
+        let validation = early
+            .best
+            .map_or(String::new(), |b| format!(" (validation {b})"));
         println!(
-            "test: accuracy {:.4}, loss {:.4} on {} sequences with the best checkpoint {} (validation accuracy {:.3})",
-            stats.accuracy,
-            stats.loss,
+            "test: {stats} on {} sequences with the best checkpoint {}{validation}",
             test.len(),
             best.display(),
-            early.best.map_or(0.0, |b| b.accuracy)
         );
     }
     Ok(())
 }
 
-/// Early stopping on the validation accuracy (ties go to the lower loss).
+/// Early stopping on the validation score ([`Stats::better_than`]).
 struct EarlyStop {
     patience: usize,
     best: Option<Stats>,
@@ -328,9 +325,7 @@ impl EarlyStop {
 
     /// Records an evaluation; true when it is the best so far.
     fn improved(&mut self, eval: Stats) -> bool {
-        let better = self.best.is_none_or(|b| {
-            eval.accuracy > b.accuracy || (eval.accuracy == b.accuracy && eval.loss < b.loss)
-        });
+        let better = self.best.is_none_or(|b| eval.better_than(&b));
         if better {
             self.best = Some(eval);
             self.since = 0;
@@ -380,13 +375,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{} after {} steps on {} (seq_len {}): held-out accuracy {:.3}, loss {:.4} over {} batches of {}",
+            "{} after {} steps on {} (seq_len {}): held-out {stats} over {} batches of {}",
             run.model.name(),
             trainer.step,
             run.task.kind.name(),
             run.task.seq_len,
-            stats.accuracy,
-            stats.loss,
             run.train.eval_batches,
             run.train.batch_size
         );

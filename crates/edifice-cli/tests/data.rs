@@ -205,3 +205,81 @@ fn malformed_files_give_one_line_naming_file_and_line() {
         assert!(lines.len() <= 3, "{err}");
     }
 }
+
+/// A regression set: each sequence rises or falls at its own rate `s`
+/// around 50, its target `10·s`; 6 to 12 frames.
+fn regression_csv(n: usize, seed: u32) -> String {
+    let rates = data(n, seed);
+    let noise = data(n * 12, seed + 1);
+    let mut s = String::from("sequence,y0,f0\n");
+    for i in 0..n {
+        for t in 0..6 + i % 7 {
+            let v = 50.0 + rates[i] * t as f32 + 0.05 * noise[i * 12 + t];
+            writeln!(s, "s{i},{},{v}", 10.0 * rates[i]).unwrap();
+        }
+    }
+    s
+}
+
+#[test]
+fn a_regression_set_trains_predicts_and_scores() {
+    let dir = Dir::new("data-regression");
+    std::fs::write(dir.path("train.csv"), regression_csv(96, 5)).unwrap();
+    std::fs::write(dir.path("test.csv"), regression_csv(40, 7)).unwrap();
+    let (train, test, out) = (dir.path("train.csv"), dir.path("test.csv"), dir.path("run"));
+    let text = run_ok(&[
+        "train",
+        "--quiet",
+        "--steps",
+        "300",
+        "--batch-size",
+        "16",
+        "--data",
+        train.to_str().unwrap(),
+        "--test",
+        test.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(text.contains("test: loss (mean squared error)"), "{text}");
+    let best = out.join("best.safetensors");
+    let eval = run_ok(&[
+        "eval",
+        best.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--json",
+    ]);
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    let r2 = eval["r2"].as_f64().unwrap();
+    assert!(r2 > 0.8, "{eval}\n{text}");
+    // Predictions come back in the targets' units: their errors are eval's.
+    let csv_out = dir.path("p.csv");
+    run_ok(&[
+        "predict",
+        best.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--output",
+        csv_out.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&csv_out).unwrap();
+    assert!(text.starts_with("index,y0\n"), "{text}");
+    let rates = data(40, 7);
+    let predicted: Vec<f64> = text
+        .lines()
+        .skip(1)
+        .map(|row| row.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(predicted.len(), 40);
+    let mse = predicted
+        .iter()
+        .zip(&rates)
+        .map(|(p, &r)| (p - 10.0 * r as f64).powi(2))
+        .sum::<f64>()
+        / 40.0;
+    assert!(
+        (mse - eval["mse"].as_f64().unwrap()).abs() < 1e-3 * mse.max(1.0),
+        "{mse} vs {eval}"
+    );
+}

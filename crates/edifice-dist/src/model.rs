@@ -21,7 +21,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 use edifice::kernel::{AttnGrads, Schedule, SequenceParallel};
-use edifice::train::{Classifier, Parallelism, Stats, Trainer};
+use edifice::train::{Classifier, Parallelism, Stats, Target, Trainer};
 use edifice::{weights, Error, Model, ModelConfig};
 use edifice_kernels::{Attention, Pattern, PatternKind};
 
@@ -250,7 +250,7 @@ impl Parallelism for SpreadTraining {
         model: &Classifier,
         x: Tensor<3>,
         lengths: Option<&[usize]>,
-        y: Tensor<1, Int>,
+        y: Target,
         device: &Device,
     ) -> Result<(Tensor<1>, Stats), Error> {
         let t = x.dims()[1];
@@ -263,11 +263,12 @@ impl Parallelism for SpreadTraining {
         let (owner, row) = spread.last();
         let local = spread.forward_local(&model.model, x).map_err(dist)?;
         let [b, _, h] = local.dims();
+        // The loss, and the accuracy or NaN for a regression head.
         let mut stats = [0.0f64; 2];
         let loss = if spread.comm.rank() == owner {
             let last = local.narrow(1, row, 1).reshape([b, h]);
-            let (loss, accuracy) = Trainer::stats(model.head.forward(last), y, device);
-            stats = [loss.clone().into_scalar::<f32>() as f64, accuracy];
+            let (loss, s) = Trainer::score(model.head.forward(last), y, None, device);
+            stats = [s.loss, s.accuracy.unwrap_or(f64::NAN)];
             loss
         } else {
             // Zero times the outputs: no loss here, but every attention
@@ -279,7 +280,7 @@ impl Parallelism for SpreadTraining {
             loss,
             Stats {
                 loss: stats[0],
-                accuracy: stats[1],
+                accuracy: Some(stats[1]).filter(|a| !a.is_nan()),
             },
         ))
     }

@@ -51,6 +51,25 @@ impl TaskKind {
     }
 }
 
+/// What a run's head predicts.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// One of `classes` labels: logits, cross-entropy, accuracy.
+    Classes,
+    /// `classes` real numbers (standardised on the training split): mean
+    /// squared error.
+    Values,
+}
+
+/// What a batch's samples should give.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Labels {
+    /// A class in `0..classes` per sample, `[B]`.
+    Classes(Vec<i64>),
+    /// Regression targets, `[B, K]` row-major.
+    Values(Vec<f32>),
+}
+
 /// Training or held-out data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
@@ -72,9 +91,12 @@ pub struct TaskConfig {
     /// Features per frame.
     #[config(default = 16)]
     pub embed_dim: usize,
-    /// Number of labels.
+    /// Number of labels (with `head = values`: of regression targets).
     #[config(default = 8)]
     pub classes: usize,
+    /// What the head predicts (built-in tasks: classes).
+    #[config(default = "Head::Classes")]
+    pub head: Head,
     /// Lookback: number of distinct offsets.
     #[config(default = 4)]
     pub offsets: usize,
@@ -83,13 +105,13 @@ pub struct TaskConfig {
     pub pairs: usize,
 }
 
-/// A batch: `x [B, T, E]` row-major and labels `y [B]`.
+/// A batch: `x [B, T, E]` row-major and what each sample should give.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     /// Inputs.
     pub x: Vec<f32>,
-    /// Labels in `0..classes`.
-    pub y: Vec<i64>,
+    /// Labels or targets.
+    pub y: Labels,
     /// `[B, T, E]`.
     pub dims: [usize; 3],
 }
@@ -134,8 +156,16 @@ impl TaskConfig {
             TaskKind::Frames => self.classes + 1,
             TaskKind::Data => 1,
         };
-        if self.classes < 2 {
-            return Err(Error::Config("a task needs at least 2 classes".into()));
+        match self.head {
+            Head::Classes if self.classes < 2 => {
+                return Err(Error::Config("a task needs at least 2 classes".into()))
+            }
+            Head::Values if self.classes < 1 || self.kind != TaskKind::Data => {
+                return Err(Error::Config(
+                    "a regression head needs task kind `data` and at least 1 target".into(),
+                ))
+            }
+            _ => {}
         }
         if self.embed_dim < need {
             return Err(Error::Config(format!(
@@ -190,7 +220,7 @@ impl TaskConfig {
         }
         Batch {
             x,
-            y,
+            y: Labels::Classes(y),
             dims: [batch, t, e],
         }
     }

@@ -1,7 +1,7 @@
 //! Training: tasks are deterministic, a resumed run equals an uninterrupted
 //! one bit for bit, and bad run configs or checkpoints are refused clearly.
 
-use edifice::tasks::{Split, TaskConfig, TaskKind};
+use edifice::tasks::{Labels, Split, TaskConfig, TaskKind};
 use edifice::train::{RunConfig, Trainer};
 use edifice::weights;
 
@@ -49,7 +49,10 @@ fn tasks_are_deterministic_and_labelled() {
         assert_ne!(a, task.batch(7, Split::Eval, 3, 5), "{kind:?}");
         assert_ne!(a, task.batch(7, Split::Train, 4, 5), "{kind:?}");
         assert_eq!(a.dims, [5, 40, 30]);
-        assert!(a.y.iter().all(|&y| (0..6).contains(&y)));
+        let Labels::Classes(y) = &a.y else {
+            panic!("built-in tasks have classes")
+        };
+        assert!(y.iter().all(|&y| (0..6).contains(&y)));
     }
     // Lookback's label really is the class of the frame k steps back.
     let task = TaskConfig::new()
@@ -59,7 +62,10 @@ fn tasks_are_deterministic_and_labelled() {
         .with_offsets(3);
     let offsets = task.lookback_offsets();
     let b = task.batch(1, Split::Train, 0, 8);
-    for (i, &y) in b.y.iter().enumerate() {
+    let Labels::Classes(labels) = &b.y else {
+        panic!("built-in tasks have classes")
+    };
+    for (i, &y) in labels.iter().enumerate() {
         let frame = |t: usize| &b.x[(i * 20 + t) * 12..(i * 20 + t + 1) * 12];
         let pick = (0..3).find(|&m| frame(19)[4 + m] == 1.0).unwrap();
         let back = frame(19 - offsets[pick]);

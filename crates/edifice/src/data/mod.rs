@@ -295,15 +295,31 @@ impl Normalizer {
     /// Fits the statistics on the real (unpadded) frames of `data`.
     pub fn fit(data: &Dataset) -> Self {
         let [_, t, e] = data.dims;
-        let (mut sum, mut sq, mut count) = (vec![0.0f64; e], vec![0.0f64; e], 0usize);
-        for (s, &len) in data.lengths.iter().enumerate() {
-            for frame in data.x[s * t * e..].chunks_exact(e).take(len) {
-                for (f, &v) in frame.iter().enumerate() {
-                    sum[f] += v as f64;
-                    sq[f] += (v as f64) * (v as f64);
-                }
+        let frames = (data.lengths.iter().enumerate())
+            .flat_map(|(s, &len)| data.x[s * t * e..].chunks_exact(e).take(len));
+        Self::fit_rows(frames, e)
+    }
+
+    /// Fits the statistics of regression targets `[N, width]`, if `data`
+    /// has them.
+    pub fn fit_targets(data: &Dataset) -> Option<Self> {
+        match &data.y {
+            Targets::Values { values, width } => {
+                Some(Self::fit_rows(values.chunks_exact(*width), *width))
             }
-            count += len;
+            Targets::Classes { .. } => None,
+        }
+    }
+
+    /// Per-column statistics of rows of `width` values.
+    fn fit_rows<'a>(rows: impl Iterator<Item = &'a [f32]>, width: usize) -> Self {
+        let (mut sum, mut sq, mut count) = (vec![0.0f64; width], vec![0.0f64; width], 0usize);
+        for row in rows {
+            for (f, &v) in row.iter().enumerate() {
+                sum[f] += v as f64;
+                sq[f] += (v as f64) * (v as f64);
+            }
+            count += 1;
         }
         let n = count.max(1) as f64;
         let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
@@ -336,12 +352,28 @@ impl Normalizer {
         }
         for (s, &len) in data.lengths.iter().enumerate() {
             for frame in data.x[s * t * e..].chunks_exact_mut(e).take(len) {
-                for ((v, m), sd) in frame.iter_mut().zip(&self.mean).zip(&self.std) {
-                    *v = (*v - m) / sd;
-                }
+                self.standardise(frame);
             }
         }
         Ok(())
+    }
+
+    /// `(v - mean) / std` on rows of as many values as the statistics have.
+    pub fn standardise(&self, rows: &mut [f32]) {
+        for row in rows.chunks_exact_mut(self.mean.len()) {
+            for ((v, m), sd) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *v = (*v - m) / sd;
+            }
+        }
+    }
+
+    /// The inverse of [`standardise`](Self::standardise): `v · std + mean`.
+    pub fn restore(&self, rows: &mut [f32]) {
+        for row in rows.chunks_exact_mut(self.mean.len()) {
+            for ((v, m), sd) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *v = *v * sd + m;
+            }
+        }
     }
 }
 

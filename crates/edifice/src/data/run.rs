@@ -10,46 +10,42 @@
 use serde_json::{json, Value};
 
 use super::{Dataset, Normalizer, Targets};
-use crate::tasks::{Batch, Rng};
+use crate::tasks::{Batch, Labels, Rng};
 use crate::Error;
 
-/// Normalised, padded splits of a classification data set.
+/// Normalised, padded splits of a data set, and what was fitted on them.
 #[derive(Clone, Debug)]
 pub struct DataRun {
     /// Training sequences.
     pub train: Dataset,
     /// Held-out sequences (early stopping).
     pub val: Dataset,
-    /// The statistics both were standardised with.
-    pub normalizer: Normalizer,
-    /// Class names, in label order.
-    pub classes: Vec<String>,
-    /// Frames per token ([`Dataset::patched`]), applied after
-    /// standardisation.
-    pub patch: usize,
+    /// The statistics both were standardised with, the classes, the patch.
+    pub meta: DataMeta,
 }
 
 impl DataRun {
-    /// Standardises `train` and `val` with `normalizer` (fitted on `train`
-    /// when None), pads `val` to `train`'s length and groups both into
+    /// Standardises `train` and `val` (inputs, and regression targets) with
+    /// the statistics of `fitted` (a resumed run's checkpoint; else fitted
+    /// on `train`), pads `val` to `train`'s length and groups both into
     /// patches of `patch` frames.
     pub fn new(
-        mut train: Dataset,
+        train: Dataset,
         val: Dataset,
-        normalizer: Option<Normalizer>,
+        fitted: Option<&DataMeta>,
         patch: usize,
     ) -> Result<Self, Error> {
-        let classes = class_names(&train)?;
-        let normalizer = normalizer.unwrap_or_else(|| Normalizer::fit(&train));
-        normalizer.apply(&mut train)?;
-        let frames = train.dims[1];
-        let val = prepare(val, &normalizer, frames, &classes)?.patched(patch);
+        let meta = DataMeta {
+            normalizer: fitted.map_or_else(|| Normalizer::fit(&train), |f| f.normalizer.clone()),
+            targets: fitted.map_or_else(|| Normalizer::fit_targets(&train), |f| f.targets.clone()),
+            classes: class_names(&train),
+            patch: patch.max(1),
+        };
+        let tokens = train.dims[1].div_ceil(meta.patch);
         Ok(Self {
-            train: train.patched(patch),
-            val,
-            normalizer,
-            classes,
-            patch,
+            train: meta.prepare(train, tokens)?,
+            val: meta.prepare(val, tokens)?,
+            meta,
         })
     }
 
@@ -64,16 +60,7 @@ impl DataRun {
     /// `data` standardised, padded and patched like the training split,
     /// its classes checked against the run's (a test set).
     pub fn prepare(&self, data: Dataset) -> Result<Dataset, Error> {
-        self.restored().prepare(data, self.train.dims[1])
-    }
-
-    /// What a checkpoint of this run records.
-    pub fn restored(&self) -> Restored {
-        Restored {
-            normalizer: self.normalizer.clone(),
-            classes: self.classes.clone(),
-            patch: self.patch,
-        }
+        self.meta.prepare(data, self.train.dims[1])
     }
 
     /// Training batch `step` of `size` sequences and their lengths.
@@ -100,14 +87,81 @@ impl DataRun {
             batch(&data.select(&rows))
         })
     }
+}
 
-    /// What a checkpoint records: the statistics and the classes.
-    pub fn to_meta(&self) -> Value {
-        json!({"mean": self.normalizer.mean, "std": self.normalizer.std, "classes": self.classes, "patch": self.patch})
+/// What a run on data fitted and chose, and a checkpoint records besides
+/// its weights: everything that prepares other data like its training split.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataMeta {
+    /// The training split's per-feature statistics.
+    pub normalizer: Normalizer,
+    /// The training split's regression-target statistics (None: classes).
+    pub targets: Option<Normalizer>,
+    /// Class names, in label order (empty for regression targets).
+    pub classes: Vec<String>,
+    /// Frames per token.
+    pub patch: usize,
+}
+
+impl DataMeta {
+    /// `data` as the run's model takes it: standardised (inputs and
+    /// regression targets), padded and patched into `tokens` tokens, its
+    /// classes or target width checked.
+    pub fn prepare(&self, mut data: Dataset, tokens: usize) -> Result<Dataset, Error> {
+        let (frames, e) = (tokens * self.patch, self.normalizer.mean.len());
+        if data.dims[2] != e {
+            return Err(Error::Data(format!(
+                "{} features, the training data has {e}",
+                data.dims[2]
+            )));
+        }
+        if data.dims[1] > frames {
+            return Err(Error::Data(format!(
+                "sequences of up to {} frames, longer than the training data's {frames}",
+                data.dims[1]
+            )));
+        }
+        match (&mut data.y, &self.targets) {
+            (Targets::Values { values, width }, Some(targets)) if *width == targets.mean.len() => {
+                targets.standardise(values)
+            }
+            (Targets::Classes { names, .. }, None) if *names != self.classes => {
+                return Err(Error::Data(format!(
+                    "classes {names:?} differ from the training data's {:?}",
+                    self.classes
+                )))
+            }
+            (Targets::Classes { .. }, None) => {}
+            _ => {
+                return Err(Error::Data(format!(
+                    "{} where the training data has {}",
+                    describe(&data.y),
+                    self.targets
+                        .as_ref()
+                        .map_or("class labels".into(), |t| format!(
+                            "{} regression targets",
+                            t.mean.len()
+                        ))
+                )))
+            }
+        }
+        self.normalizer.apply(&mut data)?;
+        Ok(data.padded(frames).patched(self.patch))
     }
 
-    /// The statistics, classes and patch of [`to_meta`](Self::to_meta).
-    pub fn from_meta(meta: &Value) -> Result<Restored, Error> {
+    /// What a checkpoint records.
+    pub fn to_meta(&self) -> Value {
+        let mut meta = json!({"mean": self.normalizer.mean, "std": self.normalizer.std,
+                              "classes": self.classes, "patch": self.patch});
+        if let Some(t) = &self.targets {
+            meta["target_mean"] = json!(t.mean);
+            meta["target_std"] = json!(t.std);
+        }
+        meta
+    }
+
+    /// What [`to_meta`](Self::to_meta) recorded.
+    pub fn from_meta(meta: &Value) -> Result<Self, Error> {
         let floats = |k: &str| -> Option<Vec<f32>> {
             meta.get(k)?
                 .as_array()?
@@ -115,16 +169,23 @@ impl DataRun {
                 .map(|v| v.as_f64().map(|f| f as f32))
                 .collect()
         };
+        let stats = |mean: Option<Vec<f32>>, std: Option<Vec<f32>>| match (mean, std) {
+            (Some(mean), Some(std)) if mean.len() == std.len() => Some(Normalizer { mean, std }),
+            _ => None,
+        };
         let classes: Option<Vec<String>> = meta
             .get("classes")
             .and_then(Value::as_array)
             .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect());
         let patch = meta.get("patch").and_then(Value::as_u64).unwrap_or(1) as usize;
-        match (floats("mean"), floats("std"), classes) {
-            (Some(mean), Some(std), Some(classes)) if mean.len() == std.len() => Ok(Restored {
-                normalizer: Normalizer { mean, std },
+        let targets = stats(floats("target_mean"), floats("target_std"));
+        let has_targets = meta.get("target_mean").is_some();
+        match (stats(floats("mean"), floats("std")), classes) {
+            (Some(normalizer), Some(classes)) if has_targets == targets.is_some() => Ok(Self {
+                normalizer,
+                targets,
                 classes,
-                patch,
+                patch: patch.max(1),
             }),
             _ => Err(Error::Checkpoint(format!(
                 "bad data statistics in the checkpoint: {meta}"
@@ -133,63 +194,19 @@ impl DataRun {
     }
 }
 
-/// What a checkpoint of a run on data records besides its weights.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Restored {
-    /// The training split's statistics.
-    pub normalizer: Normalizer,
-    /// Class names, in label order.
-    pub classes: Vec<String>,
-    /// Frames per token.
-    pub patch: usize,
-}
-
-impl Restored {
-    /// `data` as the run's model takes it: standardised, padded and
-    /// patched into `tokens` frames, its classes checked.
-    pub fn prepare(&self, data: Dataset, tokens: usize) -> Result<Dataset, Error> {
-        let frames = tokens * self.patch;
-        Ok(prepare(data, &self.normalizer, frames, &self.classes)?.patched(self.patch))
-    }
-}
-
-fn class_names(data: &Dataset) -> Result<Vec<String>, Error> {
+/// Class names of `data` in label order (none for regression targets).
+fn class_names(data: &Dataset) -> Vec<String> {
     match &data.y {
-        Targets::Classes { names, .. } => Ok(names.clone()),
-        Targets::Values { .. } => Err(Error::Data(
-            "regression targets (real-valued y) are not trained yet: give class labels".into(),
-        )),
+        Targets::Classes { names, .. } => names.clone(),
+        Targets::Values { .. } => Vec::new(),
     }
 }
 
-/// `data` standardised and padded to `t` frames.
-fn prepare(
-    mut data: Dataset,
-    norm: &Normalizer,
-    t: usize,
-    classes: &[String],
-) -> Result<Dataset, Error> {
-    let e = norm.mean.len();
-    if data.dims[2] != e {
-        return Err(Error::Data(format!(
-            "{} features, the training data has {e}",
-            data.dims[2]
-        )));
+fn describe(y: &Targets) -> String {
+    match y {
+        Targets::Classes { .. } => "class labels".into(),
+        Targets::Values { width, .. } => format!("{width} regression targets"),
     }
-    if data.dims[1] > t {
-        return Err(Error::Data(format!(
-            "sequences of up to {} frames, longer than the training data's {t}",
-            data.dims[1]
-        )));
-    }
-    if class_names(&data)? != classes {
-        return Err(Error::Data(format!(
-            "classes {:?} differ from the training data's {classes:?}",
-            class_names(&data)?
-        )));
-    }
-    norm.apply(&mut data)?;
-    Ok(data.padded(t))
 }
 
 /// `0..n` in the order of `(seed, epoch)`.
@@ -204,8 +221,10 @@ fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 
 fn batch(data: &Dataset) -> (Batch, Vec<usize>) {
     let y = match &data.y {
-        Targets::Classes { labels, .. } => labels.iter().map(|&l| l as i64).collect(),
-        Targets::Values { .. } => Vec::new(),
+        Targets::Classes { labels, .. } => {
+            Labels::Classes(labels.iter().map(|&l| l as i64).collect())
+        }
+        Targets::Values { values, .. } => Labels::Values(values.clone()),
     };
     (
         Batch {
@@ -225,16 +244,19 @@ pub fn split(data: &Dataset, fraction: f64, seed: u64) -> Result<(Dataset, Datas
             "--val-split must be in (0, 1), got {fraction}"
         )));
     }
-    let Targets::Classes { labels, names } = &data.y else {
-        return Err(Error::Data("regression targets are not trained yet".into()));
+    // Classes are split one by one (stratified); regression targets as one
+    // group.
+    let groups: Vec<usize> = match &data.y {
+        Targets::Classes { labels, .. } => labels.clone(),
+        Targets::Values { .. } => vec![0; data.len()],
     };
     let order = shuffled(data.len(), seed, u64::MAX);
     let (mut train, mut val) = (Vec::new(), Vec::new());
-    for class in 0..names.len() {
+    for group in 0..data.outputs().max(1) {
         let rows: Vec<usize> = order
             .iter()
             .copied()
-            .filter(|&r| labels[r] == class)
+            .filter(|&r| groups[r] == group)
             .collect();
         let take = if rows.len() >= 2 {
             ((rows.len() as f64 * fraction).round() as usize).max(1)

@@ -187,10 +187,40 @@ fn a_checkpoint_restores_the_statistics_classes_and_patch() {
     trainer.save(&path).unwrap();
     let loaded = crate::train::Trainer::load(&path, None).unwrap();
     std::fs::remove_file(&path).unwrap();
-    let restored = loaded.restored.unwrap();
+    assert_eq!(loaded.restored.unwrap(), run.meta);
+    assert_eq!(run.meta.patch, 2);
+}
+
+#[test]
+fn regression_targets_are_standardised_and_recorded() {
+    let mut data = ts::read(TS, "t.ts").unwrap();
+    data.y = Targets::Values {
+        values: vec![10.0, -1.0, 30.0, -3.0],
+        width: 2,
+    };
+    let run = run::DataRun::new(data.clone(), data.clone(), None, 1).unwrap();
+    let targets = run.meta.targets.clone().unwrap();
     assert_eq!(
-        (restored.normalizer, restored.classes, restored.patch),
-        (run.normalizer, run.classes, 2)
+        (targets.mean.clone(), targets.std.clone()),
+        (vec![20.0, -2.0], vec![10.0, 1.0])
+    );
+    let Targets::Values { values, .. } = &run.train.y else {
+        panic!("values expected");
+    };
+    assert_eq!(values, &vec![-1.0, 1.0, 1.0, -1.0]);
+    // The checkpoint's metadata gives the same statistics back; a half
+    // written pair of target statistics is refused.
+    let meta = run.meta.to_meta();
+    assert_eq!(run::DataMeta::from_meta(&meta).unwrap(), run.meta);
+    let mut broken = meta.clone();
+    broken.as_object_mut().unwrap().remove("target_std");
+    assert!(run::DataMeta::from_meta(&broken).is_err());
+    // Class labels where the run has targets are refused.
+    let labelled = ts::read(TS, "t.ts").unwrap();
+    let err = run.prepare(labelled).unwrap_err().to_string();
+    assert!(
+        err.contains("class labels where the training data has 2 regression targets"),
+        "{err}"
     );
 }
 

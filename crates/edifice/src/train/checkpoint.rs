@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{RunConfig, Trainer};
-use crate::data::run::DataRun;
+use crate::data::run::DataMeta;
 use crate::weights;
 use crate::Error;
 
@@ -52,7 +52,7 @@ impl Trainer {
             ),
         ]);
         if let Some(data) = &self.data {
-            metadata.insert("data".to_string(), data.to_meta().to_string());
+            metadata.insert("data".to_string(), data.meta.to_meta().to_string());
         }
         let bytes = weights::to_safetensors_with(&tensors, &blobs, Some(metadata))?;
         let tmp = path.with_extension("tmp");
@@ -125,7 +125,7 @@ impl Trainer {
         if let Some(data) = meta.get("data") {
             let value: Value =
                 serde_json::from_str(data).map_err(|e| bad(format!("bad `data`: {e}")))?;
-            trainer.restored = Some(DataRun::from_meta(&value).map_err(|e| bad(e.to_string()))?);
+            trainer.restored = Some(DataMeta::from_meta(&value).map_err(|e| bad(e.to_string()))?);
         }
         if let Some(expected) = expected {
             trainer.run.train.steps = expected.train.steps;

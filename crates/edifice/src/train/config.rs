@@ -114,9 +114,13 @@ impl RunConfig {
             )));
         }
         let task_defaults = serde_json::to_value(TaskConfig::new()).expect("serialisable");
-        let mut task: TaskConfig =
-            serde_json::from_value(overlay(object(task_defaults), task, "[task]", &["kind"])?)
-                .map_err(|e| Error::Config(format!("bad [task] options: {e}")))?;
+        let mut task: TaskConfig = serde_json::from_value(overlay(
+            object(task_defaults),
+            task,
+            "[task]",
+            &["kind", "head"],
+        )?)
+        .map_err(|e| Error::Config(format!("bad [task] options: {e}")))?;
         task.validate()?;
         let mut train_defaults =
             object(serde_json::to_value(TrainOptions::default()).expect("serialisable"));

@@ -31,13 +31,13 @@ use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 use serde::Serialize;
 
-use crate::data::run::{DataRun, Restored};
+use crate::data::run::{DataMeta, DataRun};
 use crate::data::Dataset;
 use crate::layers::dense;
 use crate::layers::Linear;
 use crate::models::{Footprint, Use};
 use crate::optim::AdamWConfig;
-use crate::tasks::{Batch, Split, TaskKind};
+use crate::tasks::{Batch, Head, Labels, Split, TaskKind};
 use crate::weights::{self, Walk, Walker};
 use crate::{Error, Model};
 
@@ -93,10 +93,38 @@ impl Walk for Classifier {
 /// Loss and accuracy over some batches.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Stats {
-    /// Mean cross-entropy.
+    /// Mean cross-entropy, or mean squared error of standardised targets.
     pub loss: f64,
-    /// Fraction of correct argmax predictions.
-    pub accuracy: f64,
+    /// Fraction of correct argmax predictions (None: a regression head).
+    pub accuracy: Option<f64>,
+}
+
+impl Stats {
+    /// Whether these stats beat `other`: a higher accuracy (ties: a lower
+    /// loss), or for a regression head a lower loss.
+    pub fn better_than(&self, other: &Stats) -> bool {
+        match (self.accuracy, other.accuracy) {
+            (Some(a), Some(b)) if a != b => a > b,
+            _ => self.loss < other.loss,
+        }
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.accuracy {
+            Some(a) => write!(f, "accuracy {a:.4}, loss {:.4}", self.loss),
+            None => write!(f, "loss (mean squared error) {:.4}", self.loss),
+        }
+    }
+}
+
+/// What a batch's outputs are scored against, on the device.
+pub enum Target {
+    /// Labels `[B]`.
+    Classes(Tensor<1, Int>),
+    /// Standardised regression targets `[B, K]`.
+    Values(Tensor<2>),
 }
 
 /// How a run computes a batch's loss and combines gradients: [`Local`]
@@ -104,14 +132,14 @@ pub struct Stats {
 /// (`edifice-dist`).
 pub trait Parallelism: Send + Sync {
     /// The loss of `model` on `x [B, T, E]` (of which `lengths[b]` frames
-    /// are real, None: all) with labels `y [B]`: the tensor to
-    /// differentiate and the stats to report, the same on every process.
+    /// are real, None: all) against `y`: the tensor to differentiate and
+    /// the stats to report, the same on every process.
     fn loss(
         &self,
         model: &Classifier,
         x: Tensor<3>,
         lengths: Option<&[usize]>,
-        y: Tensor<1, Int>,
+        y: Target,
         device: &Device,
     ) -> Result<(Tensor<1>, Stats), Error>;
 
@@ -136,18 +164,16 @@ impl Parallelism for Local {
         model: &Classifier,
         x: Tensor<3>,
         lengths: Option<&[usize]>,
-        y: Tensor<1, Int>,
+        y: Target,
         device: &Device,
     ) -> Result<(Tensor<1>, Stats), Error> {
-        let logits = model.forward_lengths(x, lengths)?;
-        let (loss, accuracy) =
-            Trainer::weighted_stats(logits, y, self.class_weights.as_deref(), device);
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        let stats = Stats {
-            loss: value,
-            accuracy,
-        };
-        Ok((loss, stats))
+        let out = model.forward_lengths(x, lengths)?;
+        Ok(Trainer::score(
+            out,
+            y,
+            self.class_weights.as_deref(),
+            device,
+        ))
     }
 }
 
@@ -164,7 +190,7 @@ pub struct Trainer {
     parallelism: Arc<dyn Parallelism>,
     data: Option<Arc<DataRun>>,
     /// A loaded checkpoint's data statistics and classes (runs on data).
-    pub restored: Option<Restored>,
+    pub restored: Option<DataMeta>,
 }
 
 impl Trainer {
@@ -203,13 +229,18 @@ impl Trainer {
     pub fn with_data(mut self, data: DataRun) -> Result<Self, Error> {
         let [_, t, e] = data.train.dims;
         let task = &self.run.task;
+        let head = match data.meta.targets {
+            Some(_) => Head::Values,
+            None => Head::Classes,
+        };
+        let outputs = data.train.outputs();
         if task.kind != TaskKind::Data
             || task.seq_len < t
-            || (task.embed_dim, task.classes) != (e, data.classes.len())
+            || (task.embed_dim, task.classes, task.head) != (e, outputs, head)
         {
             return Err(Error::Config(format!(
-                "the run's task ({:?}, seq_len {}, embed_dim {}, {} classes) does not fit the data ({t} frames, {e} features, {} classes)",
-                task.kind, task.seq_len, task.embed_dim, task.classes, data.classes.len()
+                "the run's task ({:?}, seq_len {}, embed_dim {}, {} outputs, head {:?}) does not fit the data ({t} frames, {e} features, {outputs} outputs, head {head:?})",
+                task.kind, task.seq_len, task.embed_dim, task.classes, task.head
             )));
         }
         self.data = Some(Arc::new(data.padded(task.seq_len)));
@@ -238,12 +269,45 @@ impl Trainer {
             .init()
     }
 
-    /// A batch as `x [B, T, E]` and labels `[B]` on `device`.
-    fn tensors(batch: &Batch, device: &Device) -> (Tensor<3>, Tensor<1, Int>) {
+    /// A batch as `x [B, T, E]` and its labels or targets on `device`.
+    fn tensors(batch: &Batch, device: &Device) -> (Tensor<3>, Target) {
         let x = Tensor::<3>::from_data(TensorData::new(batch.x.clone(), batch.dims), device);
-        let y =
-            Tensor::<1, Int>::from_data(TensorData::new(batch.y.clone(), [batch.y.len()]), device);
+        let b = batch.dims[0];
+        let y = match &batch.y {
+            Labels::Classes(y) => {
+                Target::Classes(Tensor::from_data(TensorData::new(y.clone(), [b]), device))
+            }
+            Labels::Values(v) => Target::Values(Tensor::from_data(
+                TensorData::new(v.clone(), [b, v.len() / b.max(1)]),
+                device,
+            )),
+        };
         (x, y)
+    }
+
+    /// The loss of head outputs `out [B, K]` against `y` (cross-entropy
+    /// weighted by `class_weights`, or mean squared error) and its stats.
+    pub fn score(
+        out: Tensor<2>,
+        y: Target,
+        class_weights: Option<&[f32]>,
+        device: &Device,
+    ) -> (Tensor<1>, Stats) {
+        let (loss, accuracy) = match y {
+            Target::Classes(y) => {
+                let (loss, accuracy) = Self::weighted_stats(out, y, class_weights, device);
+                (loss, Some(accuracy))
+            }
+            Target::Values(v) => (out.sub(v).square().mean(), None),
+        };
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        (
+            loss,
+            Stats {
+                loss: value,
+                accuracy,
+            },
+        )
     }
 
     /// Mean cross-entropy of `logits [B, classes]` against labels `y [B]`,
@@ -304,7 +368,7 @@ impl Trainer {
         let (loss, stats) =
             self.parallelism
                 .loss(&self.model, x, lengths.as_deref(), y, &self.device)?;
-        let (loss_value, accuracy) = (stats.loss, stats.accuracy);
+        let loss_value = stats.loss;
         if !loss_value.is_finite() {
             return Err(Error::Diverged(format!(
                 "the training loss of step {} is {loss_value} (try a lower learning rate; \
@@ -318,10 +382,7 @@ impl Trainer {
         let model = self.model.clone();
         self.model = self.optim.step(lr, model, grads);
         self.step += 1;
-        Ok(Stats {
-            loss: loss_value,
-            accuracy,
-        })
+        Ok(stats)
     }
 
     /// Loss and accuracy on the held-out batches, or the data's validation
@@ -350,24 +411,38 @@ impl Trainer {
         self.evaluate_batches(batches)
     }
 
-    /// Class probabilities `[N, classes]` (softmax of the logits) for the
-    /// sequences of `data` (prepared like the training split).
+    /// For the sequences of `data` (prepared like the training split):
+    /// class probabilities `[N, classes]` (softmax of the logits), or the
+    /// regression targets `[N, K]` in the data's units.
     pub fn predict(&self, data: &Dataset) -> Result<Vec<f32>, Error> {
         let model = self.model.valid();
         let device = Device::flex();
         let mut out = Vec::with_capacity(data.len() * self.run.task.classes);
         for (batch, lengths) in DataRun::batches(data, self.run.train.batch_size) {
             let x = Tensor::<3>::from_data(TensorData::new(batch.x, batch.dims), &device);
-            let logits = model.forward_lengths(x, Some(&lengths))?;
-            let probs = burn::tensor::activation::softmax(logits, 1);
+            let mut y = model.forward_lengths(x, Some(&lengths))?;
+            if self.run.task.head == Head::Classes {
+                y = burn::tensor::activation::softmax(y, 1);
+            }
             out.extend(
-                probs
-                    .into_data()
+                y.into_data()
                     .try_to_vec::<f32>()
                     .map_err(|e| Error::Shape(format!("{e:?}")))?,
             );
         }
+        if let Some(targets) = self.data_meta().and_then(|m| m.targets.as_ref()) {
+            targets.restore(&mut out);
+        }
         Ok(out)
+    }
+
+    /// What the run knows of its data: from the data it trains on, else
+    /// from the checkpoint it was loaded from.
+    pub fn data_meta(&self) -> Option<&DataMeta> {
+        match &self.data {
+            Some(data) => Some(&data.meta),
+            None => self.restored.as_ref(),
+        }
     }
 
     /// Means over sequences of the loss and accuracy of `batches`.
@@ -377,7 +452,7 @@ impl Trainer {
     ) -> Result<Stats, Error> {
         let model = self.model.valid();
         let device = Device::flex();
-        let (mut loss, mut accuracy, mut count) = (0.0, 0.0, 0usize);
+        let (mut loss, mut correct, mut count) = (0.0, Some(0.0), 0usize);
         for (batch, lengths) in batches {
             let n = batch.dims[0];
             let (x, y) = Self::tensors(&batch, &device);
@@ -385,7 +460,7 @@ impl Trainer {
                 .parallelism
                 .loss(&model, x, lengths.as_deref(), y, &device)?;
             loss += stats.loss * n as f64;
-            accuracy += stats.accuracy * n as f64;
+            correct = correct.zip(stats.accuracy).map(|(c, a)| c + a * n as f64);
             count += n;
         }
         let n = count.max(1) as f64;
@@ -398,7 +473,7 @@ impl Trainer {
         }
         Ok(Stats {
             loss: loss / n,
-            accuracy: accuracy / n,
+            accuracy: correct.map(|c| c / n),
         })
     }
 }
