@@ -164,6 +164,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (trainer, test) = loaded.attach(trainer)?;
     }
     let mut early = EarlyStop::new(args.data.patience);
+    if let (true, true, Some(data)) = (args.resume, best.exists(), trainer.data()) {
+        // The best checkpoint so far stays unless a later one beats it
+        // (patience counts afresh from the resumed step).
+        early.best = Some(score(&best, &data.val)?);
+    }
     #[cfg(feature = "dist")]
     if let Some(comm) = world.comm() {
         edifice_dist::model::SpreadTraining::install(comm.clone(), &mut trainer)?;

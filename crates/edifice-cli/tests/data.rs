@@ -78,6 +78,7 @@ fn a_ts_set_trains_and_scores_its_test_set() {
         &out_s,
     ]);
     let text = run_ok(&args);
+    let trained = text.clone();
     let acc: f64 = text
         .split("test: accuracy ")
         .nth(1)
@@ -141,7 +142,21 @@ fn a_ts_set_trains_and_scores_its_test_set() {
         "--resume",
     ];
     resume.extend(["--data", train.to_str().unwrap(), "--out", &out_s]);
-    run_ok(&resume);
+    resume.extend(["--test", test.to_str().unwrap()]);
+    let resumed = run_ok(&resume);
+    // The best checkpoint before the resume still counts: the best
+    // validation score never gets worse.
+    let validation = |text: &str| -> (f64, f64) {
+        let v = text.split("(validation accuracy ").nth(1).unwrap();
+        let acc = v.split(',').next().unwrap().parse().unwrap();
+        let loss = v.split("loss ").nth(1).unwrap().split(')').next().unwrap();
+        (acc, loss.parse().unwrap())
+    };
+    let (before, after) = (validation(&trained), validation(&resumed));
+    assert!(
+        after.0 > before.0 || (after.0 == before.0 && after.1 <= before.1),
+        "{trained}\n{resumed}"
+    );
 }
 
 #[test]

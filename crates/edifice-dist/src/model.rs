@@ -224,6 +224,13 @@ impl SpreadTraining {
     /// Spreads `trainer`'s model over `comm` and checks that every rank
     /// starts from the same run config and weights.
     pub fn install(comm: Arc<Comm>, trainer: &mut Trainer) -> Result<(), DistError> {
+        if trainer.run.task.readout != edifice::tasks::Readout::Last {
+            return Err(Error::Distributed(
+                "spread over ranks, the head reads the last position only (readout = \"last\")"
+                    .into(),
+            )
+            .into());
+        }
         if trainer.run.train.class_weights.is_some() {
             return Err(Error::Distributed(
                 "class_weights are not supported spread over ranks yet".into(),

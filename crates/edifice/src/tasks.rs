@@ -61,6 +61,17 @@ pub enum Head {
     Values,
 }
 
+/// Which of the model's outputs the head reads.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Readout {
+    /// Each sequence's last real position (what a causal model has seen
+    /// everything by).
+    Last,
+    /// The mean over each sequence's real positions (global average
+    /// pooling, as FCN-style classifiers read their features).
+    Mean,
+}
+
 /// What a batch's samples should give.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Labels {
@@ -97,6 +108,9 @@ pub struct TaskConfig {
     /// What the head predicts (built-in tasks: classes).
     #[config(default = "Head::Classes")]
     pub head: Head,
+    /// Which outputs the head reads.
+    #[config(default = "Readout::Last")]
+    pub readout: Readout,
     /// Lookback: number of distinct offsets.
     #[config(default = 4)]
     pub offsets: usize,

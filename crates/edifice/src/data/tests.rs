@@ -1,4 +1,5 @@
 use super::*;
+use crate::tasks::Readout;
 
 const TS: &str = "# a comment\n@problemName Tiny\n@univariate false\n@dimensions 2\n@equalLength false\n@classLabel true b a\n@data\n1,2,3:4,5,6:a\n7,8:9,10,11:b\n";
 
@@ -239,19 +240,35 @@ fn padding_does_not_change_the_logits() {
         serde_json::json!({"model": "dual_chunk", "hidden_size": 8, "num_heads": 2, "num_layers": 1, "chunk_size": 2}),
         serde_json::json!({"model": "shifted_sparse", "hidden_size": 8, "num_heads": 2, "num_layers": 1, "local_window": 2, "causal": false}),
     ];
-    for model in models {
-        let trainer = crate::train::Trainer::new(tiny_run_of(&data, model.clone())).unwrap();
+    for (model, readout) in models
+        .iter()
+        .flat_map(|m| [Readout::Last, Readout::Mean].map(|r| (m.clone(), r)))
+    {
+        let mut run = tiny_run_of(&data, model.clone());
+        run.task.readout = readout;
+        let trainer = crate::train::Trainer::new(run).unwrap();
         let (net, device) = (trainer.model.valid(), burn::tensor::Device::flex());
+        let tensor = |x: Vec<f32>| Tensor::<3>::from_data(TensorData::new(x, data.dims), &device);
         let logits = |x: Vec<f32>| -> Vec<f32> {
-            let x = Tensor::<3>::from_data(TensorData::new(x, data.dims), &device);
-            let y = net.forward_lengths(x, Some(&data.lengths)).unwrap();
+            let y = net.forward_lengths(tensor(x), Some(&data.lengths)).unwrap();
             y.into_data().try_to_vec().unwrap()
         };
-        // Whatever the padding holds, sequence 1's logits (at its last
-        // real frame) stay the same.
+        // Whatever the padding holds, sequence 1's logits (read from its
+        // real frames) stay the same.
         let mut garbage = data.x.clone();
         garbage[14..].iter_mut().for_each(|v| *v = 7.0);
-        assert_eq!(logits(data.x.clone()), logits(garbage), "{model}");
+        let padded = logits(data.x.clone());
+        assert_eq!(padded, logits(garbage), "{model} {readout:?}");
+        // Sequence 0 has no padding: the padded read-out agrees with the
+        // plain one.
+        let plain: Vec<f32> = net
+            .forward(tensor(data.x.clone()))
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let diff = (0..2).fold(0f32, |m, c| m.max((plain[c] - padded[c]).abs()));
+        assert!(diff < 1e-5, "{model} {readout:?}: {diff}");
     }
 }
 

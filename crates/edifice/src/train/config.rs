@@ -118,7 +118,7 @@ impl RunConfig {
             object(task_defaults),
             task,
             "[task]",
-            &["kind", "head"],
+            &["kind", "head", "readout"],
         )?)
         .map_err(|e| Error::Config(format!("bad [task] options: {e}")))?;
         task.validate()?;

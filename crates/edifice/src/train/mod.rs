@@ -37,7 +37,7 @@ use crate::layers::dense;
 use crate::layers::Linear;
 use crate::models::{Footprint, Use};
 use crate::optim::AdamWConfig;
-use crate::tasks::{Batch, Head, Labels, Split, TaskKind};
+use crate::tasks::{Batch, Head, Labels, Readout, Split, TaskKind};
 use crate::weights::{self, Walk, Walker};
 use crate::{Error, Model};
 
@@ -46,22 +46,30 @@ mod config;
 
 pub use config::{RunConfig, TrainOptions};
 
-/// A model with a linear classification head: `[B, T, E]` → logits `[B, classes]`.
+/// A model with a linear head: `[B, T, E]` → outputs `[B, classes]`
+/// (logits, or regression targets).
 #[derive(Module, Debug)]
 pub struct Classifier {
     /// The sequence model.
     pub model: Model,
     /// `output_size → classes`.
     pub head: Linear,
+    /// Which of the model's outputs the head reads.
+    #[module(skip)]
+    pub readout: Readout,
 }
 
 impl Classifier {
-    /// Logits for `x [B, T, E]`.
+    /// Outputs for `x [B, T, E]`.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<2>, Error> {
-        Ok(self.head.forward(self.model.forward(x)?))
+        let features = match self.readout {
+            Readout::Last => self.model.forward(x)?,
+            Readout::Mean => self.model.forward_all(x)?.mean_dim(1).squeeze_dim(1),
+        };
+        Ok(self.head.forward(features))
     }
 
-    /// Logits at each sequence's last real frame: `lengths[b]` frames of
+    /// Outputs from each sequence's real frames: `lengths[b]` frames of
     /// `x [B, T, E]` are real, the rest padding (None: all `T`).
     pub fn forward_lengths(
         &self,
@@ -75,11 +83,25 @@ impl Classifier {
         let device = x.device();
         let all = self.model.forward_padded(x, lengths)?;
         let o = all.dims()[2];
-        let last: Vec<i64> = lengths.iter().map(|&n| n as i64 - 1).collect();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(last, [b]), &device)
-            .reshape([b, 1, 1])
-            .expand([b, 1, o]);
-        Ok(self.head.forward(all.gather(1, index).reshape([b, o])))
+        let features = match self.readout {
+            Readout::Last => {
+                let last: Vec<i64> = lengths.iter().map(|&n| n as i64 - 1).collect();
+                let index = Tensor::<1, Int>::from_data(TensorData::new(last, [b]), &device)
+                    .reshape([b, 1, 1])
+                    .expand([b, 1, o]);
+                all.gather(1, index).reshape([b, o])
+            }
+            Readout::Mean => {
+                // Weights 1/len[b] on real positions, 0 on padding.
+                let weights: Vec<f32> = lengths
+                    .iter()
+                    .flat_map(|&n| (0..t).map(move |i| if i < n { 1.0 / n as f32 } else { 0.0 }))
+                    .collect();
+                let weights = Tensor::<3>::from_data(TensorData::new(weights, [b, t, 1]), &device);
+                all.mul(weights).sum_dim(1).reshape([b, o])
+            }
+        };
+        Ok(self.head.forward(features))
     }
 }
 
@@ -203,7 +225,11 @@ impl Trainer {
         let footprint = Footprint::of(&model, run.task.seq_len);
         footprint.check(run.train.batch_size, Use::Training, "training")?;
         let optim = Self::optimizer(&run);
-        let mut model = Classifier { model, head };
+        let mut model = Classifier {
+            model,
+            head,
+            readout: run.task.readout,
+        };
         // burn draws a parameter's initial values at its first use: draw
         // them all now, from the seed, so they do not depend on what runs
         // first (a training step re-seeds the device for its dropout; a
