@@ -46,6 +46,35 @@ fn csv(n: usize, seed: u32) -> String {
     s
 }
 
+/// `edifice eval CHECKPOINT --data TEST --json`.
+fn eval_json(checkpoint: &std::path::Path, test: &std::path::Path) -> serde_json::Value {
+    let text = run_ok(&[
+        "eval",
+        checkpoint.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--json",
+    ]);
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `edifice predict CHECKPOINT --data DATA --output OUT` (.csv): the file.
+fn predict_csv(
+    checkpoint: &std::path::Path,
+    data: &std::path::Path,
+    out: &std::path::Path,
+) -> String {
+    run_ok(&[
+        "predict",
+        checkpoint.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    std::fs::read_to_string(out).unwrap()
+}
+
 const RUN: [&str; 7] = [
     "train",
     "--quiet",
@@ -89,14 +118,7 @@ fn a_ts_set_trains_and_scores_its_test_set() {
     let best = out.join("best.safetensors");
     // eval --data scores the test file as training did, with F1 per class
     // and a confusion matrix beside the checkpoint.
-    let eval = run_ok(&[
-        "eval",
-        best.to_str().unwrap(),
-        "--data",
-        test.to_str().unwrap(),
-        "--json",
-    ]);
-    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    let eval = eval_json(&best, &test);
     assert!(
         (eval["accuracy"].as_f64().unwrap() - acc).abs() < 1e-4,
         "{eval} vs {text}"
@@ -105,16 +127,7 @@ fn a_ts_set_trains_and_scores_its_test_set() {
     assert!(out.join("confusion.png").exists());
     // predict: one row per sequence, probabilities summing to 1, and the
     // predicted classes agree with eval's confusion matrix.
-    let csv_out = dir.path("p.csv");
-    run_ok(&[
-        "predict",
-        best.to_str().unwrap(),
-        "--data",
-        test.to_str().unwrap(),
-        "--output",
-        csv_out.to_str().unwrap(),
-    ]);
-    let text = std::fs::read_to_string(&csv_out).unwrap();
+    let text = predict_csv(&best, &test, &dir.path("p.csv"));
     let rows: Vec<&str> = text.lines().skip(1).collect();
     assert_eq!(rows.len(), 40);
     let mut predicted = [0usize; 2];
@@ -258,27 +271,11 @@ fn a_regression_set_trains_predicts_and_scores() {
     ]);
     assert!(text.contains("test: loss (mean squared error)"), "{text}");
     let best = out.join("best.safetensors");
-    let eval = run_ok(&[
-        "eval",
-        best.to_str().unwrap(),
-        "--data",
-        test.to_str().unwrap(),
-        "--json",
-    ]);
-    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    let eval = eval_json(&best, &test);
     let r2 = eval["r2"].as_f64().unwrap();
     assert!(r2 > 0.8, "{eval}\n{text}");
     // Predictions come back in the targets' units: their errors are eval's.
-    let csv_out = dir.path("p.csv");
-    run_ok(&[
-        "predict",
-        best.to_str().unwrap(),
-        "--data",
-        test.to_str().unwrap(),
-        "--output",
-        csv_out.to_str().unwrap(),
-    ]);
-    let text = std::fs::read_to_string(&csv_out).unwrap();
+    let text = predict_csv(&best, &test, &dir.path("p.csv"));
     assert!(text.starts_with("index,y0\n"), "{text}");
     let rates = data(40, 7);
     let predicted: Vec<f64> = text
