@@ -141,10 +141,6 @@ fn trim_metrics(path: &std::path::Path, step: usize) -> Result<()> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let loaded = args.data.load(args.seed.unwrap_or(0))?;
-    anyhow::ensure!(
-        loaded.is_none() || !args.distributed,
-        "--data runs on one process (--distributed trains on the built-in tasks)"
-    );
     let run = run_config(&args, loaded.as_ref())?;
     let world = World::new(args.distributed)?;
     let root = world.is_root();
@@ -162,6 +158,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut test = None;
     if let Some(loaded) = loaded {
         (trainer, test) = loaded.attach(trainer)?;
+    }
+    if let (true, Some(data)) = (args.distributed, trainer.data()) {
+        // Spread over ranks, the loss reads the last position.
+        let t = data.train.dims[1];
+        anyhow::ensure!(
+            [&data.train, &data.val]
+                .iter()
+                .all(|d| d.lengths.iter().all(|&n| n == t)),
+            "--distributed trains on sequences of one length that the model takes whole \
+             ({t} tokens here); this data has shorter ones (padded)"
+        );
     }
     let mut early = EarlyStop::new(args.data.patience);
     if let (true, true, Some(data)) = (args.resume, best.exists(), trainer.data()) {
@@ -257,7 +264,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 (true, false) => bar.println(line),
             }
             last_eval = Some(eval);
-            if trainer.data().is_some() && early.improved(eval) {
+            // Every rank keeps the same record (the stats are the same on
+            // each); the one that writes the run's files saves.
+            if trainer.data().is_some() && early.improved(eval) && metrics.is_some() {
                 trainer.save(&best)?;
             }
         }

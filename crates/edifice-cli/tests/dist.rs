@@ -166,3 +166,106 @@ fn distributed_runs_refuse_other_models() {
     );
     assert!(!run.output.contains("panicked"), "{}", run.output);
 }
+
+/// A two-class `.ts` set of `n` sequences of `len` frames (rising or
+/// falling), or of 6 to 12 frames when `len` is None.
+fn slopes(n: usize, len: Option<usize>) -> String {
+    let noise = data(n * 12, 5);
+    let mut s =
+        String::from("@problemName Slopes\n@univariate true\n@classLabel true up down\n@data\n");
+    for i in 0..n {
+        let frames: Vec<String> = (0..len.unwrap_or(6 + i % 7))
+            .map(|t| {
+                let v = if i % 2 == 0 { t as f32 } else { -(t as f32) };
+                (0.1 * v + noise[i * 12 + t]).to_string()
+            })
+            .collect();
+        let label = if i % 2 == 0 { "up" } else { "down" };
+        s += &format!("{}:{label}\n", frames.join(","));
+    }
+    s
+}
+
+#[test]
+fn distributed_training_on_data_follows_one_process() {
+    let dir = Dir::new("dist-data");
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let (train, test, run) = (
+        dir.path("train.ts"),
+        dir.path("test.ts"),
+        dir.path("run.toml"),
+    );
+    std::fs::write(&train, slopes(40, Some(12))).unwrap();
+    std::fs::write(&test, slopes(20, Some(12))).unwrap();
+    std::fs::write(
+        &run,
+        "[model]\nmodel = \"ring\"\nhidden_size = 16\nnum_heads = 2\nnum_layers = 1\nnum_chunks = 1\ndropout = 0.0\n[train]\nsteps = 12\nbatch_size = 8\neval_every = 6\n",
+    )
+    .unwrap();
+    let (one, spread) = (dir.path("one"), dir.path("spread"));
+    let args = |out: &Path| {
+        vec![
+            "train".to_string(),
+            "--quiet".into(),
+            "--config".into(),
+            s(&run),
+            "--data".into(),
+            s(&train),
+            "--test".into(),
+            s(&test),
+            "--out".into(),
+            s(out),
+        ]
+    };
+    let strs = |v: &[String]| {
+        v.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\u{1}")
+    };
+    let a = args(&one);
+    run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut b = args(&spread);
+    b.push("--distributed".into());
+    let joined = strs(&b);
+    let out = edifice_mpirun(3, &joined.split('\u{1}').collect::<Vec<_>>());
+    assert_eq!(
+        out.matches("test: accuracy").count(),
+        1,
+        "rank 0 alone reports: {out}"
+    );
+    let losses = |dir: &Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (a, b) = (losses(&one), losses(&spread));
+    assert_eq!(a.len(), 14, "12 steps and 2 evaluations");
+    assert!(max_diff(&a, &b) <= 1e-4, "{a:?} against {b:?}");
+    assert!(spread.join("best.safetensors").exists());
+    // Padded sequences are refused up front, on every rank.
+    std::fs::write(&train, slopes(40, None)).unwrap();
+    let program = Path::new(env!("CARGO_BIN_EXE_edifice"));
+    let bad = launch::mpirun(
+        2,
+        program,
+        &joined.split('\u{1}').collect::<Vec<_>>(),
+        &[],
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!bad.success, "{}", bad.output);
+    assert!(
+        bad.output
+            .contains("--distributed trains on sequences of one length"),
+        "{}",
+        bad.output
+    );
+    assert!(!bad.output.contains("panicked"), "{}", bad.output);
+}
