@@ -120,17 +120,6 @@ fn distributed_training_follows_one_process() {
         1,
         "rank 0 alone reports: {out}"
     );
-    let losses = |dir: &Path| -> Vec<f64> {
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect()
-    };
     let (a, b) = (losses(&one), losses(&spread));
     assert_eq!(a.len(), 22, "20 steps and 2 evaluations, written once");
     assert_eq!(a.len(), b.len());
@@ -217,34 +206,15 @@ fn distributed_training_on_data_follows_one_process() {
             s(out),
         ]
     };
-    let strs = |v: &[String]| {
-        v.iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join("\u{1}")
-    };
-    let a = args(&one);
-    run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut b = args(&spread);
-    b.push("--distributed".into());
-    let joined = strs(&b);
-    let out = edifice_mpirun(3, &joined.split('\u{1}').collect::<Vec<_>>());
+    run_ok(&refs(&args(&one)));
+    let mut spread_args = args(&spread);
+    spread_args.push("--distributed".into());
+    let out = edifice_mpirun(3, &refs(&spread_args));
     assert_eq!(
         out.matches("test: accuracy").count(),
         1,
         "rank 0 alone reports: {out}"
     );
-    let losses = |dir: &Path| -> Vec<f64> {
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect()
-    };
     let (a, b) = (losses(&one), losses(&spread));
     assert_eq!(a.len(), 14, "12 steps and 2 evaluations");
     assert!(max_diff(&a, &b) <= 1e-4, "{a:?} against {b:?}");
@@ -255,7 +225,7 @@ fn distributed_training_on_data_follows_one_process() {
     let bad = launch::mpirun(
         2,
         program,
-        &joined.split('\u{1}').collect::<Vec<_>>(),
+        &refs(&spread_args),
         &[],
         Duration::from_secs(60),
     )
@@ -268,4 +238,21 @@ fn distributed_training_on_data_follows_one_process() {
         bad.output
     );
     assert!(!bad.output.contains("panicked"), "{}", bad.output);
+}
+
+/// The `loss` of every line of a run's metrics.jsonl.
+fn losses(dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
