@@ -265,8 +265,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
             last_eval = Some(eval);
             // Every rank keeps the same record (the stats are the same on
-            // each); the one that writes the run's files saves.
-            if trainer.data().is_some() && early.improved(eval) && metrics.is_some() {
+            // each); the root, which writes the run's files, saves.
+            if trainer.data().is_some() && early.improved(eval) && root {
                 trainer.save(&best)?;
             }
         }

@@ -34,6 +34,17 @@ fn edifice_mpirun(ranks: usize, args: &[&str]) -> String {
     run.output
 }
 
+/// `mpirun -n ranks edifice args` fails with one error containing `message`
+/// and no panic.
+fn edifice_mpirun_refused(ranks: usize, args: &[&str], message: &str) {
+    let program = Path::new(env!("CARGO_BIN_EXE_edifice"));
+    let run = launch::mpirun(ranks, program, args, &[], Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!run.success, "{}", run.output);
+    assert!(run.output.contains(message), "{}", run.output);
+    assert!(!run.output.contains("panicked"), "{}", run.output);
+}
+
 #[test]
 fn distributed_forward_matches_one_process() {
     let dir = Dir::new("dist-forward");
@@ -133,7 +144,6 @@ fn distributed_training_follows_one_process() {
 
 #[test]
 fn distributed_runs_refuse_other_models() {
-    let program = Path::new(env!("CARGO_BIN_EXE_edifice"));
     let dir = Dir::new("dist-refuse");
     let out = dir.path("run");
     let args = [
@@ -144,16 +154,11 @@ fn distributed_runs_refuse_other_models() {
         "--out",
         out.to_str().unwrap(),
     ];
-    let run = launch::mpirun(2, program, &args, &[], Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!run.success, "{}", run.output);
-    assert!(
-        run.output
-            .contains("spreads the `ring` model's sequence over processes, not a `sliding_window`"),
-        "{}",
-        run.output
+    edifice_mpirun_refused(
+        2,
+        &args,
+        "spreads the `ring` model's sequence over processes, not a `sliding_window`",
     );
-    assert!(!run.output.contains("panicked"), "{}", run.output);
 }
 
 /// A two-class `.ts` set of `n` sequences of `len` frames (rising or
@@ -221,23 +226,11 @@ fn distributed_training_on_data_follows_one_process() {
     assert!(spread.join("best.safetensors").exists());
     // Padded sequences are refused up front, on every rank.
     std::fs::write(&train, slopes(40, None)).unwrap();
-    let program = Path::new(env!("CARGO_BIN_EXE_edifice"));
-    let bad = launch::mpirun(
+    edifice_mpirun_refused(
         2,
-        program,
         &refs(&spread_args),
-        &[],
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!bad.success, "{}", bad.output);
-    assert!(
-        bad.output
-            .contains("--distributed trains on sequences of one length"),
-        "{}",
-        bad.output
+        "--distributed trains on sequences of one length",
     );
-    assert!(!bad.output.contains("panicked"), "{}", bad.output);
 }
 
 /// The `loss` of every line of a run's metrics.jsonl.
