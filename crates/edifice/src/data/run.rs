@@ -63,8 +63,17 @@ impl DataRun {
         self.meta.prepare(data, self.train.dims[1])
     }
 
-    /// Training batch `step` of `size` sequences and their lengths.
-    pub fn train_batch(&self, seed: u64, step: usize, size: usize) -> (Batch, Vec<usize>) {
+    /// Training batch `step` of `size` sequences and their lengths, with
+    /// Gaussian noise of standard deviation `noise` added to every value of
+    /// their real tokens (drawn from `(seed, step, row)`, so a resumed run
+    /// draws the same; padding stays 0).
+    pub fn train_batch(
+        &self,
+        seed: u64,
+        step: usize,
+        size: usize,
+        noise: f32,
+    ) -> (Batch, Vec<usize>) {
         let n = self.train.len();
         let mut order: Option<(usize, Vec<usize>)> = None;
         let rows: Vec<usize> = (step * size..(step + 1) * size)
@@ -76,7 +85,17 @@ impl DataRun {
                 order.as_ref().map_or(0, |(_, o)| o[p % n])
             })
             .collect();
-        batch(&self.train.select(&rows))
+        let (mut batch, lengths) = batch(&self.train.select(&rows));
+        if noise > 0.0 {
+            let [_, t, e] = batch.dims;
+            for (row, (x, &len)) in batch.x.chunks_mut(t * e).zip(&lengths).enumerate() {
+                let mut rng = Rng::new(&[seed, 4, step as u64, row as u64]);
+                for v in x.iter_mut().take(len * e) {
+                    *v += noise * rng.normal();
+                }
+            }
+        }
+        (batch, lengths)
     }
 
     /// `data` in batches of `size`, in order, with their lengths.

@@ -375,7 +375,7 @@ impl Trainer {
         self.device.seed(mix(t.seed, self.step as u64));
         let (batch, lengths) = match &self.data {
             Some(data) => {
-                let (batch, lengths) = data.train_batch(t.seed, self.step, t.batch_size);
+                let (batch, lengths) = data.train_batch(t.seed, self.step, t.batch_size, t.noise);
                 (batch, Some(lengths))
             }
             None if self.run.task.kind == TaskKind::Data => {
