@@ -410,5 +410,59 @@ fn noise_is_a_finite_deviation_for_data_runs_only() {
     assert!(err.contains("noise must be a finite"), "{err}");
     let err = config("lookback", 0.1).unwrap_err().to_string();
     assert!(err.contains("--data"), "{err}");
-    assert_eq!(config("lookback", 0.0).unwrap().train.noise, 0.0);
+    // Without noise the recorded run config is what it was before the
+    // option existed, so older checkpoints still resume.
+    let quiet = config("lookback", 0.0).unwrap();
+    assert_eq!(quiet.train.noise, 0.0);
+    assert!(quiet.to_value()["train"].get("noise").is_none());
+}
+
+#[test]
+fn a_resumed_noisy_run_equals_an_uninterrupted_one() {
+    let data = ts::read(TS, "t.ts").unwrap();
+    let model = serde_json::json!({"model": "sliding_window", "num_heads": 1, "head_dim": 4, "num_layers": 1, "ffn_dim": 8, "dropout": 0.0});
+    let mut value = tiny_run_of(&data, model).to_value();
+    value["train"]["noise"] = 0.3.into();
+    value["train"]["steps"] = 4.into();
+    let config = crate::train::RunConfig::from_value(value).unwrap();
+    let run = run::DataRun::new(data.clone(), data.clone(), None, 1).unwrap();
+    let trainer = || {
+        crate::train::Trainer::new(config.clone())
+            .unwrap()
+            .with_data(run.clone())
+            .unwrap()
+    };
+    let mut straight = trainer();
+    let mut first = trainer();
+    for _ in 0..4 {
+        straight.train_step().unwrap();
+    }
+    for _ in 0..2 {
+        first.train_step().unwrap();
+    }
+    let path = std::env::temp_dir().join(format!(
+        "edifice-noisy-resume-{}.safetensors",
+        std::process::id()
+    ));
+    first.save(&path).unwrap();
+    let loaded = crate::train::Trainer::load(&path, Some(&config)).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let mut resumed = loaded.with_data(run.clone()).unwrap();
+    for _ in 0..2 {
+        resumed.train_step().unwrap();
+    }
+    let weights = |t: &mut crate::train::Trainer| crate::weights::tensors(&mut t.model);
+    assert_eq!(weights(&mut straight), weights(&mut resumed));
+    // The noise is what it trained on: without it the weights differ.
+    let mut value = config.to_value();
+    value["train"]["noise"] = 0.0.into();
+    let quiet = crate::train::RunConfig::from_value(value).unwrap();
+    let mut plain = crate::train::Trainer::new(quiet)
+        .unwrap()
+        .with_data(run)
+        .unwrap();
+    for _ in 0..4 {
+        plain.train_step().unwrap();
+    }
+    assert_ne!(weights(&mut straight), weights(&mut plain));
 }
