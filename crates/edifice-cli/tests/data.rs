@@ -189,6 +189,26 @@ fn a_csv_set_trains() {
     ]);
     let text = run_ok(&args);
     assert!(text.contains("on data (seq_len 12)"), "{text}");
+    // The README's UCR recipe, as committed, trains here too.
+    let recipe = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/ucr.toml");
+    let out = dir.path("recipe");
+    let text = run_ok(&[
+        "train",
+        "--quiet",
+        "--config",
+        recipe,
+        "--steps",
+        "20",
+        "--patch",
+        "5",
+        "--val-split",
+        "0.25",
+        "--data",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(text.contains("20 steps of ring on data"), "{text}");
 }
 
 #[test]
