@@ -41,9 +41,16 @@ MODELS = {
     for name, config in SMALL.items()
     if name != "sliding_window (window 8)"
 }
-RECIPE = "[train]\n" + "".join(f"{k} = {v}\n" for k, v in RECIPE_TABLES["train"].items())
+
+
+def toml_lines(table):
+    """A flat TOML table's `key = value` lines (numbers and strings)."""
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+
+
+RECIPE = "[train]\n" + toml_lines(RECIPE_TABLES["train"])
 # The ring row is configs/ucr.toml's own model.
-MODELS["ring"] = "".join(f"{k} = {json.dumps(v)}\n" for k, v in RECIPE_TABLES["model"].items())
+MODELS["ring"] = toml_lines(RECIPE_TABLES["model"])
 
 # The flags README's commands give with configs/ucr.toml.
 RECIPE_FLAGS = ["--patch", "5", "--val-split", "0.1"]

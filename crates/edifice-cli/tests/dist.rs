@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{data, f32_tensor, read_f32, run_ok, write, Dir};
+use common::{data, f32_tensor, read_f32, refs, run_ok, write, Dir};
 use edifice_dist::launch;
 
 /// The ring model over an uneven number of positions, without dropout
@@ -244,8 +244,4 @@ fn losses(dir: &Path) -> Vec<f64> {
                 .unwrap()
         })
         .collect()
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }

@@ -131,7 +131,7 @@ fn killed_and_resumed_run_ends_like_an_uninterrupted_one() {
     let dir = Dir::new("kill");
     let (a, b) = (dir.path("a"), dir.path("b"));
     let args = |out: &Path| small_train(out, 300);
-    run_ok(&args(&a).iter().map(String::as_str).collect::<Vec<_>>());
+    run_ok(&refs(&args(&a)));
     let mut child = edifice()
         .args(args(&b))
         .stdout(std::process::Stdio::null())
@@ -145,7 +145,7 @@ fn killed_and_resumed_run_ends_like_an_uninterrupted_one() {
         .into_iter()
         .chain(["--resume".to_string()])
         .collect();
-    run_ok(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    run_ok(&refs(&resume));
     let load = |out: &Path| {
         let bytes = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();

@@ -12,6 +12,11 @@ pub fn edifice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_edifice"))
 }
 
+/// Owned arguments as the `&str`s `run_ok` and friends take.
+pub fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 pub fn data(n: usize, seed: u32) -> Vec<f32> {
     edifice_kernels::reference::uniform(n, seed)
 }
