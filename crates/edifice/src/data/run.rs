@@ -5,7 +5,8 @@
 //! Training batch `step` holds positions `step·B .. step·B + B` of an
 //! endless stream that visits the training set once per epoch in an order
 //! drawn from `(seed, epoch)`, so a resumed run sees the batches an
-//! uninterrupted one would.
+//! uninterrupted one would. Training batches may be augmented
+//! ([`Augment`]): every draw is a function of `(seed, step, row)` too.
 
 use serde_json::{json, Value};
 
@@ -22,6 +23,23 @@ pub struct DataRun {
     pub val: Dataset,
     /// The statistics both were standardised with, the classes, the patch.
     pub meta: DataMeta,
+    /// Real frames of each training sequence (before patching: a patched
+    /// sequence's last token may hold padding frames).
+    frames: Vec<usize>,
+}
+
+/// How training batches drawn from a data file are perturbed: regularisers
+/// for small data sets. Validation and test data never are.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Augment {
+    /// Standard deviation of Gaussian noise added to every value of the
+    /// real tokens, in standardised units (0: none).
+    pub noise: f32,
+    /// Largest time shift, as a fraction of each sequence's real length:
+    /// a sequence of `n` frames moves by `s` frames, `s` uniform in
+    /// `-⌊shift·n⌋ ..= ⌊shift·n⌋`, its first (or last) frame repeated into
+    /// the gap: `x'[t] = x[clamp(t − s, 0, n − 1)]` (0: none).
+    pub shift: f32,
 }
 
 impl DataRun {
@@ -43,6 +61,7 @@ impl DataRun {
         };
         let tokens = train.dims[1].div_ceil(meta.patch);
         Ok(Self {
+            frames: train.lengths.clone(),
             train: meta.prepare(train, tokens)?,
             val: meta.prepare(val, tokens)?,
             meta,
@@ -63,16 +82,17 @@ impl DataRun {
         self.meta.prepare(data, self.train.dims[1])
     }
 
-    /// Training batch `step` of `size` sequences and their lengths, with
-    /// Gaussian noise of standard deviation `noise` added to every value of
-    /// their real tokens (drawn from `(seed, step, row)`, so a resumed run
-    /// draws the same; padding stays 0).
+    /// Training batch `step` of `size` sequences and their lengths (in
+    /// tokens), augmented by `augment`: each row shifted in time, then
+    /// noise added to the values of its real tokens (padding stays 0).
+    /// Both are drawn from `(seed, step, row)`, so a resumed run draws the
+    /// same.
     pub fn train_batch(
         &self,
         seed: u64,
         step: usize,
         size: usize,
-        noise: f32,
+        augment: Augment,
     ) -> (Batch, Vec<usize>) {
         let n = self.train.len();
         let mut order: Option<(usize, Vec<usize>)> = None;
@@ -86,12 +106,25 @@ impl DataRun {
             })
             .collect();
         let (mut batch, lengths) = batch(&self.train.select(&rows));
-        if noise > 0.0 {
-            let [_, t, e] = batch.dims;
-            for (row, (x, &len)) in batch.x.chunks_mut(t * e).zip(&lengths).enumerate() {
-                let mut rng = Rng::new(&[seed, 4, step as u64, row as u64]);
-                for v in x.iter_mut().take(len * e) {
-                    *v += noise * rng.normal();
+        let [_, t, e] = batch.dims;
+        let width = self.meta.normalizer.mean.len().max(1);
+        for (i, x) in batch.x.chunks_mut(t * e).enumerate() {
+            let row = i as u64;
+            if augment.shift > 0.0 {
+                // Bounded by the row, should `train` have been replaced.
+                let frames = self
+                    .frames
+                    .get(rows[i])
+                    .map_or(0, |&f| f.min(t * e / width));
+                let most = (f64::from(augment.shift) * frames as f64) as usize;
+                let mut rng = Rng::new(&[seed, 5, step as u64, row]);
+                let s = rng.below(2 * most + 1) as isize - most as isize;
+                shift_frames(&mut x[..frames * width], width, s);
+            }
+            if augment.noise > 0.0 {
+                let mut rng = Rng::new(&[seed, 4, step as u64, row]);
+                for v in x.iter_mut().take(lengths[i] * e) {
+                    *v += augment.noise * rng.normal();
                 }
             }
         }
@@ -225,6 +258,20 @@ fn describe(y: &Targets) -> String {
     match y {
         Targets::Classes { .. } => "class labels".into(),
         Targets::Values { width, .. } => format!("{width} regression targets"),
+    }
+}
+
+/// Moves the frames (of `width` values each) of `x` later by `s` frames
+/// (earlier when negative), repeating the edge frame into the gap.
+fn shift_frames(x: &mut [f32], width: usize, s: isize) {
+    let n = (x.len() / width) as isize;
+    if s == 0 || n == 0 {
+        return;
+    }
+    let source = x.to_vec();
+    for (t, frame) in x.chunks_mut(width).enumerate() {
+        let from = (t as isize - s).clamp(0, n - 1) as usize;
+        frame.copy_from_slice(&source[from * width..(from + 1) * width]);
     }
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::tasks::Readout;
+use crate::tasks::{Labels, Readout};
 
 const TS: &str = "# a comment\n@problemName Tiny\n@univariate false\n@dimensions 2\n@equalLength false\n@classLabel true b a\n@data\n1,2,3:4,5,6:a\n7,8:9,10,11:b\n";
 
@@ -350,8 +350,8 @@ fn training_noise_moves_real_tokens_only_and_is_reproducible() {
     )
     .unwrap();
     let run = run::DataRun::new(d.clone(), d, None, 1).unwrap();
-    let (clean, lengths) = run.train_batch(7, 0, 2, 0.0);
-    let (noisy, noisy_lengths) = run.train_batch(7, 0, 2, 0.5);
+    let (clean, lengths) = run.train_batch(7, 0, 2, noise(0.0));
+    let (noisy, noisy_lengths) = run.train_batch(7, 0, 2, noise(0.5));
     assert_eq!(
         (noisy.dims, &noisy.y, &noisy_lengths),
         (clean.dims, &clean.y, &lengths)
@@ -369,8 +369,8 @@ fn training_noise_moves_real_tokens_only_and_is_reproducible() {
         }
     }
     // The same (seed, step) draws the same noise; another step another.
-    assert_eq!(run.train_batch(7, 0, 2, 0.5).0.x, noisy.x);
-    assert_ne!(run.train_batch(7, 1, 2, 0.5).0.x, noisy.x);
+    assert_eq!(run.train_batch(7, 0, 2, noise(0.5)).0.x, noisy.x);
+    assert_ne!(run.train_batch(7, 1, 2, noise(0.5)).0.x, noisy.x);
 }
 
 #[test]
@@ -386,7 +386,7 @@ fn training_noise_is_gaussian_with_the_given_deviation() {
         },
     };
     let run = run::DataRun::new(d.clone(), d, None, 1).unwrap();
-    let x = run.train_batch(0, 0, 1, 0.5).0.x;
+    let x = run.train_batch(0, 0, 1, noise(0.5)).0.x;
     let n = x.len() as f64;
     let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
     let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
@@ -397,32 +397,96 @@ fn training_noise_is_gaussian_with_the_given_deviation() {
     assert!((kurtosis - 3.0).abs() < 0.4, "kurtosis {kurtosis}");
 }
 
-#[test]
-fn noise_is_a_finite_deviation_for_data_runs_only() {
-    let config = |task: &str, noise: f64| {
-        crate::train::RunConfig::from_value(serde_json::json!({
-            "task": {"kind": task, "seq_len": 8, "embed_dim": 8, "classes": 2},
-            "train": {"noise": noise},
-        }))
-    };
-    assert_eq!(config("data", 0.1).unwrap().train.noise, 0.1);
-    let err = config("data", -0.1).unwrap_err().to_string();
-    assert!(err.contains("noise must be a finite"), "{err}");
-    let err = config("lookback", 0.1).unwrap_err().to_string();
-    assert!(err.contains("--data"), "{err}");
-    // Without noise the recorded run config is what it was before the
-    // option existed, so older checkpoints still resume.
-    let quiet = config("lookback", 0.0).unwrap();
-    assert_eq!(quiet.train.noise, 0.0);
-    assert!(quiet.to_value()["train"].get("noise").is_none());
+fn noise(sigma: f32) -> run::Augment {
+    run::Augment {
+        noise: sigma,
+        ..Default::default()
+    }
 }
 
 #[test]
-fn a_resumed_noisy_run_equals_an_uninterrupted_one() {
+fn training_shift_moves_each_sequence_within_its_real_frames() {
+    // Sequence `a` has 20 frames (t, −t), `b` 8 frames (100 + t, t); patched
+    // by 3, so the last token of each holds padding frames.
+    let mut csv = String::from("sequence,y,f0,f1\n");
+    for t in 0..20 {
+        csv += &format!("0,a,{t},{}\n", -t);
+    }
+    for t in 0..8 {
+        csv += &format!("1,b,{},{t}\n", 100 + t);
+    }
+    let d = table::read(&csv, "d.csv").unwrap();
+    let run = run::DataRun::new(d.clone(), d, None, 3).unwrap();
+    let shift = run::Augment {
+        shift: 0.25,
+        ..Default::default()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for step in 0..12 {
+        let (clean, _) = run.train_batch(9, step, 2, run::Augment::default());
+        let (moved, _) = run.train_batch(9, step, 2, shift);
+        assert_eq!(run.train_batch(9, step, 2, shift).0.x, moved.x);
+        let row = clean.dims[1] * clean.dims[2];
+        for (b, (c, m)) in clean.x.chunks(row).zip(moved.x.chunks(row)).enumerate() {
+            let Labels::Classes(y) = &clean.y else {
+                panic!()
+            };
+            // ⌊0.25 · 20⌋ = 5 and ⌊0.25 · 8⌋ = 2 frames at most.
+            let (frames, most) = if y[b] == 0 { (20, 5) } else { (8, 2) };
+            let frame = |x: &[f32], t: usize| x[2 * t..2 * t + 2].to_vec();
+            let s = (-most..=most)
+                .find(|&s: &isize| {
+                    (0..frames).all(|t| {
+                        frame(m, t)
+                            == frame(c, (t as isize - s).clamp(0, frames as isize - 1) as usize)
+                    })
+                })
+                .unwrap_or_else(|| panic!("step {step} row {b}: not a shift of ±{most}"));
+            assert_eq!(&m[2 * frames..], &c[2 * frames..], "padding moved");
+            seen.insert(s);
+        }
+    }
+    assert!(
+        seen.len() >= 5 && seen.first() < Some(&0) && seen.last() > Some(&0),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn augmentations_are_checked_and_for_data_runs_only() {
+    let config = |task: &str, name: &str, value: f64| {
+        crate::train::RunConfig::from_value(serde_json::json!({
+            "task": {"kind": task, "seq_len": 8, "embed_dim": 8, "classes": 2},
+            "train": {name: value},
+        }))
+    };
+    assert_eq!(config("data", "noise", 0.1).unwrap().train.noise, 0.1);
+    assert_eq!(config("data", "shift", 0.1).unwrap().train.shift, 0.1);
+    for (name, bad) in [
+        ("noise", -0.1),
+        ("noise", 1e39),
+        ("shift", -0.1),
+        ("shift", 0.5),
+    ] {
+        let err = config("data", name, bad).unwrap_err().to_string();
+        assert!(err.contains(&format!("{name} must be in [0,")), "{err}");
+        let err = config("lookback", name, 0.1).unwrap_err().to_string();
+        assert!(err.contains("--data"), "{err}");
+        // Off, the recorded run config is what it was before the option
+        // existed, so older checkpoints still resume.
+        let quiet = config("lookback", name, 0.0).unwrap();
+        assert_eq!(quiet.train.augment(), run::Augment::default());
+        assert!(quiet.to_value()["train"].get(name).is_none());
+    }
+}
+
+#[test]
+fn a_resumed_augmented_run_equals_an_uninterrupted_one() {
     let data = ts::read(TS, "t.ts").unwrap();
     let model = serde_json::json!({"model": "sliding_window", "num_heads": 1, "head_dim": 4, "num_layers": 1, "ffn_dim": 8, "dropout": 0.0});
     let mut value = tiny_run_of(&data, model).to_value();
     value["train"]["noise"] = 0.3.into();
+    value["train"]["shift"] = 0.4.into();
     value["train"]["steps"] = 4.into();
     let config = crate::train::RunConfig::from_value(value).unwrap();
     let run = run::DataRun::new(data.clone(), data.clone(), None, 1).unwrap();
@@ -453,9 +517,11 @@ fn a_resumed_noisy_run_equals_an_uninterrupted_one() {
     }
     let weights = |t: &mut crate::train::Trainer| crate::weights::tensors(&mut t.model);
     assert_eq!(weights(&mut straight), weights(&mut resumed));
-    // The noise is what it trained on: without it the weights differ.
+    // The augmentation is what it trained on: without it the weights
+    // differ.
     let mut value = config.to_value();
     value["train"]["noise"] = 0.0.into();
+    value["train"]["shift"] = 0.0.into();
     let quiet = crate::train::RunConfig::from_value(value).unwrap();
     let mut plain = crate::train::Trainer::new(quiet)
         .unwrap()

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::data::run::Augment;
 use crate::models::{model_info, overlay};
 use crate::tasks::{TaskConfig, TaskKind};
 use crate::{Error, ModelConfig};
@@ -45,6 +46,22 @@ pub struct TrainOptions {
     /// existed still resume.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub noise: f32,
+    /// Largest random time shift of every training sequence drawn from a
+    /// data file, as a fraction of its length, in `[0, 0.5)` (0 = off; see
+    /// [`Augment::shift`]). Left out of the recorded run config when 0,
+    /// like `noise`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shift: f32,
+}
+
+impl TrainOptions {
+    /// How training batches drawn from a data file are perturbed.
+    pub fn augment(&self) -> Augment {
+        Augment {
+            noise: self.noise,
+            shift: self.shift,
+        }
+    }
 }
 
 fn is_zero(x: &f32) -> bool {
@@ -66,6 +83,7 @@ impl Default for TrainOptions {
             eval_batches: 8,
             class_weights: None,
             noise: 0.0,
+            shift: 0.0,
         }
     }
 }
@@ -138,7 +156,9 @@ impl RunConfig {
         let mut train_defaults =
             object(serde_json::to_value(TrainOptions::default()).expect("serialisable"));
         train_defaults.insert("class_weights".into(), Value::Null);
-        train_defaults.insert("noise".into(), 0.0.into());
+        for augment in ["noise", "shift"] {
+            train_defaults.insert(augment.into(), 0.0.into());
+        }
         let train: TrainOptions =
             serde_json::from_value(overlay(train_defaults, train, "[train]", &[])?)
                 .map_err(|e| Error::Config(format!("bad [train] options: {e}")))?;
@@ -168,17 +188,22 @@ impl RunConfig {
                 )));
             }
         }
-        if !(train.noise >= 0.0 && train.noise.is_finite()) {
-            return Err(Error::Config(format!(
-                "noise must be a finite standard deviation >= 0, got {}",
-                train.noise
-            )));
-        }
-        if train.noise > 0.0 && task.kind != TaskKind::Data {
-            return Err(Error::Config(format!(
-                "noise perturbs recorded data (train with --data); task kind `{}` draws its own",
-                task.kind.name()
-            )));
+        let augment = train.augment();
+        for (name, value, upto) in [
+            ("noise", augment.noise, f32::INFINITY),
+            ("shift", augment.shift, 0.5),
+        ] {
+            if !(value >= 0.0 && value < upto) {
+                return Err(Error::Config(format!(
+                    "{name} must be in [0, {upto}), got {value}"
+                )));
+            }
+            if value > 0.0 && task.kind != TaskKind::Data {
+                return Err(Error::Config(format!(
+                    "{name} perturbs recorded data (train with --data); task kind `{}` draws its own",
+                    task.kind.name()
+                )));
+            }
         }
         let model = Self::model_for(model, &mut task)?;
         Ok(Self { model, task, train })

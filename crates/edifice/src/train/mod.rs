@@ -375,7 +375,8 @@ impl Trainer {
         self.device.seed(mix(t.seed, self.step as u64));
         let (batch, lengths) = match &self.data {
             Some(data) => {
-                let (batch, lengths) = data.train_batch(t.seed, self.step, t.batch_size, t.noise);
+                let (batch, lengths) =
+                    data.train_batch(t.seed, self.step, t.batch_size, t.augment());
                 (batch, Some(lengths))
             }
             None if self.run.task.kind == TaskKind::Data => {
