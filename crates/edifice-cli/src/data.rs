@@ -1,6 +1,6 @@
 //! `edifice train --data`: recorded sequences from files (see
 //! `edifice::data` for the formats), a validation split for early stopping,
-//! and a test set scored with the best checkpoint.
+//! and a test set scored with the best checkpoint (or the last).
 
 use std::path::{Path, PathBuf};
 
@@ -22,9 +22,13 @@ pub struct DataArgs {
     /// Fraction of --data held out for validation, per class.
     #[arg(long)]
     pub val_split: Option<f64>,
-    /// Test sequences, scored with the best checkpoint at the end.
+    /// Test sequences, scored at the end with the checkpoint --test-with
+    /// names.
     #[arg(long)]
     pub test: Option<PathBuf>,
+    /// Which checkpoint scores --test.
+    #[arg(long, value_enum, default_value_t = TestWith::Best, requires = "test")]
+    pub test_with: TestWith,
     /// Weight the cross-entropy per class: `balanced` gives class c the
     /// weight N / (K · n_c) from the training split's counts.
     #[arg(long, value_parser = ["balanced"])]
@@ -37,6 +41,18 @@ pub struct DataArgs {
     /// accuracy (0: never).
     #[arg(long, default_value_t = 0)]
     pub patience: usize,
+}
+
+/// Which checkpoint scores the test set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TestWith {
+    /// best.safetensors: the best validation score (early stopping's
+    /// choice).
+    #[default]
+    Best,
+    /// checkpoint.safetensors: the end of training. For validation splits
+    /// of a few sequences, whose best score is chance (the UCR recipe).
+    Last,
 }
 
 /// The splits read from the files.

@@ -14,7 +14,7 @@ use edifice::train::{RunConfig, Stats, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::data::{score, DataArgs, Loaded};
+use crate::data::{score, DataArgs, Loaded, TestWith};
 use crate::world::World;
 
 #[derive(Args)]
@@ -308,14 +308,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
         checkpoint.display()
     );
     if let Some(test) = test {
-        let stats = score(&best, &test)?;
+        let (scored, name) = match args.data.test_with {
+            TestWith::Best => (&best, "best"),
+            TestWith::Last => (&checkpoint, "last"),
+        };
+        let stats = score(scored, &test)?;
         let validation = early
             .best
-            .map_or(String::new(), |b| format!(" (validation {b})"));
+            .map_or(String::new(), |b| format!(" (best validation {b})"));
         println!(
-            "test: {stats} on {} sequences with the best checkpoint {}{validation}",
+            "test: {stats} on {} sequences with the {name} checkpoint {}{validation}",
             test.len(),
-            best.display(),
+            scored.display(),
         );
     }
     Ok(())

@@ -47,6 +47,15 @@ fn csv(n: usize, seed: u32) -> String {
 }
 
 /// `edifice eval CHECKPOINT --data TEST --json`.
+/// The accuracy on the `test: accuracy A, ...` line of a training run.
+fn test_accuracy(text: &str) -> f64 {
+    text.split("test: accuracy ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no test accuracy in {text}"))
+}
+
 fn eval_json(checkpoint: &std::path::Path, test: &std::path::Path) -> serde_json::Value {
     let text = run_ok(&[
         "eval",
@@ -108,12 +117,7 @@ fn a_ts_set_trains_and_scores_its_test_set() {
     ]);
     let text = run_ok(&args);
     let trained = text.clone();
-    let acc: f64 = text
-        .split("test: accuracy ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no test accuracy in {text}"));
+    let acc = test_accuracy(&text);
     assert!(acc >= 0.9, "{text}");
     let best = out.join("best.safetensors");
     // eval --data scores the test file as training did, with F1 per class
@@ -160,7 +164,7 @@ fn a_ts_set_trains_and_scores_its_test_set() {
     // The best checkpoint before the resume still counts: the best
     // validation score never gets worse.
     let validation = |text: &str| -> (f64, f64) {
-        let v = text.split("(validation accuracy ").nth(1).unwrap();
+        let v = text.split("(best validation accuracy ").nth(1).unwrap();
         let acc = v.split(',').next().unwrap().parse().unwrap();
         let loss = v.split("loss ").nth(1).unwrap().split(')').next().unwrap();
         (acc, loss.parse().unwrap())
@@ -189,26 +193,36 @@ fn a_csv_set_trains() {
     ]);
     let text = run_ok(&args);
     assert!(text.contains("on data (seq_len 12)"), "{text}");
-    // The README's UCR recipe, as committed, trains here too.
+    // The README's UCR recipe, as committed, trains here too, and scores
+    // its test file with the last checkpoint.
     let recipe = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/ucr.toml");
     let out = dir.path("recipe");
-    let text = run_ok(&[
-        "train",
-        "--quiet",
-        "--config",
-        recipe,
-        "--steps",
-        "20",
+    let mut args = vec!["train", "--quiet", "--config", recipe, "--steps", "20"];
+    args.extend([
         "--patch",
         "5",
         "--val-split",
         "0.25",
-        "--data",
-        path.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ]);
+    args.extend(["--data", path.to_str().unwrap(), "--test-with", "last"]);
+    let err = run_err(&args);
+    assert!(err.contains("--test"), "{err}");
+    args.extend(["--test", path.to_str().unwrap()]);
+    let text = run_ok(&args);
     assert!(text.contains("20 steps of ring on data"), "{text}");
+    let last = out.join("checkpoint.safetensors");
+    assert!(
+        text.contains(&format!("with the last checkpoint {}", last.display())),
+        "{text}"
+    );
+    let acc = test_accuracy(&text);
+    let eval = eval_json(&last, &path);
+    assert!(
+        (eval["accuracy"].as_f64().unwrap() - acc).abs() < 1e-4,
+        "{eval} vs {text}"
+    );
 }
 
 #[test]
