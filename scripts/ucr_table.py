@@ -7,9 +7,8 @@ configs/ucr.toml's [train] table (4000 steps of 16 at lr 1e-3, weight decay
 0.05, Gaussian noise of σ 0.05 and time shifts of up to 1% on the training
 inputs) and command-line flags (5-frame patches, 10% of the training file
 per class held out for validation, the test file scored with the last
-checkpoint), with the small models of
-scripts/train_table.py at the recipe's dropout; the ring row is
-configs/ucr.toml itself. Fetches the data with scripts/ucr.sh. Needs
+checkpoint), with the small models of scripts/train_table.py at the
+recipe's dropout; the ring row is configs/ucr.toml itself. Fetches the data with scripts/ucr.sh. Needs
 python3 (3.11: tomllib) and cargo.
 
     python3 scripts/ucr_table.py [--datasets GunPoint,ItalyPowerDemand,BasicMotions] [--models ...]

@@ -46,7 +46,6 @@ fn csv(n: usize, seed: u32) -> String {
     s
 }
 
-/// `edifice eval CHECKPOINT --data TEST --json`.
 /// The accuracy on the `test: accuracy A, ...` line of a training run.
 fn test_accuracy(text: &str) -> f64 {
     text.split("test: accuracy ")
@@ -56,6 +55,7 @@ fn test_accuracy(text: &str) -> f64 {
         .unwrap_or_else(|| panic!("no test accuracy in {text}"))
 }
 
+/// `edifice eval CHECKPOINT --data TEST --json`.
 fn eval_json(checkpoint: &std::path::Path, test: &std::path::Path) -> serde_json::Value {
     let text = run_ok(&[
         "eval",

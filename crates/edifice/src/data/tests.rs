@@ -505,7 +505,7 @@ fn a_resumed_augmented_run_equals_an_uninterrupted_one() {
         first.train_step().unwrap();
     }
     let path = std::env::temp_dir().join(format!(
-        "edifice-noisy-resume-{}.safetensors",
+        "edifice-augmented-resume-{}.safetensors",
         std::process::id()
     ));
     first.save(&path).unwrap();
